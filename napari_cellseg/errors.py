@@ -1,0 +1,17 @@
+"""Exceptions the CLI and the GUI turn into one clear line for the user."""
+
+
+class CellsegError(Exception):
+    """Base class: the message is written for a biologist and names the file at fault."""
+
+
+class DatasetError(CellsegError):
+    """A dataset folder, image, mask or mapping file is missing or malformed."""
+
+
+class CheckpointError(CellsegError):
+    """A checkpoint is missing, damaged, unsafe or does not fit the model."""
+
+
+class TrainingError(CellsegError):
+    """Training cannot go on (non-finite loss, out of memory); the last good checkpoint is kept."""

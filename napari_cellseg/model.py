@@ -1,0 +1,280 @@
+"""Mask R-CNN for cells: configuration, builders, and a model that autocasts only its backbone.
+
+Why a subclass of torchvision's ``MaskRCNN``:
+- bf16 autocast over the whole network breaks box coding on large images (bf16 resolves ~8 px at
+  1024 px), so only backbone + FPN run under autocast and the RPN and ROI heads stay in fp32;
+- microscopy must not be upscaled 256 -> 800 px as torchvision does for photos: the model resizes
+  by a fixed ``image_scale`` (1.0 = never);
+- ``detect`` stops before torchvision pastes every mask into a full-size float image (700 cells on
+  a 2500 x 2000 image would be 14 GB); ``inference.predict`` pastes them into their boxes only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.error
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._torch import torch, torchvision
+from .errors import CheckpointError
+
+from torch import nn  # noqa: E402
+from torchvision.models.detection import MaskRCNN  # noqa: E402
+from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
+from torchvision.models.detection.backbone_utils import (  # noqa: E402
+    BackboneWithFPN,
+    _resnet_fpn_extractor,
+)
+from torchvision.models.detection.faster_rcnn import (  # noqa: E402
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
+from torchvision.models.detection.mask_rcnn import (  # noqa: E402
+    MaskRCNNHeads,
+    MaskRCNNPredictor,
+)
+from torchvision.models.detection.rpn import RPNHead  # noqa: E402
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes  # noqa: E402
+from torchvision.ops import misc as misc_nn_ops  # noqa: E402
+
+ARCHS = ("resnet50", "resnet50_v2", "resnet18")
+"""``resnet18`` is the light model for CPUs: ResNet-18 body, FPN of 128 channels, slim heads."""
+
+WEIGHTS = ("none", "imagenet", "coco")
+"""Pretrained weights: ``none`` (from scratch), ``imagenet`` (backbone), ``coco`` (whole detector)."""
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in every checkpoint."""
+
+    arch: str = "resnet50_v2"
+    class_names: list[str] = field(default_factory=lambda: ["class1", "class2", "class3", "class4"])
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    detections_per_img: int = 200
+    box_nms_thresh: float = 0.3
+    box_score_thresh: float = 0.05
+    image_scale: float = 1.0
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including background (id 0); class id k is ``class_names[k - 1]``."""
+        return len(self.class_names) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, so checkpoints load with ``weights_only=True``."""
+        d = dataclasses.asdict(self)
+        d["anchor_sizes"] = list(self.anchor_sizes)
+        d["aspect_ratios"] = list(self.aspect_ratios)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        for key in ("anchor_sizes", "aspect_ratios"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if not self.class_names:
+            raise ValueError("the model needs at least one class")
+        if len(self.anchor_sizes) != 5:
+            raise ValueError("anchor_sizes needs 5 sizes, one per FPN level")
+        if self.detections_per_img < 1:
+            raise ValueError("detections_per_img must be at least 1")
+        if not 0 < self.image_scale <= 8:
+            raise ValueError("image_scale must be in (0, 8]")
+
+
+class ScaleTransform(GeneralizedRCNNTransform):
+    """Normalise and batch like torchvision, but resize by a fixed factor (1.0: not at all)."""
+
+    def __init__(self, image_scale: float) -> None:
+        super().__init__(
+            min_size=800, max_size=1333, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+        )
+        self.image_scale = float(image_scale)
+
+    def resize(self, image, target=None):
+        if self.image_scale == 1.0:
+            return image, target
+        h, w = image.shape[-2:]
+        image = nn.functional.interpolate(
+            image[None], scale_factor=self.image_scale, mode="bilinear", recompute_scale_factor=True,
+            align_corners=False,
+        )[0]
+        if target is not None:
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+            if "masks" in target:
+                masks = target["masks"][:, None].float()
+                masks = nn.functional.interpolate(masks, size=image.shape[-2:], mode="nearest")
+                target["masks"] = masks[:, 0].byte()
+        return image, target
+
+
+class CellMaskRCNN(MaskRCNN):
+    """torchvision's Mask R-CNN with backbone-only autocast and a ``detect`` without pasting."""
+
+    def __init__(self, backbone: nn.Module, image_scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(backbone, **kwargs)
+        self.transform = ScaleTransform(image_scale)
+        self.amp_dtype: torch.dtype | None = None
+
+    def features(self, tensors: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """Backbone + FPN, under autocast when ``amp_dtype`` is set; always returns fp32."""
+        if self.amp_dtype is None:
+            return self.backbone(tensors)
+        with torch.autocast(tensors.device.type, dtype=self.amp_dtype):
+            feats = self.backbone(tensors)
+        return OrderedDict((k, v.float()) for k, v in feats.items())
+
+    def forward(self, images, targets=None):
+        """Training: dict of losses. Evaluation: torchvision's output (pasted full-size masks)."""
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        batch, targets = self.transform(images, targets)
+        feats = self.features(batch.tensors)
+        proposals, proposal_losses = self.rpn(batch, feats, targets)
+        detections, detector_losses = self.roi_heads(feats, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**detector_losses, **proposal_losses}
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+    @torch.no_grad()
+    def detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections in input-image coordinates with ``masks`` as N x 28 x 28 probabilities."""
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        batch, _ = self.transform(images)
+        feats = self.features(batch.tensors)
+        proposals, _ = self.rpn(batch, feats)
+        detections, _ = self.roi_heads(feats, proposals, batch.image_sizes)
+        for det, size, orig in zip(detections, batch.image_sizes, original_sizes):
+            det["boxes"] = resize_boxes(det["boxes"], size, orig)
+            det["masks"] = det["masks"][:, 0]
+        return detections
+
+
+def _fetch(weights_enum: Any) -> dict[str, torch.Tensor]:
+    """Download (or read from the torch hub cache) torchvision's pretrained weights."""
+    try:
+        return weights_enum.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"could not fetch pretrained weights {weights_enum} (no internet?): {exc}. "
+            "Train with --weights none, or put the file in the torch hub cache "
+            f"({torch.hub.get_dir()}/checkpoints) first."
+        ) from None
+
+
+def _resnet50_backbone(weights: str, v2: bool) -> tuple[nn.Module, dict[str, Any], Any]:
+    """ResNet-50-FPN body and heads as torchvision builds them, plus the COCO weights enum."""
+    from torchvision.models import ResNet50_Weights, resnet50
+    from torchvision.models.detection import (
+        MaskRCNN_ResNet50_FPN_V2_Weights,
+        MaskRCNN_ResNet50_FPN_Weights,
+    )
+
+    pretrained = weights != "none"
+    body_weights = ResNet50_Weights.IMAGENET1K_V1 if weights == "imagenet" else None
+    trainable = 3 if pretrained else 5
+    if v2:
+        body = resnet50(weights=None)
+        if body_weights is not None:
+            body.load_state_dict(_fetch(body_weights))
+        backbone = _resnet_fpn_extractor(body, trainable, norm_layer=nn.BatchNorm2d)
+        heads = {
+            "rpn_head": RPNHead(256, 3, conv_depth=2),
+            "box_head": FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d),
+            "mask_head": MaskRCNNHeads(256, [256] * 4, 1, norm_layer=nn.BatchNorm2d),
+        }
+        coco = MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1
+    else:
+        norm = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+        body = resnet50(weights=None, norm_layer=norm)
+        if body_weights is not None:
+            body.load_state_dict(_fetch(body_weights))
+        backbone = _resnet_fpn_extractor(body, trainable)
+        heads = {}
+        coco = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
+    return backbone, heads, coco
+
+
+def _resnet18_backbone(weights: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The light model: ResNet-18 with trainable BatchNorm, a 128-channel FPN, slim heads."""
+    from torchvision.models import ResNet18_Weights, resnet18
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    if weights == "coco":
+        raise ValueError("COCO weights exist only for resnet50 and resnet50_v2; use imagenet or none")
+    body = resnet18(weights=None)
+    if weights == "imagenet":
+        body.load_state_dict(_fetch(ResNet18_Weights.IMAGENET1K_V1))
+    channels = 128
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[64, 128, 256, 512],
+        out_channels=channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+    heads = {
+        "rpn_head": RPNHead(channels, 3),
+        "box_head": TwoMLPHead(channels * 7 * 7, 512),
+        "mask_head": MaskRCNNHeads(channels, [channels] * 4, 1),
+    }
+    return backbone, heads
+
+
+def build_model(config: ModelConfig, weights: str = "none") -> CellMaskRCNN:
+    """Build the network for ``config``; ``weights`` picks torchvision's pretrained weights."""
+    config.validate()
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
+    coco = None
+    if config.arch == "resnet18":
+        backbone, heads = _resnet18_backbone(weights)
+    else:
+        backbone, heads, coco = _resnet50_backbone(weights, v2=config.arch == "resnet50_v2")
+    channels = backbone.out_channels
+    representation = 512 if config.arch == "resnet18" else 1024
+    anchors = AnchorGenerator(
+        tuple((s,) for s in config.anchor_sizes), (tuple(config.aspect_ratios),) * len(config.anchor_sizes)
+    )
+    proposals = max(1000, 4 * config.detections_per_img)
+    model = CellMaskRCNN(
+        backbone,
+        image_scale=config.image_scale,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_test=proposals,
+        rpn_post_nms_top_n_test=proposals,
+        box_predictor=FastRCNNPredictor(representation, 91 if weights == "coco" else config.num_classes),
+        mask_predictor=MaskRCNNPredictor(channels, channels, 91 if weights == "coco" else config.num_classes),
+        box_detections_per_img=config.detections_per_img,
+        box_nms_thresh=config.box_nms_thresh,
+        box_score_thresh=config.box_score_thresh,
+        **heads,
+    )
+    if weights == "coco":
+        model.load_state_dict(_fetch(coco))
+        model.roi_heads.box_predictor = FastRCNNPredictor(representation, config.num_classes)
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(channels, channels, config.num_classes)
+    return model
+
+
+def set_detections_per_img(model: CellMaskRCNN, n: int) -> None:
+    """Change the detection cap at inference time (dense images need more than the default)."""
+    model.roi_heads.detections_per_img = int(n)
+    proposals = max(1000, 4 * int(n))
+    model.rpn._pre_nms_top_n["testing"] = proposals
+    model.rpn._post_nms_top_n["testing"] = proposals
+
+
+__all__ = ["ARCHS", "WEIGHTS", "ModelConfig", "CellMaskRCNN", "build_model", "set_detections_per_img", "torchvision"]
