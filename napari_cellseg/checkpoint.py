@@ -1,0 +1,75 @@
+"""One-file checkpoints: the weights, the model config to rebuild them, and the state to resume.
+
+Loaded with ``torch.load(weights_only=True)``: a checkpoint downloaded from the internet cannot run
+code. Saved through a temporary file and an atomic rename: a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ._torch import torch
+from .atomic import atomic_path
+from .errors import CheckpointError
+from .model import CellMaskRCNN, ModelConfig, build_model
+
+FORMAT = "napari-cellseg/1"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DistributedDataParallel (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfig, **state: Any) -> Path:
+    """Write ``model``'s weights, ``config`` and any resume ``state`` (optimizer, epoch, ...)."""
+    payload = {"format": FORMAT, "config": config.to_dict(), "model": unwrap(model).state_dict()}
+    for key, value in state.items():
+        payload[key] = value.state_dict() if hasattr(value, "state_dict") else value
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a napari-cellseg checkpoint safely; every failure is one clear ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects that could run code, "
+            "not plain weights. Use a checkpoint written by napari-cellseg train."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a napari-cellseg checkpoint (a bare state_dict has no model configuration); "
+            "use a checkpoint written by napari-cellseg train"
+        )
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> tuple[CellMaskRCNN, ModelConfig]:
+    """Rebuild the network described by ``ckpt['config']`` and load its weights."""
+    try:
+        config = ModelConfig.from_dict(ckpt["config"])
+        model = build_model(config)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{source} does not fit its model configuration: {first}") from None
+    return model, config
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CellMaskRCNN, ModelConfig]:
+    """Load a checkpoint into a model in eval mode on ``device``."""
+    model, config = model_from_checkpoint(load_checkpoint(path), path)
+    return model.to(device).eval(), config

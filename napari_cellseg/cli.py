@@ -1,0 +1,117 @@
+"""``napari-cellseg``: the headless twin of every widget, for scripts, clusters and torchrun.
+
+Bad input ends in one line on stderr and a non-zero exit, never a traceback
+(set NAPARI_CELLSEG_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import CellsegError
+
+PROG = "napari-cellseg"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--score-thresh", type=_fraction, default=0.5, help="keep instances at least this confident")
+    p.add_argument("--mask-thresh", type=_fraction, default=0.6, help="mask probability that counts as cell")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--tile-size", type=_positive_int, default=1024, help="larger images are segmented in tiles")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .model import ARCHS, WEIGHTS
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Cell instance segmentation with Mask R-CNN.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) a model on a HW3 dataset folder")
+    t.add_argument("dataset", help="folder holding train/ (and optionally val/)")
+    t.add_argument("--out", required=True, help="run folder for last.pt and best.pt")
+    t.add_argument("--arch", default="resnet50_v2", choices=ARCHS, help="resnet18 is the light model for CPUs")
+    t.add_argument("--weights", default="none", choices=WEIGHTS, help="pretrained weights (needs internet)")
+    t.add_argument("--epochs", type=_positive_int, default=50)
+    t.add_argument("--batch-size", type=_positive_int, default=2)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: where it is faster: CUDA, or CPUs with native bf16)")
+    t.add_argument("--resume", help="checkpoint to continue from (last.pt)")
+    t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps in all")
+    t.add_argument("--workers", type=int, default=0, help="data loading processes")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--crop-size", type=_positive_int, default=512, help="training crop side in pixels")
+    t.add_argument("--val-limit", type=_positive_int, help="validate on at most this many images")
+    t.add_argument("--detections", type=_positive_int, default=200, help="detections per image (dense images need more)")
+    t.add_argument("--image-scale", type=float, default=1.0, help="resize factor inside the model (1 = none)")
+
+    p = sub.add_parser("predict", help="segment images into label TIFFs, one per class")
+    p.add_argument("checkpoint")
+    p.add_argument("images", help="a TIFF image or a folder of them")
+    p.add_argument("--out", required=True, help="folder for <image>_<class>.tif label images")
+    _add_inference_options(p)
+
+    e = sub.add_parser("export", help="segment test_release/ and write the COCO submission JSON")
+    e.add_argument("checkpoint")
+    e.add_argument("dataset", help="HW3 root (test_release/ + mapping), a folder of samples, or of TIFFs")
+    e.add_argument("--out", required=True, help="results JSON, e.g. test-results.json")
+    e.add_argument("--mapping", help="image name -> id file (default: the dataset's test_image_name_to_ids.json)")
+    e.add_argument("--restart", action="store_true", help="ignore the partial results of an interrupted export")
+    _add_inference_options(e)
+
+    v = sub.add_parser("evaluate", help="COCO mask AP of a results JSON against ground-truth samples")
+    v.add_argument("results")
+    v.add_argument("ground_truth", help="folder of samples with classK.tif (e.g. dataset/val)")
+    v.add_argument("--max-dets", type=_positive_int, default=1000, help="detections per image evaluated")
+
+    d = sub.add_parser("demo", help="train briefly on the shipped sample data, export and evaluate")
+    d.add_argument("--out", default="cellseg-demo", help="folder for the checkpoint and JSON files")
+    d.add_argument("--steps", type=_positive_int, default=150, help="training steps")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from . import cli_commands
+
+        return getattr(cli_commands, args.command)(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (CellsegError, ValueError, OSError) as exc:
+        if os.environ.get("NAPARI_CELLSEG_DEBUG"):
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return text
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

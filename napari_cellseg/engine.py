@@ -1,0 +1,322 @@
+"""Training as a generator of progress events, shared by the CLI, the napari widget and torchrun.
+
+``train(config)`` yields a ``StepEvent`` after every optimisation step, an ``EpochEvent`` after
+each validation, and finally a ``DoneEvent``. The consumer cancels by returning True from
+``should_stop`` (checked every step) or by closing the generator; either way the current state
+is saved as ``last.pt`` first, so nothing trained is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._torch import torch
+from . import distributed as dist
+from .amp import autocast_dtype
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, unwrap
+from .data import CellDataset, collate, dataset_classes, split_samples
+from .errors import TrainingError
+from .inference import resolve_device
+from .model import ModelConfig, build_model
+from .pipeline import validate
+from .transforms import train_augment
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved in each checkpoint as ``train_args``."""
+
+    dataset: str
+    out_dir: str = "runs/cellseg"
+    arch: str = "resnet50_v2"
+    weights: str = "none"
+    epochs: int = 50
+    batch_size: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    clip_grad: float = 10.0
+    amp: bool | None = None
+    device: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    crop_size: int = 512
+    max_steps: int | None = None
+    val_fraction: float = 0.1
+    val_limit: int | None = None
+    val_every: int = 1
+    val_score_thresh: float = 0.05
+    val_mask_thresh: float = 0.5
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    detections_per_img: int = 200
+    image_scale: float = 1.0
+    resume: str | None = None
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "crop_size", "val_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max steps must be at least 1, got {self.max_steps}")
+        if self.workers < 0:
+            raise ValueError("workers cannot be negative")
+        out = Path(self.out_dir)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output folder {out} is a file")
+
+
+@dataclass
+class StepEvent:
+    epoch: int
+    step: int
+    total_steps: int
+    losses: dict[str, float]
+    lr: float
+    images_per_s: float
+
+
+@dataclass
+class EpochEvent:
+    """End of an epoch; ``metrics`` is empty on epochs without validation (see ``val_every``)."""
+
+    epoch: int
+    epochs: int
+    metrics: dict[str, Any]
+    checkpoint: Path
+    best: bool
+
+
+@dataclass
+class InfoEvent:
+    message: str
+
+
+@dataclass
+class DoneEvent:
+    last: Path | None
+    best: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+Event = StepEvent | EpochEvent | InfoEvent | DoneEvent
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to 1% of the base rate."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _model_config(cfg: TrainConfig, class_names: list[str]) -> ModelConfig:
+    return ModelConfig(
+        arch=cfg.arch,
+        class_names=class_names,
+        anchor_sizes=tuple(cfg.anchor_sizes),
+        detections_per_img=cfg.detections_per_img,
+        image_scale=cfg.image_scale,
+    )
+
+
+def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None) -> Iterator[Event]:
+    """Train (or resume) a model; see the module docstring for the events and cancel contract."""
+    cfg.validate()
+    ctx = dist.setup(cfg.device)
+    try:
+        yield from _train(cfg, ctx, should_stop or (lambda: False))
+    finally:
+        dist.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool]) -> Iterator[Event]:
+    device = ctx.device or resolve_device(cfg.device)
+    out = Path(cfg.out_dir)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    train_samples, val_samples = split_samples(Path(cfg.dataset), cfg.val_fraction, cfg.seed)
+    classes = dataset_classes(train_samples)
+    if not classes:
+        raise TrainingError(f"no class masks (classK.tif) found under {cfg.dataset}/train")
+    ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
+    if ckpt is not None:
+        model, model_cfg = model_from_checkpoint(ckpt, cfg.resume)
+    else:
+        model_cfg = _model_config(cfg, [f"class{k}" for k in range(1, max(classes) + 1)])
+        model = build_model(model_cfg, cfg.weights)
+    model.to(device)
+
+    amp_dtype, note = autocast_dtype(device, cfg.amp)
+    if note and ctx.is_main:
+        yield InfoEvent(note)
+    model.amp_dtype = amp_dtype
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    dataset = CellDataset(train_samples, augment=train_augment(cfg.crop_size), seed=cfg.seed)
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+        collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
+    )
+    if len(loader) == 0:
+        raise TrainingError(
+            f"{len(train_samples)} training images are too few for batch size {cfg.batch_size}"
+            + (f" on {ctx.world_size} processes" if ctx.world_size > 1 else "")
+        )
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps))
+    start_epoch, step, best_ap, history = 0, 0, -1.0, []
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step = ckpt["epoch"], ckpt["step"]
+        best_ap, history = ckpt.get("best_ap", -1.0), list(ckpt.get("history", []))
+        if ctx.is_main:
+            yield InfoEvent(f"resumed from {cfg.resume} at epoch {start_epoch + 1}, step {step}")
+    ddp_model = dist.wrap(model, ctx)
+
+    last, best = out / "last.pt", out / "best.pt"
+
+    def save(path: Path, epoch: int) -> Path:
+        return save_checkpoint(
+            path, model, model_cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            epoch=epoch, step=step, best_ap=best_ap, history=history, train_args=_plain(cfg),
+        )
+
+    epoch = start_epoch
+    metrics: dict[str, Any] = {}
+    completed, healthy = False, True
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if step >= total_steps:
+                break
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            ddp_model.train()
+            tick = time.perf_counter()
+            for images, targets in loader:
+                if should_stop():
+                    raise _Cancelled
+                images = [im.to(device, non_blocking=True) for im in images]
+                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+                losses = _train_step(ddp_model, images, targets, optimizer, scaler, params, cfg.clip_grad, ctx)
+                scheduler.step()
+                step += 1
+                if not math.isfinite(losses["loss"]):
+                    healthy = False
+                    raise TrainingError(
+                        f"the loss became {losses['loss']} at epoch {epoch + 1}, step {step}; "
+                        f"the last good checkpoint is {last if last.exists() else 'not written yet'}. "
+                        "Lower the learning rate or train without AMP."
+                    )
+                now = time.perf_counter()
+                rate = len(images) * ctx.world_size / max(now - tick, 1e-9)
+                tick = now
+                if ctx.is_main:
+                    yield StepEvent(epoch + 1, step, total_steps, losses, scheduler.get_last_lr()[0], rate)
+                if step >= total_steps:
+                    break
+            last_epoch = epoch + 1 == cfg.epochs or step >= total_steps
+            improved, epoch_metrics = False, {}
+            if (epoch + 1) % cfg.val_every == 0 or last_epoch:
+                metrics = epoch_metrics = yield from _validate(
+                    unwrap(ddp_model), val_samples, model_cfg.class_names, device, cfg, ctx, should_stop
+                )
+                history.append({"epoch": epoch + 1, "step": step, **_headline(metrics)})
+                improved = metrics.get("AP", 0.0) > best_ap
+                best_ap = max(best_ap, metrics.get("AP", 0.0))
+            if ctx.is_main:
+                save(last, epoch + 1)
+                if improved:
+                    save(best, epoch + 1)
+                yield EpochEvent(epoch + 1, cfg.epochs, epoch_metrics, last, improved)
+            dist.barrier(ctx)
+        completed = True
+    except _Cancelled:
+        pass
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise TrainingError(
+            f"out of memory on {device}: lower the batch size (now {cfg.batch_size}) "
+            f"or the crop size (now {cfg.crop_size})"
+        ) from None
+    finally:
+        if not completed and healthy and ctx.is_main and step > 0:
+            save(last, epoch)  # cancelled or closed: keep what was trained, resume redoes this epoch
+    if ctx.is_main:
+        yield DoneEvent(last if last.exists() else None, best if best.exists() else None, metrics, not completed)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _train_step(model, images, targets, optimizer, scaler, params, clip_grad, ctx) -> dict[str, float]:
+    loss_dict = model(images, targets)
+    loss = sum(loss_dict.values())
+    optimizer.zero_grad(set_to_none=True)
+    if torch.isfinite(loss):
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+    values = torch.stack([loss.detach().float()] + [v.detach().float() for v in loss_dict.values()])
+    values = dist.mean(values, ctx)
+    names = ["loss", *loss_dict.keys()]
+    return {k: float(v) for k, v in zip(names, values.tolist())}
+
+
+def _validate(model, samples, class_names, device, cfg: TrainConfig, ctx, should_stop) -> Iterator[Event]:
+    """COCO AP on the validation samples, each process taking its share; rank 0 gets the metrics."""
+    if cfg.val_limit is not None:
+        samples = samples[: cfg.val_limit]
+    model.eval()
+    if ctx.is_main:
+        yield InfoEvent(f"validating on {len(samples)} images")
+    metrics = validate(
+        model, samples, class_names, device=device, score_thresh=cfg.val_score_thresh, mask_thresh=cfg.val_mask_thresh,
+        should_stop=should_stop, rank=ctx.rank, world_size=ctx.world_size,
+    )
+    if should_stop():
+        raise _Cancelled
+    return metrics
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k in ("AP", "AP50", "AP75")}
+
+
+def _plain(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as plain types (lists, not tuples) so checkpoints load with weights_only."""
+    d = asdict(cfg)
+    d["anchor_sizes"] = list(cfg.anchor_sizes)
+    return d
+
+
+__all__ = ["TrainConfig", "train", "StepEvent", "EpochEvent", "InfoEvent", "DoneEvent", "Event", "lr_lambda"]

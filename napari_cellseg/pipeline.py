@@ -1,0 +1,203 @@
+"""Image -> labels -> COCO results: the one path that validation, export, the CLI and the GUI share.
+
+Folder export streams image by image (memory does not grow with the folder) and appends each
+finished image to ``<out>.partial.jsonl``, so an interrupted export resumes without redoing
+finished images; the submission itself is written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import distributed as dist
+from .coco import ground_truth, labels_to_results, load_mapping, write_json
+from .data import Sample, find_samples, read_sample
+from .errors import DatasetError
+from .images import read_image
+from .inference import predict
+from .metrics import evaluate
+from .postprocess import to_labels
+
+IMAGE_SUFFIXES = (".tif", ".tiff")
+
+
+def segment_image(
+    model,
+    image: np.ndarray,
+    *,
+    device=None,
+    score_thresh: float = 0.5,
+    mask_thresh: float = 0.6,
+    tile_size: int = 1024,
+    overlap: int = 128,
+) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+    """Labels for every class of the model (id -> score table alongside) for one RGB uint8 image."""
+    raw = predict(model, image, device=device, tile_size=tile_size, overlap=overlap)
+    num_classes = model.roi_heads.box_predictor.cls_score.out_features
+    labels = to_labels(raw, score_thresh, mask_thresh, classes=range(1, num_classes))
+    scores = {i + 1: float(s) for i, s in enumerate(raw.scores)}
+    return labels, scores
+
+
+def validate(
+    model,
+    samples: Sequence[Sample],
+    class_names: Sequence[str],
+    *,
+    device=None,
+    score_thresh: float = 0.05,
+    mask_thresh: float = 0.5,
+    max_dets: int = 1000,
+    should_stop: Callable[[], bool] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """COCO mask AP of ``model`` on ground-truth samples; with several processes each takes a share
+    and rank 0 evaluates the gathered results (the other ranks get ``{}``)."""
+    results: list[dict] = []
+    items: list[tuple[int, str, dict[int, np.ndarray]]] = []
+    for image_id, sample in list(enumerate(samples, start=1))[rank::world_size]:
+        if should_stop is not None and should_stop():
+            return {}
+        image, truth = read_sample(sample)
+        labels, scores = segment_image(
+            model, image, device=device, score_thresh=score_thresh, mask_thresh=mask_thresh
+        )
+        results += labels_to_results(labels, image_id, scores)
+        items.append((image_id, sample.name, truth))
+    all_results = [r for part in dist.gather(results, world_size) for r in part]
+    all_items = [i for part in dist.gather(items, world_size) for i in part]
+    if rank != 0:
+        return {}
+    gt = ground_truth(sorted(all_items, key=lambda item: item[0]), class_names)
+    return evaluate(gt, all_results, max_dets=max_dets)
+
+
+@dataclass(frozen=True)
+class ExportItem:
+    """One image to export: its submission id, name (file name in the mapping), path, expected size."""
+
+    image_id: int
+    name: str
+    path: Path
+    shape: tuple[int, int] | None = None
+
+
+def sample_items(samples: Sequence[Sample]) -> list[ExportItem]:
+    """Ground-truth samples numbered 1..n in order: the ids ``samples_ground_truth`` uses too."""
+    return [ExportItem(i, s.name, s.image_path) for i, s in enumerate(samples, start=1)]
+
+
+def samples_ground_truth(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[str, Any]:
+    """COCO ground truth of a folder of samples, image ids as in ``sample_items``."""
+    return ground_truth(((i, s.name, read_sample(s)[1]) for i, s in enumerate(samples, start=1)), class_names)
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The TIFF images directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"no .tif images in {folder}")
+    return files
+
+
+def export_items(dataset: str | Path, mapping_path: str | Path | None = None) -> list[ExportItem]:
+    """What ``export`` segments: a HW3 root (its test_release/ with the mapping file), a folder of
+    ground-truth samples (such as val/, ids 1..n), or a folder of TIFFs with ``mapping_path``."""
+    dataset = Path(dataset)
+    if not dataset.is_dir():
+        raise DatasetError(f"dataset folder not found: {dataset}")
+    if mapping_path is None and (dataset / "test_release").is_dir():
+        dataset, mapping_path = dataset / "test_release", dataset / "test_image_name_to_ids.json"
+    if mapping_path is None:
+        return sample_items(find_samples(dataset))
+    mapping = load_mapping(mapping_path)
+    files = image_files(dataset)
+    missing = [f.name for f in files if f.name not in mapping]
+    if missing:
+        raise DatasetError(f"{len(missing)} image(s) of {dataset} are not in {mapping_path}, e.g. {missing[0]}")
+    return [
+        ExportItem(mapping[f.name]["id"], f.name, f, (mapping[f.name]["height"], mapping[f.name]["width"]))
+        for f in files
+    ]
+
+
+def iter_export(
+    model,
+    items: Sequence[ExportItem],
+    out_json: str | Path,
+    *,
+    device=None,
+    score_thresh: float = 0.5,
+    mask_thresh: float = 0.6,
+    tile_size: int = 1024,
+    resume: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[int, int, str]]:
+    """Segment every item and write the submission ``out_json``.
+
+    Yields ``(done, total, name)`` after each image. Returns (generator value) the number of
+    results written, or None when stopped early (the partial file keeps finished images).
+    """
+    out_json = Path(out_json)
+    if out_json.is_dir():
+        raise DatasetError(f"output {out_json} is a folder; give a file name such as test-results.json")
+    partial = out_json.with_name(out_json.name + ".partial.jsonl")
+    settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size,
+                "items": [[it.image_id, it.name] for it in items]}
+    done = _read_partial(partial, settings) if resume else {}
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "a" if done else "w", encoding="utf-8") as log:
+        if not done:
+            log.write(json.dumps({"settings": settings}) + "\n")
+        for n, item in enumerate(items, start=1):
+            if item.name not in done:
+                if should_stop is not None and should_stop():
+                    return None
+                image = read_image(item.path)
+                if item.shape is not None and tuple(image.shape[:2]) != tuple(item.shape):
+                    raise DatasetError(
+                        f"{item.path} is {image.shape[0]}x{image.shape[1]} but the mapping file says "
+                        f"{item.shape[0]}x{item.shape[1]}"
+                    )
+                labels, scores = segment_image(
+                    model, image, device=device, score_thresh=score_thresh, mask_thresh=mask_thresh,
+                    tile_size=tile_size,
+                )
+                done[item.name] = labels_to_results(labels, item.image_id, scores)
+                log.write(json.dumps({"name": item.name, "results": done[item.name]}) + "\n")
+                log.flush()
+            yield n, len(items), item.name
+    write_json(out_json, [r for it in items for r in done[it.name]])
+    partial.unlink(missing_ok=True)
+    return sum(len(done[it.name]) for it in items)
+
+
+def _read_partial(partial: Path, settings: dict[str, Any]) -> dict[str, list[dict]]:
+    """Finished images of an interrupted export with the same settings; a torn last line (killed
+    mid-write) is ignored, and a partial file made with other settings is not reused."""
+    if not partial.exists():
+        return {}
+    lines = partial.read_text(encoding="utf-8").splitlines()
+    try:
+        if json.loads(lines[0]) != {"settings": settings}:
+            return {}
+    except (IndexError, json.JSONDecodeError):
+        return {}
+    done: dict[str, list[dict]] = {}
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+            done[entry["name"]] = entry["results"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return done

@@ -1,0 +1,113 @@
+import math
+
+import pytest
+
+from napari_cellseg import engine
+from napari_cellseg._torch import torch
+from napari_cellseg.checkpoint import load_checkpoint
+from napari_cellseg.engine import DoneEvent, EpochEvent, StepEvent, TrainConfig, train
+from napari_cellseg.errors import TrainingError
+
+
+def config(root, out, **kw) -> TrainConfig:
+    base = dict(dataset=str(root), out_dir=str(out), arch="resnet18", epochs=1, batch_size=2, lr=1e-3,
+                warmup_steps=1, crop_size=64, val_limit=1, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(cfg, should_stop=None):
+    return list(train(cfg, should_stop))
+
+
+def test_one_epoch_yields_steps_validation_and_checkpoints(tiny_dataset, tmp_path):
+    events = run(config(tiny_dataset, tmp_path / "run"))
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert [s.step for s in steps] == [1, 2]  # 4 training samples, batch 2
+    assert all(math.isfinite(s.losses["loss"]) and "loss_mask" in s.losses for s in steps)
+    (epoch,) = [e for e in events if isinstance(e, EpochEvent)]
+    assert {"AP", "AP50", "AP75"} <= set(epoch.metrics)
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and not done.cancelled
+    assert done.last.exists() and done.best.exists()
+    ckpt = load_checkpoint(done.last)
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 2
+    assert ckpt["config"]["class_names"] == ["class1", "class2"]
+    assert {"optimizer", "scheduler", "scaler", "train_args"} <= set(ckpt)
+
+
+def test_resume_continues_the_schedule(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    run(config(tiny_dataset, out, epochs=2, max_steps=2))
+    events = run(config(tiny_dataset, out, epochs=2, resume=str(out / "last.pt")))
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert [(s.epoch, s.step) for s in steps] == [(2, 3), (2, 4)]
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+def test_same_seed_same_weights(tiny_dataset, tmp_path):
+    weights = []
+    for name in ("a", "b"):
+        run(config(tiny_dataset, tmp_path / name, max_steps=1))
+        weights.append(load_checkpoint(tmp_path / name / "last.pt")["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_cancel_stops_within_a_step_and_keeps_the_work(tiny_dataset, tmp_path):
+    seen = []
+    events = run(config(tiny_dataset, tmp_path / "run", epochs=3), should_stop=lambda: len(seen) > 0 or seen.append(1))
+    assert [e.step for e in events if isinstance(e, StepEvent)] == [1]
+    assert events[-1].cancelled
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == 1 and ckpt["epoch"] == 0  # resume redoes the unfinished epoch
+
+
+def test_closing_the_generator_saves_last(tiny_dataset, tmp_path):
+    gen = train(config(tiny_dataset, tmp_path / "run", epochs=3))
+    for event in gen:
+        if isinstance(event, StepEvent):
+            break
+    gen.close()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(config(tiny_dataset, out, epochs=1))
+    good = (out / "last.pt").read_bytes()
+    real_step = engine._train_step
+    calls = []
+
+    def exploding(*args):
+        losses = real_step(*args)
+        calls.append(1)
+        return {**losses, "loss": float("nan")} if len(calls) == 2 else losses
+
+    monkeypatch.setattr(engine, "_train_step", exploding)
+    with pytest.raises(TrainingError, match="loss became nan"):
+        run(config(tiny_dataset, out, epochs=2, resume=str(out / "last.pt")))
+    assert (out / "last.pt").read_bytes() == good
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(max_steps=0)])
+def test_bad_settings_are_refused_before_work(tiny_dataset, tmp_path, bad):
+    with pytest.raises(ValueError):
+        run(config(tiny_dataset, tmp_path / "run", **bad))
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_path_that_is_a_file_is_refused(tiny_dataset, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        run(config(tiny_dataset, tmp_path / "file"))
+
+
+def test_too_few_images_for_the_batch(tiny_dataset, tmp_path):
+    with pytest.raises(TrainingError, match="too few"):
+        run(config(tiny_dataset, tmp_path / "run", batch_size=8))
+
+
+def test_lr_warms_up_then_decays():
+    f = engine.lr_lambda(10, 100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(50) < f(10) and f(100) == pytest.approx(0.01)

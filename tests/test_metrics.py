@@ -1,0 +1,132 @@
+"""Tests for napari_cellseg.metrics: COCO mask AP on tiny synthetic images."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from napari_cellseg import coco, metrics
+from napari_cellseg.errors import DatasetError
+
+CLASSES = ["fluo", "bright"]
+Items = list[tuple[int, str, dict[int, np.ndarray]]]
+
+
+def grid_labels(n: int, size: int = 8, per_row: int = 15) -> np.ndarray:
+    """``n`` separate size x size squares, ids 1..n."""
+    rows = -(-n // per_row)
+    image = np.zeros((rows * (size + 2), per_row * (size + 2)), np.int32)
+    for i in range(n):
+        r, c = divmod(i, per_row)
+        top, left = r * (size + 2), c * (size + 2)
+        image[top : top + size, left : left + size] = i + 1
+    return image
+
+
+def two_images() -> Items:
+    first = grid_labels(6, per_row=3)
+    second = {1: grid_labels(2), 2: grid_labels(3)}
+    return [(1, "a.tif", {1: first}), (2, "b.tif", second)]
+
+
+def perfect(items: Items) -> list[dict]:
+    return [r for image_id, _, labels in items for r in coco.labels_to_results(labels, image_id)]
+
+
+def shift(items: Items, pixels: int) -> Items:
+    """Every instance moved ``pixels`` to the right (the grids leave room at the right edge)."""
+    return [
+        (i, name, {k: np.roll(v, pixels, axis=1) for k, v in labels.items()})
+        for i, name, labels in items
+    ]
+
+
+def test_perfect_prediction_scores_one() -> None:
+    items = two_images()
+    result = metrics.evaluate(coco.ground_truth(items, CLASSES), perfect(items))
+    for key in ("AP", "AP50", "AP75", "AP@100", "AP50@100"):
+        assert result[key] == pytest.approx(1.0), key
+    assert result["AP_per_class"] == {"fluo": pytest.approx(1.0), "bright": pytest.approx(1.0)}
+    assert (result["max_dets"], result["num_images"], result["num_detections"]) == (1000, 2, 11)
+    json.dumps(result, allow_nan=False)
+
+
+def test_shifted_prediction_lowers_ap() -> None:
+    items = two_images()
+    gt = coco.ground_truth(items, CLASSES)
+    # One pixel right: IoU 56/72 = 0.78, a match at IoU thresholds 0.50..0.75 only (6 of 10).
+    moved = metrics.evaluate(gt, perfect(shift(items, 1)))
+    assert moved["AP"] == pytest.approx(0.6)
+    assert moved["AP50"] == pytest.approx(1.0) and moved["AP75"] == pytest.approx(1.0)
+    # Three pixels: IoU 40/88 = 0.45, no match at all.
+    assert metrics.evaluate(gt, perfect(shift(items, 3)))["AP50"] == 0.0
+
+
+def test_dense_image_is_understated_by_the_standard_cap() -> None:
+    """150 nuclei, all found: the 100-detection cap can recall at most 2/3 of them."""
+    items = [(1, "dense.tif", {1: grid_labels(150)})]
+    result = metrics.evaluate(coco.ground_truth(items, CLASSES[:1]), perfect(items), max_dets=1000)
+    assert result["AP"] == pytest.approx(1.0)
+    assert result["AP@100"] < 0.7
+    assert result["AP"] > result["AP@100"]
+
+
+def test_empty_results_give_zeros() -> None:
+    items = [(1, "a.tif", {1: grid_labels(4)})]
+    result = metrics.evaluate(coco.ground_truth(items, CLASSES), [])
+    for key in ("AP", "AP50", "AP75", "AP@100", "AP50@100"):
+        assert result[key] == 0.0
+    assert result["AP_per_class"] == {"fluo": 0.0, "bright": None}  # no bright nucleus to find
+    assert result["num_detections"] == 0
+
+
+def test_only_images_in_ground_truth_count_and_nothing_is_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    items = two_images()
+    gt = coco.ground_truth(items[:1], CLASSES)
+    before = copy.deepcopy(gt)
+    result = metrics.evaluate(gt, perfect(items))
+    assert result["AP"] == pytest.approx(1.0)
+    assert (result["num_images"], result["num_detections"]) == (1, 6)
+    assert capsys.readouterr().out == ""
+    assert gt == before  # COCOeval writes into annotations: ours must be copies
+
+
+def test_uncompressed_results_are_accepted() -> None:
+    items = [(1, "a.tif", {1: grid_labels(3)})]
+    results = perfect(items)
+    for r in results:
+        mask = coco.decode_mask(r["segmentation"])
+        flat = mask.T.ravel().astype(np.int8)
+        changes = np.flatnonzero(np.diff(np.concatenate(([0], flat))))  # background run first
+        edges = np.concatenate(([0], changes, [flat.size]))
+        r["segmentation"] = {"size": list(mask.shape), "counts": np.diff(edges).tolist()}
+    assert metrics.evaluate(coco.ground_truth(items, CLASSES), results)["AP"] == pytest.approx(1.0)
+
+
+def test_result_of_the_wrong_size_is_a_dataset_error() -> None:
+    items = [(1, "a.tif", {1: grid_labels(3)})]
+    wrong = coco.labels_to_results({1: np.pad(grid_labels(3), 1)}, 1)
+    with pytest.raises(DatasetError, match="a.tif"):
+        metrics.evaluate(coco.ground_truth(items, CLASSES), wrong)
+
+
+def test_max_dets_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        metrics.evaluate(coco.ground_truth(two_images(), CLASSES), [], max_dets=0)
+
+
+def test_format_metrics_labels_every_figure() -> None:
+    items = [(1, "a.tif", {1: grid_labels(4)})]
+    result = metrics.evaluate(coco.ground_truth(items, CLASSES), perfect(items))
+    text = metrics.format_metrics(result)
+    lines = text.splitlines()
+    assert "1 images" in lines[0] and "up to 1000 per image" in lines[0]
+    assert any(line.split()[0] == "AP75" for line in lines[1:])
+    assert any("standard cap, 100" in line and "1.0000" in line for line in lines)
+    assert any("fluo" in line and "1.0000" in line for line in lines)
+    assert any("bright" in line and "n/a" in line for line in lines)
