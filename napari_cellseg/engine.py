@@ -174,6 +174,7 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
+        persistent_workers=cfg.workers > 0,  # workers keep their decoded-image cache across epochs
     )
     if len(loader) == 0:
         raise TrainingError(

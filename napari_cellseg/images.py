@@ -1,0 +1,281 @@
+"""Reading microscopy images and label images, normalised to the core's conventions.
+
+Every image the core sees is ``H x W x 3`` ``uint8`` (see ``docs/architecture.md``); every label
+image is ``H x W`` ``int32`` with 0 as background. The readers check a file's declared size before
+decoding it, so a damaged or absurd header gives one clear line instead of a crash or a
+multi-gigabyte allocation, and every message names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from ._torch import torch
+from .atomic import atomic_path
+from .errors import DatasetError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+MIN_SIDE = 8
+"""Smaller images cannot hold a cell the network could see; they are refused as damaged."""
+MAX_PIXELS = 2**28
+"""Pixels in one 2-D plane (16384 x 16384); beyond that the header is damaged or the file is a mosaic."""
+MAX_CHANNELS = 4
+"""More planes than this along an extra axis is a Z/T stack, not colour channels."""
+PERCENTILES = (0.5, 99.5)
+"""Robust range for 16-bit and float images: a few hot pixels must not make the image black."""
+_STACK_AXES = "ZT"
+"""tifffile axis letters that mean slices or time points, never colour, whatever their length."""
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 -> 3 x H x W float32 in [0, 1], what the network takes."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+# ---------------------------------------------------------------------------------------- images
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a microscopy image as ``H x W x 3`` ``uint8``, or raise ``DatasetError`` naming the file.
+
+    TIFFs are read with tifffile (LZW, deflate, 16-bit, float, ImageJ); other formats (PNG, JPEG,
+    BMP) with Pillow, whose lazy header gives the size before decoding as tifffile does.
+    """
+    path = Path(path)
+    _check_file(path, "image")
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        array = _read_tiff(path, "image")
+    else:
+        array = _read_pillow(path, "image")
+    try:
+        return to_rgb_uint8(array)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+
+
+def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
+    """Normalise any 2-D image to ``H x W x 3`` ``uint8``, deterministically (training = inference).
+
+    Layouts: ``H x W`` grey, ``H x W x C`` and channel-first ``C x H x W`` with C in 1..4 (when
+    both H and W exceed 4; channel-last wins when both read). C = 1 is repeated to grey RGB; C = 2
+    keeps the first channel only, because averaging two stains blurs both; C = 4 drops alpha.
+    ``uint8`` is kept as is, ``bool`` becomes 0/255; any other dtype is stretched so that the
+    0.5th..99.5th percentile of all channels together (finite values only) maps to 0..255, which
+    keeps colour balance and ignores hot pixels. A constant image maps to 0, NaN and inf to 0.
+    """
+    array = np.asarray(array)
+    hwc = _as_hwc(array)
+    channels = hwc.shape[2]
+    if channels == 2:
+        hwc = hwc[:, :, :1]
+    elif channels == 4:
+        hwc = hwc[:, :, :3]
+    rgb = _scale_to_uint8(hwc)
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    return np.ascontiguousarray(rgb)
+
+
+def _as_hwc(array: np.ndarray) -> np.ndarray:
+    """Put the channel axis last; raise ``DatasetError`` for stacks and unusable shapes."""
+    if array.ndim > 3:
+        array = _squeeze_extra(array)
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim != 3:
+        raise DatasetError(f"expected a 2-D image, got an array of shape {array.shape}")
+    if 1 <= array.shape[2] <= MAX_CHANNELS:
+        return array
+    if 1 <= array.shape[0] <= MAX_CHANNELS and min(array.shape[1:]) > MAX_CHANNELS:
+        return np.moveaxis(array, 0, 2)
+    raise DatasetError(_stack_message(array.shape))
+
+
+def _squeeze_extra(array: np.ndarray) -> np.ndarray:
+    """Drop singleton axes beyond the third, e.g. ImageJ's T=1 Z=1 C x Y x X."""
+    singletons = tuple(i for i, n in enumerate(array.shape) if n == 1)
+    drop = singletons[: array.ndim - 3]
+    squeezed = np.squeeze(array, axis=drop) if drop else array
+    if squeezed.ndim > 3:
+        raise DatasetError(_stack_message(array.shape))
+    return squeezed
+
+
+def _stack_message(shape: tuple[int, ...]) -> str:
+    return (
+        f"this is a stack of shape {tuple(shape)} (several slices or time points); "
+        "save one 2-D slice (e.g. in Fiji: Image > Duplicate, one slice) and use that"
+    )
+
+
+def _scale_to_uint8(hwc: np.ndarray) -> np.ndarray:
+    """Map any dtype to uint8: uint8 as is, the rest by a robust percentile stretch."""
+    if hwc.dtype == np.uint8:
+        return hwc
+    if hwc.dtype == np.bool_:
+        return hwc.astype(np.uint8) * np.uint8(255)
+    if not (np.issubdtype(hwc.dtype, np.integer) or np.issubdtype(hwc.dtype, np.floating)):
+        raise DatasetError(f"cannot show pixels of type {hwc.dtype} as an image")
+    # float32 is exact for 16-bit data and halves the memory; wider types need float64
+    values = hwc.astype(np.float32 if hwc.dtype.itemsize <= 2 else np.float64) / 2  # halves never overflow
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(hwc.shape, np.uint8)
+    lo, hi = np.percentile(values[finite], PERCENTILES)
+    if hi <= lo:  # mostly one value: fall back to the full range before calling it constant
+        lo, hi = values[finite].min(), values[finite].max()
+    if hi <= lo:
+        return np.zeros(hwc.shape, np.uint8)
+    scaled = (np.where(finite, values, lo) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------- labels
+
+
+def read_labels(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read an instance label image as ``H x W`` ``int32`` (0 = background).
+
+    Any integer type is accepted, and floats that hold whole numbers (some tools save masks as
+    float32). ``shape`` is the image's shape (only ``H, W`` are compared): a mask drawn on another
+    image must not be paired with this one silently.
+    """
+    path = Path(path)
+    _check_file(path, "mask")
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        array = _read_tiff(path, "mask")
+    else:
+        array = _read_pillow(path, "mask")
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise DatasetError(
+            f"{path}: a mask must be one 2-D image of instance ids, but it has shape {tuple(array.shape)}"
+        )
+    labels = _labels_to_int32(array, path)
+    if shape is not None and tuple(labels.shape) != tuple(shape[:2]):
+        h, w = shape[:2]
+        raise DatasetError(
+            f"{path}: the mask is {labels.shape[0]} x {labels.shape[1]} pixels but its image is "
+            f"{h} x {w}; a mask must have the size of its image"
+        )
+    return labels
+
+
+def _labels_to_int32(array: np.ndarray, path: Path) -> np.ndarray:
+    """Check that the values are instance ids (whole, >= 0, fit int32) and convert."""
+    if array.dtype == np.bool_:
+        return array.astype(np.int32)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or not np.array_equal(array, np.floor(array)):
+            raise DatasetError(
+                f"{path}: a mask must hold whole instance ids (0 = background), "
+                "but it has fractional or NaN values; is it a probability map?"
+            )
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise DatasetError(f"{path}: a mask must hold integer instance ids, not {array.dtype}")
+    if array.size and array.min() < 0:
+        raise DatasetError(f"{path}: a mask must not hold negative values (found {array.min()})")
+    if array.size and array.max() > np.iinfo(np.int32).max:
+        raise DatasetError(f"{path}: instance id {array.max()} is too large (the limit is 2**31 - 1)")
+    return array.astype(np.int32)
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Write an instance label image as a deflate-compressed TIFF, whole or not at all.
+
+    Stored as ``uint16`` when the ids fit (what HW3 and Fiji expect), else ``uint32``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise ValueError(f"labels must be a 2-D integer array, got {labels.dtype} of shape {labels.shape}")
+    top = int(labels.max()) if labels.size else 0
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must not be negative")
+    dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", photometric="minisblack")
+
+
+# ---------------------------------------------------------------------------------------- readers
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise DatasetError(f"{path}: {what} file not found")
+    if not path.is_file():
+        raise DatasetError(f"{path}: this is a folder or a special file; expected the {what} file")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: the {what} file is empty (0 bytes); was the copy interrupted?")
+
+
+def _read_tiff(path: Path, what: str) -> np.ndarray:
+    """Decode the first series of a TIFF after checking its declared shape."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            _check_declared(path, tuple(series.shape), series.axes, what)
+            return series.asarray()
+    except (DatasetError, MemoryError):
+        raise
+    except PermissionError:
+        raise DatasetError(f"{path}: permission denied; cannot read the {what} file") from None
+    except Exception as exc:  # tifffile, imagecodecs and numpy raise many kinds for damaged files
+        raise DatasetError(f"{path}: not a readable TIFF {what} (damaged or truncated?): {exc}") from None
+
+
+def _check_declared(path: Path, shape: tuple[int, ...], axes: str, what: str) -> None:
+    """Refuse stacks, tiny and absurd sizes from the header, before any pixel is decoded."""
+    planes = [(axis, n) for axis, n in zip(axes, shape) if axis not in "YXS" and n > 1]
+    if len(planes) > 1 or any(axis in _STACK_AXES or n > MAX_CHANNELS for axis, n in planes):
+        raise DatasetError(f"{path}: {_stack_message(shape)}")
+    if "Y" in axes and "X" in axes:
+        height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    else:  # unusual series without named axes: the last two are the plane
+        height, width = (1, 1, *shape)[-2:]
+    _check_size(path, height, width, what)
+
+
+def _check_size(path: Path, height: int, width: int, what: str) -> None:
+    if height * width > MAX_PIXELS:
+        raise DatasetError(
+            f"{path}: declares {height} x {width} pixels, more than the {MAX_PIXELS:,} this tool reads; "
+            "the header is damaged or the image must be cut into tiles first"
+        )
+    if min(height, width) < MIN_SIDE:
+        raise DatasetError(
+            f"{path}: the {what} is only {height} x {width} pixels; at least {MIN_SIDE} x {MIN_SIDE} is needed"
+        )
+
+
+def _read_pillow(path: Path, what: str) -> np.ndarray:
+    """PNG, JPEG, BMP...: Pillow reads the size lazily, so it is checked before decoding.
+
+    Palette and CMYK images become RGB; a mask keeps its palette indices, which are its ids.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            _check_size(path, im.height, im.width, what)
+            if what == "image" and im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            return np.asarray(im)
+    except (DatasetError, MemoryError):
+        raise
+    except Image.DecompressionBombError:
+        raise DatasetError(f"{path}: the {what} is too large to read safely; cut it into tiles first") from None
+    except UnidentifiedImageError:
+        raise DatasetError(
+            f"{path}: not an image file this tool can read; use TIFF (.tif), PNG or JPEG"
+        ) from None
+    except PermissionError:
+        raise DatasetError(f"{path}: permission denied; cannot read the {what} file") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for damaged files
+        raise DatasetError(f"{path}: could not read the {what} (damaged or truncated?): {exc}") from None
+
+
+__all__ = ["read_image", "to_rgb_uint8", "read_labels", "write_labels", "to_tensor"]

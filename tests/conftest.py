@@ -1,0 +1,101 @@
+"""Shared fixtures: a tiny synthetic dataset in the HW3 layout, written fresh for each test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+TINY_SHAPE = (64, 80)
+"""Height x width of every image in ``tiny_dataset``."""
+
+# Per sample: {class id: [(kind, y0, x0, y1, x1), ...]}; instance ids are 1, 2, ... in list order.
+# Class 1 cells are bright (fluorescence-like), class 2 cells are dark purple (stain-like).
+_TRAIN = {
+    "sample_0": {
+        1: [("rect", 4, 4, 14, 16), ("ellipse", 30, 40, 46, 60), ("rect", 50, 6, 60, 14)],
+        2: [("ellipse", 8, 50, 24, 74)],
+    },
+    "sample_1": {1: [("ellipse", 10, 10, 30, 30), ("rect", 40, 50, 56, 70)]},  # no class2.tif
+    "sample_2": {1: [("rect", 20, 20, 28, 36)], 2: [("ellipse", 34, 4, 58, 28), ("rect", 2, 60, 12, 76)]},
+    "sample_3": {2: [("ellipse", 16, 24, 48, 56)]},  # no class1.tif
+}
+_VAL = {
+    "val_0": {1: [("ellipse", 6, 6, 22, 26), ("rect", 40, 44, 52, 64)], 2: [("rect", 30, 8, 44, 22)]},
+    "val_1": {1: [("rect", 10, 50, 26, 70)]},  # no class2.tif
+}
+_COLOURS = {1: (230, 230, 230), 2: (120, 40, 140)}
+
+
+def _shape_mask(kind: str, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+    yy, xx = np.mgrid[: TINY_SHAPE[0], : TINY_SHAPE[1]]
+    if kind == "rect":
+        return (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
+    cy, cx, ry, rx = (y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2, (y1 - y0) / 2, (x1 - x0) / 2
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
+
+def _render(spec: dict[int, list[tuple]], rng: np.random.Generator) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """RGBA uint8 image and uint16 label images for one sample spec."""
+    rgb = rng.integers(10, 40, (*TINY_SHAPE, 3)).astype(np.uint8)  # noisy dark background
+    labels = {}
+    for class_id, shapes in spec.items():
+        labels[class_id] = np.zeros(TINY_SHAPE, np.uint16)
+        for instance_id, shape in enumerate(shapes, start=1):
+            mask = _shape_mask(*shape)
+            labels[class_id][mask] = instance_id
+            rgb[mask] = _COLOURS[class_id]
+    return np.dstack([rgb, np.full(TINY_SHAPE, 255, np.uint8)]), labels
+
+
+def _write_image(path: Path, rgba: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, rgba, compression="lzw", photometric="rgb")
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A small deterministic HW3 dataset in ``tmp_path / "dataset"`` (see ``write_tiny_dataset``)."""
+    return write_tiny_dataset(tmp_path / "dataset")
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset_module(tmp_path_factory) -> Path:
+    """``tiny_dataset`` shared by the tests of one module (for a model trained once per module)."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "dataset")
+
+
+def write_tiny_dataset(root: Path) -> Path:
+    """Write a small deterministic HW3 dataset at ``root`` and return it.
+
+    Layout (all images 64 x 80 RGBA uint8, LZW; masks uint16, deflate, 0 = background, ids 1..n):
+
+    - ``train/sample_0``: class1 (3 instances) + class2 (1)
+    - ``train/sample_1``: class1 (2), no class2.tif
+    - ``train/sample_2``: class1 (1) + class2 (2)
+    - ``train/sample_3``: class2 (1), no class1.tif
+    - ``val/val_0``: class1 (2) + class2 (1); ``val/val_1``: class1 (1), no class2.tif
+    - ``test_release/test_0.tif``, ``test_1.tif`` (no masks) and ``test_image_name_to_ids.json``
+      (``[{"file_name", "id", "height", "width"}]``, ids 1 and 2)
+
+    Class 1 cells are light grey, class 2 cells dark purple, on a dark noisy background, so a model
+    can in principle learn them. Train has 4 + 2 + 3 + 1 = 10 instances (6 of class1, 4 of class2);
+    no two instances overlap.
+    """
+    rng = np.random.default_rng(0)
+    for split, samples in (("train", _TRAIN), ("val", _VAL)):
+        for name, spec in samples.items():
+            rgba, labels = _render(spec, rng)
+            _write_image(root / split / name / "image.tif", rgba)
+            for class_id, label_image in labels.items():
+                tifffile.imwrite(root / split / name / f"class{class_id}.tif", label_image, compression="zlib")
+    mapping = []
+    for image_id, spec in enumerate((_TRAIN["sample_0"], _VAL["val_0"]), start=1):
+        name = f"test_{image_id - 1}.tif"
+        _write_image(root / "test_release" / name, _render(spec, rng)[0])
+        mapping.append({"file_name": name, "id": image_id, "height": TINY_SHAPE[0], "width": TINY_SHAPE[1]})
+    (root / "test_image_name_to_ids.json").write_text(json.dumps(mapping, indent=1), encoding="utf-8")
+    return root
