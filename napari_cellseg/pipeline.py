@@ -22,7 +22,7 @@ from .errors import DatasetError
 from .images import read_image
 from .inference import predict
 from .metrics import evaluate
-from .postprocess import to_labels
+from .postprocess import instance_scores, to_labels
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -41,8 +41,7 @@ def segment_image(
     raw = predict(model, image, device=device, tile_size=tile_size, overlap=overlap)
     num_classes = model.roi_heads.box_predictor.cls_score.out_features
     labels = to_labels(raw, score_thresh, mask_thresh, classes=range(1, num_classes))
-    scores = {i + 1: float(s) for i, s in enumerate(raw.scores)}
-    return labels, scores
+    return labels, instance_scores(raw)
 
 
 def validate(
