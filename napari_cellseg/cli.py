@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 from pathlib import Path
 
 from .errors import CellsegError
@@ -17,15 +18,29 @@ from .errors import CellsegError
 PROG = "napari-cellseg"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line as well (argparse would print the whole usage block first);
+    the exit status stays argparse's 2, which tells a usage error from a failed run (1)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
@@ -41,7 +56,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .model import ARCHS, WEIGHTS
 
-    parser = argparse.ArgumentParser(prog=PROG, description="Cell instance segmentation with Mask R-CNN.")
+    parser = _Parser(prog=PROG, description="Cell instance segmentation with Mask R-CNN.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a model on a HW3 dataset folder")
@@ -61,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--crop-size", type=_positive_int, default=512, help="training crop side in pixels")
     t.add_argument("--val-limit", type=_positive_int, help="validate on at most this many images")
+    t.add_argument("--val-every", type=_positive_int, default=1, help="validate every N epochs (and after the last)")
+    t.add_argument("--warmup-steps", type=int, default=100, help="steps of linear learning-rate warm-up")
+    t.add_argument("--clip-grad", type=float, default=10.0, help="gradient norm clipping")
     t.add_argument("--detections", type=_positive_int, default=200, help="detections per image (dense images need more)")
     t.add_argument("--image-scale", type=float, default=1.0, help="resize factor inside the model (1 = none)")
 

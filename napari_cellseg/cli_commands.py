@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .atomic import folder_problem
 from .checkpoint import load_model
 from .coco import read_results
 from .data import dataset_classes, find_samples
@@ -26,7 +27,8 @@ def train(args: argparse.Namespace) -> int:
         dataset=args.dataset, out_dir=args.out, arch=args.arch, weights=args.weights, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, device=args.device, amp=args.amp, resume=args.resume,
         max_steps=args.max_steps, workers=args.workers, seed=args.seed, crop_size=args.crop_size,
-        val_limit=args.val_limit, detections_per_img=args.detections, image_scale=args.image_scale,
+        val_limit=args.val_limit, val_every=args.val_every, warmup_steps=args.warmup_steps,
+        clip_grad=args.clip_grad, detections_per_img=args.detections, image_scale=args.image_scale,
     )
     run_training(cfg)
     return 0
@@ -66,12 +68,13 @@ def distributed_rank() -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    model, config = load_model(args.checkpoint, resolve_device(args.device))
+    out = Path(args.out)
+    problem = folder_problem(out)
+    if problem:
+        raise DatasetError(f"output folder: {problem}")
     src = Path(args.images)
     files = image_files(src) if src.is_dir() else [src]
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"output {out} is a file, not a folder")
+    model, config = load_model(args.checkpoint, resolve_device(args.device))
     for path in tqdm(files, desc="predict", unit="image"):
         labels, _ = segment_image(model, read_image(path), score_thresh=args.score_thresh,
                                   mask_thresh=args.mask_thresh, tile_size=args.tile_size)
@@ -96,9 +99,10 @@ def export(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     samples = find_samples(args.ground_truth)
     names = [f"class{k}" for k in range(1, max(dataset_classes(samples), default=1) + 1)]
-    results = read_results(args.results, num_classes=len(names))
     gt = samples_ground_truth(samples, names)
-    known = {img["id"] for img in gt["images"]}
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    results = read_results(args.results, num_classes=len(names), image_sizes=sizes)
+    known = set(sizes)
     stray = {r["image_id"] for r in results} - known
     if stray:
         raise DatasetError(

@@ -26,9 +26,10 @@ class Context:
 
 
 def setup(device: str = "auto") -> Context:
-    """Join the process group that torchrun describes in the environment, if any."""
+    """Join the process group that torchrun describes in the environment, if any (also a world
+    of one under torchrun, so a single-GPU torchrun job runs the same NCCL/DDP path as many)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return Context()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()

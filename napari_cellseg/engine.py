@@ -19,9 +19,10 @@ from typing import Any
 from ._torch import torch
 from . import distributed as dist
 from .amp import autocast_dtype
+from .atomic import folder_problem
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, unwrap
 from .data import CellDataset, collate, dataset_classes, split_samples
-from .errors import TrainingError
+from .errors import CellsegError, CheckpointError, TrainingError
 from .inference import resolve_device
 from .model import ModelConfig, build_model
 from .pipeline import validate
@@ -66,11 +67,13 @@ class TrainConfig:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max steps must be at least 1, got {self.max_steps}")
+        if self.warmup_steps < 0 or self.clip_grad <= 0:
+            raise ValueError("warm-up steps cannot be negative and gradient clipping must be positive")
         if self.workers < 0:
             raise ValueError("workers cannot be negative")
-        out = Path(self.out_dir)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"output folder {out} is a file")
+        problem = folder_problem(self.out_dir)
+        if problem:
+            raise ValueError(f"output folder: {problem}")
 
 
 @dataclass
@@ -145,8 +148,6 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None) -> It
 def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool]) -> Iterator[Event]:
     device = ctx.device or resolve_device(cfg.device)
     out = Path(cfg.out_dir)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
     train_samples, val_samples = split_samples(Path(cfg.dataset), cfg.val_fraction, cfg.seed)
@@ -156,10 +157,17 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
     if ckpt is not None:
         model, model_cfg = model_from_checkpoint(ckpt, cfg.resume)
+        if max(classes) > len(model_cfg.class_names):
+            raise CheckpointError(
+                f"{cfg.resume} was trained for {len(model_cfg.class_names)} classes but {cfg.dataset} has "
+                f"class{max(classes)}.tif masks; resume on the dataset it was trained on, or start a new run"
+            )
     else:
         model_cfg = _model_config(cfg, [f"class{k}" for k in range(1, max(classes) + 1)])
         model = build_model(model_cfg, cfg.weights)
     model.to(device)
+    if ctx.is_main:  # only once the dataset and checkpoint are known good: a failed start leaves nothing
+        out.mkdir(parents=True, exist_ok=True)
 
     amp_dtype, note = autocast_dtype(device, cfg.amp)
     if note and ctx.is_main:
@@ -259,6 +267,8 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
         completed = True
     except _Cancelled:
         pass
+    except CellsegError as exc:
+        raise _without_worker_traceback(exc) from None
     except torch.OutOfMemoryError:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -275,6 +285,17 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
 
 class _Cancelled(Exception):
     pass
+
+
+def _without_worker_traceback(exc: CellsegError) -> CellsegError:
+    """The error as the user should read it: a DataLoader worker re-raises a bad file's one line
+    prefixed with the worker's whole traceback, whose last line is ``module.Class: message``."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    last = text.strip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return type(exc)(last[len(prefix):] if last.startswith(prefix) else last)
 
 
 def _train_step(model, images, targets, optimizer, scaler, params, clip_grad, ctx) -> dict[str, float]:
