@@ -26,6 +26,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def folder_problem(folder: str | os.PathLike) -> str | None:
+    """Why ``folder`` could not be created or written to, or None: checked before any work starts.
+
+    Walks up to the nearest existing ancestor, which must be a folder we may write in (a path under
+    a file, or in a read-only folder, would otherwise fail only when the first result is saved).
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        if existing == folder:
+            return f"{folder} is a file, not a folder"
+        return f"cannot create the folder {folder}: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing}: permission denied"
+    return None
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:

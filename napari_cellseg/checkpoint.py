@@ -42,12 +42,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"refused to load {path}: it holds Python objects that could run code, "
-            "not plain weights. Use a checkpoint written by napari-cellseg train."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except pickle.UnpicklingError as exc:
+        # A reference to code (GLOBAL), or a well-formed torch archive whose pickle the weights-only
+        # reader refuses, is unsafe; anything else is not a checkpoint at all.
+        if "GLOBAL" in str(exc) or zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"refused to load {path}: it holds Python objects that could run code, "
+                "not plain weights. Use a checkpoint written by napari-cellseg train."
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint (unreadable data)") from None
+    except PermissionError:
+        raise CheckpointError(f"checkpoint {path}: permission denied; cannot read it") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # torch.load raises RuntimeError, EOFError, KeyError, BadZipFile... for damaged files
         raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
@@ -62,11 +70,37 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint
     try:
         config = ModelConfig.from_dict(ckpt["config"])
         model = build_model(config)
+        mismatch = _weights_mismatch(model.state_dict(), ckpt["model"])
+        if mismatch:
+            raise ValueError(mismatch)
         model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except KeyError as exc:
+        raise CheckpointError(f"{source} is incomplete: it has no {exc.args[0]!r} entry") from None
+    except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{source} does not fit its model configuration: {first}") from None
     return model, config
+
+
+def _weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str | None:
+    """One line on how the saved weights differ from the configured model, or None when they fit.
+
+    torch's own message lists every tensor over many lines; this counts them and names one.
+    """
+    missing = [k for k in expected if k not in found]
+    unknown = [k for k in found if k not in expected]
+    resized = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unknown or resized):
+        return None
+    parts = [f"{len(v)} {what}" for v, what in ((missing, "weights missing"), (unknown, "unknown weights"),
+                                                  (resized, "weights of another shape")) if v]
+    if resized:
+        k = resized[0]
+        example = f"{k} is {tuple(found[k].shape)}, the model needs {tuple(expected[k].shape)}"
+    else:
+        example = f"{(missing or unknown)[0]}"
+    return (f"{', '.join(parts)} (e.g. {example}); it was saved for another architecture or number of "
+            "classes than its configuration says")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CellMaskRCNN, ModelConfig]:

@@ -38,26 +38,28 @@ def run_training(cfg: TrainConfig) -> DoneEvent | None:
     """Drive the training generator with a progress bar (rank 0 only under torchrun)."""
     bar: tqdm | None = None
     done = None
-    for event in train_events(cfg):
-        if isinstance(event, StepEvent):
-            if bar is None:
-                bar = tqdm(total=event.total_steps, initial=event.step - 1, desc="train", unit="step")
-            bar.update(1)
-            bar.set_postfix(epoch=event.epoch, loss=f"{event.losses['loss']:.3f}", lr=f"{event.lr:.1e}",
-                            img_s=f"{event.images_per_s:.1f}")
-        elif isinstance(event, EpochEvent) and event.metrics:
-            m = event.metrics
-            tqdm.write(
-                f"epoch {event.epoch}/{event.epochs}: AP {m.get('AP', 0):.3f}  AP50 {m.get('AP50', 0):.3f}  "
-                f"AP75 {m.get('AP75', 0):.3f}  (standard 100-detection cap: AP {m.get('AP@100', 0):.3f})  "
-                f"-> {event.checkpoint}{'  [best]' if event.best else ''}"
-            )
-        elif isinstance(event, InfoEvent):
-            tqdm.write(event.message)
-        elif isinstance(event, DoneEvent):
-            done = event
-    if bar is not None:
-        bar.close()
+    try:
+        for event in train_events(cfg):
+            if isinstance(event, StepEvent):
+                if bar is None:
+                    bar = tqdm(total=event.total_steps, initial=event.step - 1, desc="train", unit="step")
+                bar.update(1)
+                bar.set_postfix(epoch=event.epoch, loss=f"{event.losses['loss']:.3f}", lr=f"{event.lr:.1e}",
+                                img_s=f"{event.images_per_s:.1f}")
+            elif isinstance(event, EpochEvent) and event.metrics:
+                m = event.metrics
+                tqdm.write(
+                    f"epoch {event.epoch}/{event.epochs}: AP {m.get('AP', 0):.3f}  AP50 {m.get('AP50', 0):.3f}  "
+                    f"AP75 {m.get('AP75', 0):.3f}  (standard 100-detection cap: AP {m.get('AP@100', 0):.3f})  "
+                    f"-> {event.checkpoint}{'  [best]' if event.best else ''}"
+                )
+            elif isinstance(event, InfoEvent):
+                tqdm.write(event.message)
+            elif isinstance(event, DoneEvent):
+                done = event
+    finally:  # closed before any error line, so the bar is never redrawn after it
+        if bar is not None:
+            bar.close()
     if done is not None and distributed_rank() == 0:
         print(f"last checkpoint: {done.last}\nbest checkpoint: {done.best}")
     return done
@@ -72,14 +74,15 @@ def predict(args: argparse.Namespace) -> int:
     problem = folder_problem(out)
     if problem:
         raise DatasetError(f"output folder: {problem}")
+    model, config = load_model(args.checkpoint, resolve_device(args.device))
     src = Path(args.images)
     files = image_files(src) if src.is_dir() else [src]
-    model, config = load_model(args.checkpoint, resolve_device(args.device))
-    for path in tqdm(files, desc="predict", unit="image"):
-        labels, _ = segment_image(model, read_image(path), score_thresh=args.score_thresh,
-                                  mask_thresh=args.mask_thresh, tile_size=args.tile_size)
-        for class_id, image in labels.items():
-            write_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image)
+    with tqdm(files, desc="predict", unit="image") as bar:  # closed before any error line
+        for path in bar:
+            labels, _ = segment_image(model, read_image(path), score_thresh=args.score_thresh,
+                                      mask_thresh=args.mask_thresh, tile_size=args.tile_size)
+            for class_id, image in labels.items():
+                write_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image)
     print(f"wrote label images for {len(files)} image(s) to {out}")
     return 0
 

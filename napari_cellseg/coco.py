@@ -398,11 +398,14 @@ def read_results(
     path: str | os.PathLike,
     mapping_ids: set[int] | None = None,
     num_classes: int | None = None,
+    image_sizes: Mapping[int, tuple[int, int]] | None = None,
 ) -> list[dict]:
     """Load and check a results JSON; segmentations come back as compressed RLE (counts str).
 
-    Every mask is checked against its size here, so a damaged file fails with its name and entry
-    instead of crashing pycocotools' C code later.
+    Every mask is checked against its own size here, so a damaged file fails with its name and
+    entry instead of crashing pycocotools' C code later; with ``image_sizes`` (image id -> height,
+    width, e.g. from the mapping file) also against its image's size. Ids missing from
+    ``image_sizes`` are left to ``mapping_ids`` or the caller.
     """
     results = _load_json(path, "Results file")
     if not isinstance(results, list):
@@ -413,6 +416,13 @@ def read_results(
         if not isinstance(result, dict) or any(k not in result for k in _REQUIRED_RESULT_KEYS):
             raise DatasetError(f"{where}: needs keys {', '.join(_REQUIRED_RESULT_KEYS)}.")
         checked.append(_checked_result(result, where, mapping_ids, num_classes))
+        size = None if image_sizes is None else image_sizes.get(checked[-1]["image_id"])
+        rle_size = tuple(checked[-1]["segmentation"]["size"])
+        if size is not None and rle_size != tuple(size):
+            raise DatasetError(
+                f"{where}: the mask is {rle_size[0]} x {rle_size[1]} but image {checked[-1]['image_id']} is "
+                f"{size[0]} x {size[1]}; the results were made for other images."
+            )
     return checked
 
 

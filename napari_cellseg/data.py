@@ -81,6 +81,8 @@ def _subfolders(folder: Path) -> list[Path]:
 
 def _read_sample_dir(sample_dir: Path) -> Sample:
     entries = {e.name: Path(e.path) for e in _list_dir(sample_dir) if e.is_file()}
+    if (sample_dir / IMAGE_NAME).is_dir():
+        raise DatasetError(f"{sample_dir / IMAGE_NAME}: this is a folder; expected the sample's image file")
     if IMAGE_NAME not in entries:
         raise DatasetError(
             f"{sample_dir}: sample folder '{sample_dir.name}' has no {IMAGE_NAME}; "
@@ -117,7 +119,13 @@ def split_samples(
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: dataset folder not found")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: expected a dataset folder (holding train/), found a file")
     train_dir = root / "train"
+    if train_dir.exists() and not train_dir.is_dir():
+        raise DatasetError(f"{train_dir}: expected the folder of training samples, found a file")
     if not train_dir.is_dir():
         raise DatasetError(
             f"{root}: no 'train' folder; expected the HW3 layout {train_dir}/<sample>/{IMAGE_NAME} "

@@ -18,7 +18,6 @@ from ._torch import torch
 from .atomic import atomic_path
 from .errors import DatasetError
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 MIN_SIDE = 8
 """Smaller images cannot hold a cell the network could see; they are refused as damaged."""
 MAX_PIXELS = 2**28
@@ -27,6 +26,7 @@ MAX_CHANNELS = 4
 """More planes than this along an extra axis is a Z/T stack, not colour channels."""
 PERCENTILES = (0.5, 99.5)
 """Robust range for 16-bit and float images: a few hot pixels must not make the image black."""
+_TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 _STACK_AXES = "ZT"
 """tifffile axis letters that mean slices or time points, never colour, whatever their length."""
 
@@ -43,11 +43,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a microscopy image as ``H x W x 3`` ``uint8``, or raise ``DatasetError`` naming the file.
 
     TIFFs are read with tifffile (LZW, deflate, 16-bit, float, ImageJ); other formats (PNG, JPEG,
-    BMP) with Pillow, whose lazy header gives the size before decoding as tifffile does.
+    BMP) with Pillow, whose lazy header gives the size before decoding as tifffile does. The format
+    is told by the file's first bytes, not its name: a PNG saved as ``image.tif`` reads as a PNG.
     """
     path = Path(path)
     _check_file(path, "image")
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if _is_tiff(path, "image"):
         array = _read_tiff(path, "image")
     else:
         array = _read_pillow(path, "image")
@@ -55,6 +56,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         return to_rgb_uint8(array)
     except DatasetError as exc:
         raise DatasetError(f"{path}: {exc}") from None
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """An image's height and width from its header alone, after ``read_image``'s checks on it.
+
+    Cheap enough to check a whole folder against a mapping file before any image is segmented.
+    """
+    path = Path(path)
+    _check_file(path, "image")
+    reader = _read_tiff if _is_tiff(path, "image") else _read_pillow
+    return reader(path, "image", decode=False)
 
 
 def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
@@ -146,7 +158,7 @@ def read_labels(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -
     """
     path = Path(path)
     _check_file(path, "mask")
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if _is_tiff(path, "mask"):
         array = _read_tiff(path, "mask")
     else:
         array = _read_pillow(path, "mask")
@@ -212,13 +224,24 @@ def _check_file(path: Path, what: str) -> None:
         raise DatasetError(f"{path}: the {what} file is empty (0 bytes); was the copy interrupted?")
 
 
-def _read_tiff(path: Path, what: str) -> np.ndarray:
-    """Decode the first series of a TIFF after checking its declared shape."""
+def _is_tiff(path: Path, what: str) -> bool:
+    """Whether the file starts with a TIFF signature (classic or BigTIFF, either byte order)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in _TIFF_SIGNATURES
+    except PermissionError:
+        raise DatasetError(f"{path}: permission denied; cannot read the {what} file") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the {what} file: {exc.strerror or exc}") from None
+
+
+def _read_tiff(path: Path, what: str, decode: bool = True) -> np.ndarray | tuple[int, int]:
+    """Decode the first series of a TIFF after checking its declared shape (only its size without ``decode``)."""
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            _check_declared(path, tuple(series.shape), series.axes, what)
-            return series.asarray()
+            size = _check_declared(path, tuple(series.shape), series.axes, what)
+            return series.asarray() if decode else size
     except (DatasetError, MemoryError):
         raise
     except PermissionError:
@@ -227,8 +250,8 @@ def _read_tiff(path: Path, what: str) -> np.ndarray:
         raise DatasetError(f"{path}: not a readable TIFF {what} (damaged or truncated?): {exc}") from None
 
 
-def _check_declared(path: Path, shape: tuple[int, ...], axes: str, what: str) -> None:
-    """Refuse stacks, tiny and absurd sizes from the header, before any pixel is decoded."""
+def _check_declared(path: Path, shape: tuple[int, ...], axes: str, what: str) -> tuple[int, int]:
+    """Refuse stacks, tiny and absurd sizes from the header, before any pixel is decoded; the plane's H, W."""
     planes = [(axis, n) for axis, n in zip(axes, shape) if axis not in "YXS" and n > 1]
     if len(planes) > 1 or any(axis in _STACK_AXES or n > MAX_CHANNELS for axis, n in planes):
         raise DatasetError(f"{path}: {_stack_message(shape)}")
@@ -237,6 +260,7 @@ def _check_declared(path: Path, shape: tuple[int, ...], axes: str, what: str) ->
     else:  # unusual series without named axes: the last two are the plane
         height, width = (1, 1, *shape)[-2:]
     _check_size(path, height, width, what)
+    return int(height), int(width)
 
 
 def _check_size(path: Path, height: int, width: int, what: str) -> None:
@@ -251,7 +275,7 @@ def _check_size(path: Path, height: int, width: int, what: str) -> None:
         )
 
 
-def _read_pillow(path: Path, what: str) -> np.ndarray:
+def _read_pillow(path: Path, what: str, decode: bool = True) -> np.ndarray | tuple[int, int]:
     """PNG, JPEG, BMP...: Pillow reads the size lazily, so it is checked before decoding.
 
     Palette and CMYK images become RGB; a mask keeps its palette indices, which are its ids.
@@ -261,6 +285,13 @@ def _read_pillow(path: Path, what: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             _check_size(path, im.height, im.width, what)
+            if what == "mask" and im.format == "JPEG":
+                raise DatasetError(
+                    f"{path}: this mask is a JPEG, whose lossy compression changes pixel values and so "
+                    "the instance ids; save masks as TIFF or PNG"
+                )
+            if not decode:
+                return im.height, im.width
             if what == "image" and im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
             return np.asarray(im)
@@ -270,7 +301,8 @@ def _read_pillow(path: Path, what: str) -> np.ndarray:
         raise DatasetError(f"{path}: the {what} is too large to read safely; cut it into tiles first") from None
     except UnidentifiedImageError:
         raise DatasetError(
-            f"{path}: not an image file this tool can read; use TIFF (.tif), PNG or JPEG"
+            f"{path}: not an image file this tool can read (neither TIFF nor PNG, JPEG, BMP; "
+            "damaged?); use TIFF (.tif), PNG or JPEG"
         ) from None
     except PermissionError:
         raise DatasetError(f"{path}: permission denied; cannot read the {what} file") from None
@@ -278,4 +310,4 @@ def _read_pillow(path: Path, what: str) -> np.ndarray:
         raise DatasetError(f"{path}: could not read the {what} (damaged or truncated?): {exc}") from None
 
 
-__all__ = ["read_image", "to_rgb_uint8", "read_labels", "write_labels", "to_tensor"]
+__all__ = ["read_image", "read_image_size", "to_rgb_uint8", "read_labels", "write_labels", "to_tensor"]

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from . import distributed as dist
+from .atomic import folder_problem
 from .coco import ground_truth, labels_to_results, load_mapping, write_json
 from .data import Sample, find_samples, read_sample
 from .errors import DatasetError
-from .images import read_image
+from .images import read_image, read_image_size
 from .inference import predict
 from .metrics import evaluate
 from .postprocess import instance_scores, to_labels
@@ -124,10 +125,18 @@ def export_items(dataset: str | Path, mapping_path: str | Path | None = None) ->
     missing = [f.name for f in files if f.name not in mapping]
     if missing:
         raise DatasetError(f"{len(missing)} image(s) of {dataset} are not in {mapping_path}, e.g. {missing[0]}")
-    return [
+    items = [
         ExportItem(mapping[f.name]["id"], f.name, f, (mapping[f.name]["height"], mapping[f.name]["width"]))
         for f in files
     ]
+    for item in items:  # headers only: a wrong size stops the export before any image is segmented
+        height, width = read_image_size(item.path)
+        if (height, width) != item.shape:
+            raise DatasetError(
+                f"{item.path} is {height}x{width} but the mapping file says {item.shape[0]}x{item.shape[1]} "
+                f"({mapping_path})"
+            )
+    return items
 
 
 def iter_export(
@@ -150,6 +159,9 @@ def iter_export(
     out_json = Path(out_json)
     if out_json.is_dir():
         raise DatasetError(f"output {out_json} is a folder; give a file name such as test-results.json")
+    problem = folder_problem(out_json.parent)
+    if problem:
+        raise DatasetError(f"output {out_json}: {problem}")
     partial = out_json.with_name(out_json.name + ".partial.jsonl")
     settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size,
                 "items": [[it.image_id, it.name] for it in items]}

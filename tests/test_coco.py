@@ -357,3 +357,34 @@ def test_read_results_errors_name_the_file(
         coco.read_results(path, **kwargs)
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(label_images)
+def test_labels_survive_the_results_file_and_the_ground_truth(images: list[np.ndarray]) -> None:
+    """Labels -> RLE -> a JSON file on disk -> checked read -> labels is the identity, and each
+    ground-truth annotation decodes to exactly its instance."""
+    import tempfile
+
+    images = consecutive(images)
+    labels = {k: image for k, image in enumerate(images, start=1)}
+    shape = images[0].shape
+    n = int(max(image.max() for image in images))
+    scores = {i: 1.0 - i / 100 for i in range(1, n + 1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "results.json"
+        coco.write_json(path, coco.labels_to_results(labels, 3, scores))
+        results = coco.read_results(path, mapping_ids={3}, num_classes=len(labels), image_sizes={3: shape})
+    back, back_scores = coco.results_to_labels(results, 3, shape)
+    for k, image in labels.items():
+        if image.any():
+            np.testing.assert_array_equal(back[k], image)
+    assert back_scores == scores
+    gt = coco.ground_truth([(3, "x", labels)], [f"c{k}" for k in labels])
+    assert len(gt["annotations"]) == n
+    for ann in gt["annotations"]:
+        mask = coco.decode_mask(ann["segmentation"])
+        ids = np.unique(labels[ann["category_id"]][mask])
+        assert len(ids) == 1 and ids[0] > 0
+        np.testing.assert_array_equal(mask, labels[ann["category_id"]] == ids[0])
+        assert ann["area"] == int(mask.sum())

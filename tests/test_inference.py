@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from skimage.measure import regionprops
 from skimage.measure import label as connected_components
 
@@ -275,3 +277,24 @@ def test_resolve_device():
     else:
         with pytest.raises(ValueError, match="there is no GPU"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+# --- property: an image that fits one tile is segmented exactly as untiled -----------------------
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_an_image_that_fits_one_tile_is_the_untiled_result(tiny_model, data):
+    h, w = data.draw(st.integers(16, 96), label="height"), data.draw(st.integers(16, 96), label="width")
+    tile = data.draw(st.integers(max(h, w), 160), label="tile_size")
+    overlap = data.draw(st.integers(0, tile - 1), label="overlap")
+    image = _image(h, w, seed=data.draw(st.integers(0, 3), label="seed"))
+    tiled = predict(tiny_model, image, tile_size=tile, overlap=overlap)
+    whole = predict(tiny_model, image, tile_size=4096, overlap=0)
+    for name in ("boxes", "scores", "labels"):
+        np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name))
+    assert all(np.array_equal(a, b) for a, b in zip(tiled.masks, whole.masks)) and len(tiled) == len(whole)
+    with torch.inference_mode():
+        ref = tiny_model([to_tensor(image)])[0]
+    np.testing.assert_array_equal(tiled.scores, ref["scores"].numpy())
+    np.testing.assert_array_equal(tiled.labels, ref["labels"].numpy())
