@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--crop-size", type=_positive_int, default=512, help="training crop side in pixels")
     t.add_argument("--val-limit", type=_positive_int, help="validate on at most this many images")
+    t.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after this many minutes of training steps, learning-rate schedule fitted to it")
     t.add_argument("--val-every", type=_positive_int, default=1, help="validate every N epochs (and after the last)")
     t.add_argument("--warmup-steps", type=int, default=100, help="steps of linear learning-rate warm-up")
     t.add_argument("--clip-grad", type=float, default=10.0, help="gradient norm clipping")

@@ -27,7 +27,7 @@ def train(args: argparse.Namespace) -> int:
         dataset=args.dataset, out_dir=args.out, arch=args.arch, weights=args.weights, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, device=args.device, amp=args.amp, resume=args.resume,
         max_steps=args.max_steps, workers=args.workers, seed=args.seed, crop_size=args.crop_size,
-        val_limit=args.val_limit, val_every=args.val_every, warmup_steps=args.warmup_steps,
+        val_limit=args.val_limit, val_every=args.val_every, time_limit=args.time_limit, warmup_steps=args.warmup_steps,
         clip_grad=args.clip_grad, detections_per_img=args.detections, image_scale=args.image_scale,
     )
     run_training(cfg)

@@ -52,6 +52,8 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_limit: int | None = None
     val_every: int = 1
+    time_limit: float | None = None
+    """Minutes of training steps (validation not counted); the LR schedule is fitted to it."""
     val_score_thresh: float = 0.05
     val_mask_thresh: float = 0.5
     anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -65,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ValueError(f"time limit must be positive, got {self.time_limit} minutes")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max steps must be at least 1, got {self.max_steps}")
         if self.warmup_steps < 0 or self.clip_grad <= 0:
@@ -113,16 +117,21 @@ class DoneEvent:
 Event = StepEvent | EpochEvent | InfoEvent | DoneEvent
 
 
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 1% of the base rate."""
+class LRSchedule:
+    """Linear warm-up, then cosine decay to 1% of the base rate at step ``total``.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    An object, not a closure: ``total`` is refitted while a time-limited run learns its speed,
+    and LambdaLR saves the object's fields in the checkpoint.
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def _model_config(cfg: TrainConfig, class_names: list[str]) -> ModelConfig:
@@ -196,11 +205,13 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps))
+    schedule = LRSchedule(cfg.warmup_steps, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start_epoch, step, best_ap, history = 0, 0, -1.0, []
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        schedule.total = total_steps  # this run's plan (more epochs, a new time limit) wins
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, step = ckpt["epoch"], ckpt["step"]
         best_ap, history = ckpt.get("best_ap", -1.0), list(ckpt.get("history", []))
@@ -219,6 +230,7 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
     epoch = start_epoch
     metrics: dict[str, Any] = {}
     completed, healthy = False, True
+    step_cap, train_seconds, run_steps = total_steps, 0.0, 0
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if step >= total_steps:
@@ -244,7 +256,10 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
                     )
                 now = time.perf_counter()
                 rate = len(images) * ctx.world_size / max(now - tick, 1e-9)
+                train_seconds, run_steps = train_seconds + now - tick, run_steps + 1
                 tick = now
+                if cfg.time_limit is not None:
+                    total_steps = schedule.total = _fit_to_time(step, step_cap, train_seconds, run_steps, cfg, ctx)
                 if ctx.is_main:
                     yield StepEvent(epoch + 1, step, total_steps, losses, scheduler.get_last_lr()[0], rate)
                 if step >= total_steps:
@@ -285,6 +300,15 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
 
 class _Cancelled(Exception):
     pass
+
+
+def _fit_to_time(step: int, cap: int, seconds: float, run_steps: int, cfg: TrainConfig, ctx) -> int:
+    """The last step that fits the time limit at the speed so far (all ranks agree on it)."""
+    seconds = float(dist.mean(torch.tensor([seconds], device=ctx.device or "cpu"), ctx)[0])
+    left = cfg.time_limit * 60 - seconds
+    if left <= 0:
+        return step
+    return min(cap, step + int(left / (seconds / run_steps)))
 
 
 def _without_worker_traceback(exc: CellsegError) -> CellsegError:
@@ -341,4 +365,4 @@ def _plain(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
-__all__ = ["TrainConfig", "train", "StepEvent", "EpochEvent", "InfoEvent", "DoneEvent", "Event", "lr_lambda"]
+__all__ = ["TrainConfig", "train", "StepEvent", "EpochEvent", "InfoEvent", "DoneEvent", "Event", "LRSchedule"]

@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -107,7 +108,17 @@ def test_too_few_images_for_the_batch(tiny_dataset, tmp_path):
         run(config(tiny_dataset, tmp_path / "run", batch_size=8))
 
 
+def test_time_limit_ends_training_and_fits_the_schedule(tiny_dataset, tmp_path, monkeypatch):
+    clock = iter(range(0, 10**6, 30))  # every perf_counter() call advances 30 s
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    events = run(config(tiny_dataset, tmp_path / "run", epochs=50, time_limit=2.0))
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert 1 < len(steps) < 10 and steps[-1].step == steps[-1].total_steps
+    assert steps[-1].lr == pytest.approx(1e-3 * 0.01)  # the cosine reached its end with the time
+    assert isinstance(events[-1], DoneEvent) and not events[-1].cancelled
+
+
 def test_lr_warms_up_then_decays():
-    f = engine.lr_lambda(10, 100)
+    f = engine.LRSchedule(10, 100)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(50) < f(10) and f(100) == pytest.approx(0.01)
