@@ -58,7 +58,7 @@ def find_samples(folder: str | os.PathLike) -> list[Sample]:
         raise DatasetError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise DatasetError(f"{folder}: expected a folder of samples (<sample>/image.tif), found a file")
-    samples = [_read_sample_dir(d) for d in _subfolders(folder)]
+    samples = [read_sample_dir(d) for d in _subfolders(folder)]
     if not samples:
         raise DatasetError(f"{folder}: no sample folders in it; expected {folder}/<sample>/{IMAGE_NAME}")
     return sorted(samples, key=lambda s: s.name)
@@ -79,7 +79,8 @@ def _subfolders(folder: Path) -> list[Path]:
     return [Path(e.path) for e in _list_dir(folder) if not e.name.startswith(".") and e.is_dir()]
 
 
-def _read_sample_dir(sample_dir: Path) -> Sample:
+def read_sample_dir(sample_dir: Path) -> Sample:
+    """The ``Sample`` of one folder holding ``image.tif`` and its ``classK.tif`` masks."""
     entries = {e.name: Path(e.path) for e in _list_dir(sample_dir) if e.is_file()}
     if (sample_dir / IMAGE_NAME).is_dir():
         raise DatasetError(f"{sample_dir / IMAGE_NAME}: this is a folder; expected the sample's image file")

@@ -1,0 +1,105 @@
+"""Every help text the napari widgets show, in one place, written for the person at the microscope.
+
+Widgets look texts up by the option's name (``TRAIN["epochs"]``); changing a text never means
+hunting through widget code.
+"""
+
+from __future__ import annotations
+
+TRAIN = {
+    "dataset": (
+        "The folder with your annotated images, laid out as train/<sample>/image.tif plus one "
+        "classK.tif mask per cell type (and optionally val/ the same way). The shipped sample "
+        "data (File > Open Sample) shows the layout."
+    ),
+    "arch": (
+        "The network. resnet18 is light and trains on an ordinary computer; resnet50 and "
+        "resnet50_v2 are more accurate but want a graphics card (GPU)."
+    ),
+    "epochs": "How many times training goes through all your training images.",
+    "batch_size": (
+        "Images per training step. Larger is smoother but needs more memory; lower it if you see "
+        "'out of memory'."
+    ),
+    "lr": (
+        "Learning rate: how big each correction step is. If the loss jumps around or becomes "
+        "'nan', lower it (e.g. 0.0001 -> 0.00003)."
+    ),
+    "device": (
+        "Where the computation runs. auto picks a graphics card (CUDA or Apple MPS) when there "
+        "is one, otherwise the processor (CPU, slow)."
+    ),
+    "amp": (
+        "Mixed precision: faster and lighter on graphics cards. auto uses it where it helps; "
+        "switch it off if the loss becomes 'nan'."
+    ),
+    "crop_size": (
+        "Side in pixels of the random pieces cut from each image for training. Smaller is faster "
+        "and needs less memory; it should still hold several whole cells."
+    ),
+    "max_steps": "Stop after this many steps in all (0 = no limit, train all epochs). Handy for a quick test.",
+    "val_limit": (
+        "Check the model on at most this many validation images after each epoch (0 = all). "
+        "Fewer is faster; the score is then rougher."
+    ),
+    "out_dir": (
+        "Where the trained model is saved: last.pt after every epoch (and on cancel), best.pt "
+        "whenever the validation score improves."
+    ),
+    "resume": "Optional: a last.pt from an earlier run, to continue that training where it stopped.",
+    "start": "Start training. While it runs this button cancels; the model trained so far is kept as last.pt.",
+    "plot": (
+        "Left: the training losses per step (should go down). "
+        "Right: validation AP and AP50 per epoch (should go up)."
+    ),
+}
+
+SEGMENT = {
+    "checkpoint": (
+        "The trained model file (.pt). After training in this window it is filled in with the "
+        "model you just trained."
+    ),
+    "image": "The image layer to segment. Greyscale, colour and RGBA images all work.",
+    "device": TRAIN["device"],
+    "run": "Find the cells in the chosen image. Click again to cancel.",
+    "score": (
+        "Confidence: hide cells the model is less sure about than this. Moving it is instant; "
+        "the model does not run again."
+    ),
+    "mask": (
+        "Mask threshold: how confident each pixel must be to belong to its cell. Higher gives "
+        "tighter outlines. Instant, like the confidence slider."
+    ),
+    "folder": (
+        "A folder of images to segment in one go: a folder of .tif files such as test_release/, "
+        "or a folder of samples such as val/."
+    ),
+    "run_folder": "Segment every image of the folder. Click again to cancel; finished images are kept.",
+    "review": "Step through the segmented folder. Your edits on each image are kept when you move on.",
+    "discard_title": "Discard your edits?",
+    "discard": (
+        "You edited {names} by hand. Moving the slider redraws the cells from the model and "
+        "would throw those edits away.\n\nDiscard the edits (Yes) or keep them and leave "
+        "{names} as it is (No)?"
+    ),
+}
+
+EXPORT = {
+    "mapping": (
+        "The file that gives each test image its number (test_image_name_to_ids.json). "
+        "Left empty, it is looked for next to the image and one folder up."
+    ),
+    "out": "The results file to write, in the COCO format of the challenge (e.g. test-results.json).",
+    "export_layers": (
+        "Write the visible segmentation layers (with your edits) to the results file. Cells "
+        "you drew by hand get confidence 1.0; the model's cells keep their confidence."
+    ),
+    "export_folder": "Write all images of the segmented folder (with your reviewed edits) to one results file.",
+    "ground_truth": (
+        "The correct answer to compare with: a sample folder (image.tif + classK.tif), a folder "
+        "of such samples (e.g. val/), or a COCO ground-truth .json. Left empty, the sample "
+        "folder of the image is used when it has masks."
+    ),
+    "evaluate": "Score the segmentation against the ground truth: COCO mask AP (0 = nothing right, 1 = perfect).",
+    "table": "AP averages over overlap levels 0.50-0.95; AP50 counts a cell found when it overlaps the truth by half.",
+}

@@ -1,0 +1,226 @@
+"""Export & Evaluate widget: segmentations (edited or not) -> COCO results JSON, and COCO AP.
+
+What is exported, chosen in "source":
+- "visible layers": every visible Labels layer made by the Segment widget or opened from a
+  results file, grouped by the image it belongs to (``_writer.group_layers``);
+- "segmented folder": every image of the Segment widget's folder run, with the edits made in
+  the review and the current slider values for the rest (``ImageResult.labels_and_scores``).
+
+Both become results through ``_writer.to_results`` (``coco.labels_to_results``; image ids from
+the mapping file) and are written by ``coco.write_json`` (atomic). Evaluate compares the same
+results with ground truth through ``coco.ground_truth`` and ``metrics.evaluate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from napari.layers import Labels
+from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
+
+from . import _session
+from ._session import path_or_none
+from ._reader import GROUND_TRUTH, IMAGE_NAME, PREDICTION, layer_meta, read_json_list
+from ._tooltips import EXPORT as TIPS
+from ._writer import ImageLabels, group_layers, image_id_for, is_sample_image, to_results
+from .errors import DatasetError
+
+LAYERS, FOLDER = "visible layers", "segmented folder"
+
+
+# ------------------------------------------------------------------ pure generators (worker side)
+
+
+def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None) -> Iterator[tuple[int, int]]:
+    """Encode every image's labels, then write ``out`` atomically; returns the number of cells."""
+    from .coco import write_json
+
+    results: list[dict] = []
+    for n, group in enumerate(groups, start=1):
+        results += to_results([group], mapping)
+        yield n, len(groups)
+    write_json(out, results)
+    return len(results)
+
+
+def evaluate_events(
+    groups: list[ImageLabels], class_names: list[str], truth_folder: Path | None, truth_json: Path | None,
+    mapping: Path | None,
+) -> Iterator[tuple[int, int]]:
+    """COCO mask AP of ``groups`` against the ground truth; returns the metrics dict."""
+    from .metrics import evaluate
+
+    results, ids = [], set()
+    for n, group in enumerate(groups, start=1):
+        ids.add(image_id_for(group.source, group.shape, mapping))
+        results += to_results([group], mapping)
+        yield n, len(groups)
+    if truth_json is not None:
+        gt = read_json_list(truth_json)
+        if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
+            raise DatasetError(f"{truth_json.name} is not COCO ground truth (needs images, annotations, categories)")
+    else:
+        gt = sample_truth(groups, class_names, truth_folder)
+    if not ids & {image["id"] for image in gt["images"]}:
+        raise DatasetError("none of the segmented images is in the ground truth")
+    # score only the images that were segmented: the others would count as all cells missed
+    gt = {**gt, "images": [i for i in gt["images"] if i["id"] in ids],
+          "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
+    return evaluate(gt, results)
+
+
+def sample_truth(groups: list[ImageLabels], class_names: list[str], folder: Path | None) -> dict:
+    """Ground truth from HW3 sample folders: ``folder`` (one sample or a folder of them), or else
+    the sample folder each segmented image came from."""
+    from .coco import ground_truth
+    from .data import read_sample_dir, find_samples, read_sample
+
+    if folder is not None:
+        samples = [read_sample_dir(folder)] if (folder / IMAGE_NAME).is_file() else find_samples(folder)
+    else:
+        sources = [g.source for g in groups if g.source is not None and is_sample_image(g.source)]
+        if not sources:
+            raise DatasetError("no ground truth: choose a sample folder or a COCO ground-truth .json")
+        samples = [read_sample_dir(s.parent) for s in dict.fromkeys(sources)]
+    items = []
+    for sample in samples:
+        image, truth = read_sample(sample)
+        items.append((image_id_for(sample.image_path, image.shape), sample.name, truth))
+    top = max([len(class_names)] + [max(t, default=0) for _, _, t in items])
+    names = list(class_names) + [f"class{k}" for k in range(len(class_names) + 1, top + 1)]
+    return ground_truth(items, names)
+
+
+# ------------------------------------------------------------------ the widget
+
+
+class ExportWidget(Container):
+    """Dock widget: what to export, mapping file, results file, Export; ground truth, Evaluate."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.session = _session.session_for(napari_viewer)
+        self.synchronous = False
+        self.source = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="source", tooltip=TIPS["export_layers"])
+        self.mapping = FileEdit(mode="r", filter="*.json", label="mapping file", tooltip=TIPS["mapping"])
+        self.out = FileEdit(mode="w", filter="*.json", label="results file", tooltip=TIPS["out"])
+        self.export_button = PushButton(text="Export results", tooltip=TIPS["export_layers"])
+        self.truth_folder = FileEdit(mode="d", label="truth folder", tooltip=TIPS["ground_truth"])
+        self.truth_json = FileEdit(mode="r", filter="*.json", label="truth .json", tooltip=TIPS["ground_truth"])
+        self.evaluate_button = PushButton(text="Evaluate", tooltip=TIPS["evaluate"])
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="", label="status")
+        self.extend([self.source, self.mapping, self.out, self.export_button, self.truth_folder, self.truth_json,
+                     self.evaluate_button, self.progress, self.status])
+        self.status.native.setWordWrap(True)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["metric", "value"])
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setToolTip(TIPS["table"])
+        self.table.setMinimumHeight(140)
+        self.native.layout().addWidget(self.table)
+        self.export_button.changed.connect(self.export)
+        self.evaluate_button.changed.connect(self.evaluate)
+        self.metrics: dict | None = None
+        self.written: Path | None = None
+        self._worker = None
+
+    # ------------------------------------------------------------------ what to export
+
+    def prediction_layers(self) -> list[Labels]:
+        """Visible Labels layers holding segmentations (ground-truth layers are left out)."""
+        return [
+            layer for layer in self.viewer.layers
+            if isinstance(layer, Labels) and layer.visible and layer_meta(layer).get("role", PREDICTION) != GROUND_TRUTH
+            and layer_meta(layer).get("class_id")
+        ]
+
+    def collect(self) -> tuple[list[ImageLabels], list[str]]:
+        """Copies of what to export (taken in the GUI thread) and the class names."""
+        if self.source.value == FOLDER:
+            results = list(self.session.folder_results)
+            if not results:
+                raise DatasetError("no segmented folder yet: use 'Segment folder' in the Segment widget")
+            groups = []
+            for result in results:
+                labels, scores = result.labels_and_scores(self.session.score_thresh, self.session.mask_thresh)
+                groups.append(ImageLabels(result.path, {k: v.copy() for k, v in labels.items()}, scores))
+            return groups, list(results[0].class_names)
+        layers = self.prediction_layers()
+        if not layers:
+            raise DatasetError("no visible segmentation layers: segment an image first, or open a results file")
+        names = {int(layer_meta(la)["class_id"]): layer_meta(la).get("class_name") for la in layers}
+        class_names = [names.get(k) or f"class{k}" for k in range(1, max(names) + 1)]
+        return group_layers([(la.name, la.data, la.metadata, la.features) for la in layers]), class_names
+
+    # ------------------------------------------------------------------ actions
+
+    def export(self) -> None:
+        try:
+            out = path_or_none(self.out)
+            if out is None:
+                raise ValueError("choose the results file to write (e.g. test-results.json)")
+            if out.suffix.lower() != ".json":
+                out = out.with_suffix(".json")
+            groups, _ = self.collect()
+        except _session.USER_ERRORS as exc:
+            _session.show_error(_session.one_line(exc))
+            return
+        mapping = path_or_none(self.mapping)
+
+        def written(count) -> None:
+            if count is not None:
+                self.written = out
+                self.status.value = f"wrote {count} cells of {len(groups)} image(s) to {out}"
+                show_info(self.status.value)
+
+        self._start(lambda: export_events(groups, out, mapping), written)
+
+    def evaluate(self) -> None:
+        try:
+            groups, class_names = self.collect()
+        except _session.USER_ERRORS as exc:
+            _session.show_error(_session.one_line(exc))
+            return
+        truth_folder, truth_json, mapping = (path_or_none(w) for w in (self.truth_folder, self.truth_json, self.mapping))
+        self._start(lambda: evaluate_events(groups, class_names, truth_folder, truth_json, mapping), self._show_metrics)
+
+    def _start(self, factory, on_return) -> None:
+        if self._worker is not None:
+            return
+        for button in (self.export_button, self.evaluate_button):
+            button.enabled = False
+
+        def progress(item) -> None:
+            self.progress.max, self.progress.value = item[1], item[0]
+
+        def done() -> None:
+            self._worker = None
+            self.export_button.enabled = self.evaluate_button.enabled = True
+
+        def failed(message: str) -> None:
+            self.status.value = f"failed: {message}"
+
+        self._worker = True
+        self._worker = _session.run(
+            self, factory, on_yield=progress, on_return=on_return, on_done=done, on_error=failed
+        ) or None
+
+    def _show_metrics(self, metrics: dict | None) -> None:
+        if metrics is None:
+            return
+        self.metrics = metrics
+        rows = [(key, metrics.get(key)) for key in ("AP", "AP50", "AP75")]
+        rows += [(f"AP {name}", value) for name, value in metrics.get("AP_per_class", {}).items()]
+        self.table.setRowCount(len(rows))
+        for row, (name, value) in enumerate(rows):
+            self.table.setItem(row, 0, QTableWidgetItem(name))
+            text = "n/a (no cells of this class)" if value is None else f"{value:.3f}"
+            self.table.setItem(row, 1, QTableWidgetItem(text))
+        images, cells = metrics.get("num_images", 0), metrics.get("num_detections", 0)
+        self.status.value = f"evaluated {images} image(s), {cells} cells"

@@ -1,0 +1,199 @@
+"""Train widget: collects the options of ``engine.TrainConfig`` and follows ``engine.train``.
+
+The training generator runs in a ``thread_worker`` (``_session.run``); its events arrive in the
+GUI thread (``_on_event``) where they move the progress bar, the plot and the status line. Cancel
+sets a flag that ``engine.train`` checks before every step, so it stops within one step and
+saves ``last.pt``. When training ends the checkpoint goes to the viewer's session, where the
+Segment widget picks it up.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from napari.utils.notifications import show_info
+
+from . import _session
+from ._session import Device, path_or_none
+from ._plot import TrainingPlot
+from ._tooltips import TRAIN as TIPS
+from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train
+from .model import ARCHS
+
+
+class Amp(Enum):
+    auto = None
+    on = True
+    off = False
+
+
+def default_run_folder() -> Path:
+    return Path.home() / "napari-cellseg" / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class TrainWidget(Container):
+    """Dock widget: dataset, model and training options, Start/Cancel, progress, live plot."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.synchronous = False  # tests: run the generator in the GUI thread
+        self.dataset = FileEdit(mode="d", label="dataset folder", tooltip=TIPS["dataset"])
+        self.arch = ComboBox(choices=ARCHS, value=_default_arch(), label="architecture", tooltip=TIPS["arch"])
+        self.epochs = SpinBox(value=20, min=1, max=100000, label="epochs", tooltip=TIPS["epochs"])
+        self.batch_size = SpinBox(value=2, min=1, max=256, label="batch size", tooltip=TIPS["batch_size"])
+        self.lr = FloatSpinBox(value=1e-4, min=1e-6, max=1.0, step=1e-5, label="learning rate", tooltip=TIPS["lr"])
+        self.lr.native.setDecimals(6)
+        self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
+        self.amp = ComboBox(choices=Amp, value=Amp.auto, label="mixed precision", tooltip=TIPS["amp"])
+        self.crop_size = SpinBox(value=512, min=32, max=4096, step=32, label="crop size", tooltip=TIPS["crop_size"])
+        self.max_steps = SpinBox(value=0, min=0, max=10**7, label="max steps", tooltip=TIPS["max_steps"])
+        self.val_limit = SpinBox(value=0, min=0, max=10**6, label="validation images", tooltip=TIPS["val_limit"])
+        self.out_dir = FileEdit(mode="d", label="output folder", tooltip=TIPS["out_dir"])
+        self.resume = FileEdit(mode="r", filter="*.pt", label="resume from", tooltip=TIPS["resume"])
+        self.start = PushButton(text="Start training", tooltip=TIPS["start"])
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="", label="status")
+        self.extend([
+            self.dataset, self.arch, self.epochs, self.batch_size, self.lr, self.device, self.amp,
+            self.crop_size, self.max_steps, self.val_limit, self.out_dir, self.resume, self.start, self.progress,
+            self.status,
+        ])
+        self.progress.native.setFormat("idle")
+        self.status.native.setWordWrap(True)
+        self.plot = TrainingPlot()
+        self.plot.setToolTip(TIPS["plot"])
+        self.native.layout().addWidget(self.plot)
+        self.start.changed.connect(self._toggle)
+        self._worker = None
+        self._stop = False
+        self._clock: tuple[float, int] | None = None
+        self.done: DoneEvent | None = None
+
+    # ------------------------------------------------------------------ options -> core
+
+    def config(self) -> TrainConfig:
+        """The core's config from the widgets (the same fields the CLI fills)."""
+        dataset = path_or_none(self.dataset)
+        if dataset is None:
+            raise ValueError("choose the dataset folder first (it holds train/ and optionally val/)")
+        out = path_or_none(self.out_dir)
+        if out is None:
+            out = default_run_folder()
+            self.out_dir.value = out
+        resume = path_or_none(self.resume)
+        return TrainConfig(
+            dataset=str(dataset), out_dir=str(out), arch=self.arch.value, epochs=self.epochs.value,
+            batch_size=self.batch_size.value, lr=float(self.lr.value), device=self.device.value.value,
+            amp=self.amp.value.value, resume=str(resume) if resume else None,
+            max_steps=self.max_steps.value or None, crop_size=self.crop_size.value,
+            val_limit=self.val_limit.value or None,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.start.text != "Start training"
+
+    def _toggle(self) -> None:
+        if self.running:
+            self.cancel()
+        else:
+            self.start_training()
+
+    def start_training(self) -> None:
+        try:
+            cfg = self.config()
+        except ValueError as exc:
+            _session.show_error(_session.one_line(exc))
+            return
+        self._stop = False
+        self._clock = None
+        self.done = None
+        self.plot.clear()
+        self._set_running(True)
+        self.status.value = f"starting: {cfg.arch} on {cfg.dataset}"
+        self._worker = _session.run(
+            self, lambda: train(cfg, should_stop=self._should_stop), on_yield=self._on_event, on_done=self._on_done
+        )
+
+    def cancel(self) -> None:
+        """Ask training to stop before its next step; it saves last.pt and reports DoneEvent."""
+        self._stop = True
+        self.start.enabled = False
+        self.status.value = "cancelling after this step..."
+
+    def _should_stop(self) -> bool:
+        return self._stop
+
+    def _set_running(self, running: bool) -> None:
+        self.start.text = "Cancel" if running else "Start training"
+        self.start.enabled = True
+        for widget in (self.dataset, self.arch, self.epochs, self.batch_size, self.lr, self.device, self.amp,
+                       self.crop_size, self.max_steps, self.val_limit, self.out_dir, self.resume):
+            widget.enabled = not running
+
+    # ------------------------------------------------------------------ core events -> GUI
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, StepEvent):
+            self._on_step(event)
+        elif isinstance(event, EpochEvent):
+            self.plot.add_epoch(event.epoch, event.metrics)
+            m = event.metrics
+            self.status.value = (
+                f"epoch {event.epoch}/{event.epochs}: AP {m.get('AP', 0):.3f}, AP50 {m.get('AP50', 0):.3f}"
+                f"{' (best so far)' if event.best else ''}; saved {event.checkpoint}"
+            )
+        elif isinstance(event, InfoEvent):
+            self.status.value = event.message
+        elif isinstance(event, DoneEvent):
+            self._on_finished(event)
+
+    def _on_step(self, event: StepEvent) -> None:
+        now = time.perf_counter()
+        if self._clock is None:
+            self._clock = (now, event.step)
+        start, first = self._clock
+        rate = (now - start) / max(1, event.step - first)  # seconds per step since the first one
+        eta = _eta(rate * (event.total_steps - event.step)) if event.step > first else "..."
+        self.progress.max = event.total_steps
+        self.progress.value = event.step
+        self.progress.native.setFormat(
+            f"epoch {event.epoch} - step {event.step}/{event.total_steps} - "
+            f"loss {event.losses.get('loss', 0):.3f} - ETA {eta}"
+        )
+        self.plot.add_step(event.step, event.losses)
+
+    def _on_finished(self, event: DoneEvent) -> None:
+        self.done = event
+        model = event.best or event.last
+        if model is not None:
+            _session.session_for(self.viewer).last_checkpoint = Path(model)
+        what = "cancelled" if event.cancelled else "finished"
+        self.status.value = f"training {what}; last checkpoint: {event.last or 'none written'}" + (
+            f"; best: {event.best}" if event.best else ""
+        )
+        self.progress.native.setFormat(f"{what} at step {self.progress.value}/{self.progress.max}")
+        if model is not None:
+            show_info(f"Training {what}. The Segment widget now uses {model}")
+
+    def _on_done(self) -> None:
+        self._worker = None
+        self._set_running(False)
+        if self.done is None:
+            self.progress.native.setFormat("stopped by an error")
+
+
+def _default_arch() -> str:
+    from ._torch import torch
+
+    return "resnet50_v2" if torch.cuda.is_available() else "resnet18"

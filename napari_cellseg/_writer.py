@@ -1,0 +1,130 @@
+"""napari writer: Labels layers -> a COCO results JSON (File > Save Layers, ``.json``).
+
+Also the one place that turns Labels layers back into what ``coco.labels_to_results`` takes, for
+the writer and the Export & Evaluate widget alike:
+
+- the image: ``metadata["cellseg"]["source"]``; its id comes from the mapping file by file name,
+  or, for a HW3 sample (``<sample>/image.tif``), from its position in its folder (1..n, the ids
+  ``pipeline.samples_ground_truth`` and ``napari-cellseg evaluate`` use);
+- the class: ``metadata["cellseg"]["class_id"]`` (else a ``classK`` layer name);
+- the scores: the layer's ``features`` (``index`` -> ``score``); an id without a row was drawn by
+  hand and scores 1.0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+
+from ._reader import IMAGE_NAME, find_mapping, layer_meta
+from ._session import USER_ERRORS, one_line
+from .errors import DatasetError
+
+_CLASS_NAME = re.compile(r"class(\d+)", re.IGNORECASE)
+
+
+@dataclass
+class ImageLabels:
+    """All class layers of one image, copied out of napari (safe to use in a worker)."""
+
+    source: Path | None
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
+    scores: dict[int, dict[int, float]] = field(default_factory=dict)  # class id -> {id: score}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return next(iter(self.labels.values())).shape[:2]
+
+
+def class_id_of(name: str, metadata: Mapping) -> int:
+    meta = layer_meta(metadata)
+    if meta.get("class_id"):
+        return int(meta["class_id"])
+    match = _CLASS_NAME.search(name or "")
+    if match and int(match.group(1)) >= 1:
+        return int(match.group(1))
+    raise DatasetError(f"layer '{name}': its cell class is unknown; name it class1, class2, ...")
+
+
+def scores_from_features(features) -> dict[int, float]:
+    """Instance id -> score from a layer's features table ({} when it has none)."""
+    if features is None or "index" not in features or "score" not in features:
+        return {}
+    ids, values = np.asarray(features["index"]), np.asarray(features["score"], dtype=float)
+    return {int(i): float(s) for i, s in zip(ids, values) if np.isfinite(s)}
+
+
+def group_layers(layers: Iterable[tuple[str, np.ndarray, Mapping, object]]) -> list[ImageLabels]:
+    """(name, data, metadata, features) of Labels layers -> one ``ImageLabels`` per source image."""
+    groups: dict[str, ImageLabels] = {}
+    for name, data, metadata, features in layers:
+        source = layer_meta(metadata).get("source")
+        data = np.asarray(data)
+        if data.ndim != 2:
+            raise DatasetError(f"layer '{name}' is not a 2-D label image (shape {data.shape})")
+        class_id = class_id_of(name, metadata)
+        group = groups.setdefault(str(source), ImageLabels(Path(source) if source else None))
+        if class_id in group.labels:
+            raise DatasetError(f"two layers hold class {class_id} of the same image; hide or remove one ('{name}')")
+        group.labels[class_id] = np.array(data, dtype=np.int32, copy=True)
+        group.scores[class_id] = scores_from_features(features)
+    return list(groups.values())
+
+
+def is_sample_image(source: Path) -> bool:
+    return source.name.lower() == IMAGE_NAME
+
+
+def image_id_for(source: Path | None, shape: tuple[int, ...], mapping_path: Path | None = None) -> int:
+    """The submission id of an image (see the module docstring)."""
+    from .coco import check_image_in_mapping, load_mapping
+    from .data import find_samples
+
+    if source is None:
+        raise DatasetError(
+            "the image of these labels is unknown (not opened from a file); open the image from its file first"
+        )
+    if is_sample_image(source):  # a mapping file lists test images, never image.tif of a sample
+        names = [s.name for s in find_samples(source.parent.parent)]
+        return names.index(source.parent.name) + 1
+    mapping_path = mapping_path or find_mapping(source)
+    if mapping_path is None:
+        raise DatasetError(
+            f"no mapping file for {source.name}: choose test_image_name_to_ids.json in Export & Evaluate"
+        )
+    return check_image_in_mapping(load_mapping(mapping_path), source.name, shape, source=Path(mapping_path).name)
+
+
+def to_results(groups: Iterable[ImageLabels], mapping_path: Path | None = None) -> list[dict]:
+    """COCO results of all groups; each class gets its own score table (ids repeat across classes)."""
+    from .coco import labels_to_results
+
+    results: list[dict] = []
+    for group in groups:
+        image_id = image_id_for(group.source, group.shape, mapping_path)
+        for class_id in sorted(group.labels):
+            results += labels_to_results({class_id: group.labels[class_id]}, image_id, group.scores.get(class_id, {}))
+    return results
+
+
+def write_coco_results(path: str, layer_data: list[tuple]) -> list[str]:
+    """npe2 writer: the given Labels layers -> ``path`` (COCO results, written atomically)."""
+    from .coco import write_json
+
+    try:
+        labels = [
+            (meta.get("name", ""), data, meta.get("metadata") or {}, meta.get("features"))
+            for data, meta, kind in layer_data if kind == "labels"
+        ]
+        results = to_results(group_layers(labels))
+        write_json(path, results)
+    except USER_ERRORS as exc:
+        show_error(one_line(exc))
+        return []
+    show_info(f"wrote {len(results)} cells to {path}")
+    return [str(path)]

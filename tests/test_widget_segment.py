@@ -1,0 +1,209 @@
+"""Segment widget: live thresholds from the cached raw result, edit protection, runs and folders."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from napari.utils.notifications import NotificationSeverity, notification_manager
+
+from napari_cellseg import _widget_segment, images, inference
+from napari_cellseg._reader import image_layer
+from napari_cellseg._session import Device, ImageResult, session_for
+from napari_cellseg._widget_segment import SegmentWidget
+from napari_cellseg.checkpoint import save_checkpoint
+from napari_cellseg.inference import RawInstances
+from napari_cellseg.model import ModelConfig, build_model
+from napari_cellseg.postprocess import to_labels
+
+
+@pytest.fixture
+def errors():
+    seen: list[str] = []
+
+    def collect(notification):
+        if notification.severity == NotificationSeverity.ERROR:
+            seen.append(notification.message)
+    notification_manager.notification_ready.connect(collect)
+    yield seen
+    notification_manager.notification_ready.disconnect(collect)
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> Path:
+    """A light checkpoint written without training: fast, and its random heads still detect."""
+    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20)
+    path = tmp_path_factory.mktemp("ckpt") / "untrained.pt"
+    return save_checkpoint(path, build_model(config), config)
+
+
+def raw_result() -> RawInstances:
+    """Three instances on a 64 x 80 image: two of class 1 (scores .9, .6), one of class 2 (.3)."""
+    masks = [np.full((20, 20), 200, np.uint8), np.full((10, 30), 100, np.uint8), np.full((15, 15), 250, np.uint8)]
+    masks[0][:5] = 60  # the top rows only pass a low mask threshold
+    boxes = [[5, 5, 25, 25], [40, 40, 70, 50], [50, 10, 65, 25]]
+    return RawInstances(boxes, [0.9, 0.6, 0.3], [1, 1, 2], masks, (64, 80))
+
+
+def shown_widget(viewer, source: Path | None = None) -> SegmentWidget:
+    data, kwargs, _ = image_layer(np.zeros((64, 80, 3), np.uint8), source, "image")
+    layer = viewer.add_image(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    widget.device.value = Device.cpu
+    widget._show(ImageResult(source, raw_result(), ["class1", "class2"]), image_layer=layer)
+    return widget
+
+
+def expected(widget, class_id):
+    return to_labels(raw_result(), widget.score.value, widget.mask.value, classes=[1, 2])[class_id]
+
+
+def test_sliders_rethreshold_from_the_cache_without_the_network(make_napari_viewer, monkeypatch):
+    viewer = make_napari_viewer()
+    widget = shown_widget(viewer, Path("/data/test_release/a.tif"))
+    monkeypatch.setattr(inference, "iter_predict", lambda *a, **k: pytest.fail("the network ran again"))
+    class1, class2 = viewer.layers["class1"], viewer.layers["class2"]
+    assert class1.metadata["cellseg"] == {"source": "/data/test_release/a.tif", "class_id": 1, "class_name": "class1", "role": "prediction"}
+    for score, mask in [(0.5, 0.6), (0.2, 0.6), (0.2, 0.2), (0.95, 0.2), (0.0, 0.0)]:
+        widget.score.value, widget.mask.value = score, mask
+        for k, layer in ((1, class1), (2, class2)):
+            np.testing.assert_array_equal(layer.data, expected(widget, k))
+    np.testing.assert_array_equal(class2.features["index"], [3])  # instance 3 is label 3 whatever the thresholds
+    np.testing.assert_allclose(class1.features["score"], [0.9, 0.6])
+    assert list(class1.features["class"]) == ["class1", "class1"]
+    assert (session_for(viewer).score_thresh, session_for(viewer).mask_thresh) == (0.0, 0.0)
+
+
+def test_edits_are_never_silently_overwritten(make_napari_viewer, monkeypatch):
+    viewer = make_napari_viewer()
+    widget = shown_widget(viewer)
+    class1, class2 = viewer.layers["class1"], viewer.layers["class2"]
+    asked: list[list[str]] = []
+    answer = {"discard": False}
+    monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names: asked.append(names) or answer["discard"])
+
+    class1.paint((60, 75), 9, refresh=True)  # a new cell drawn by hand
+    assert class1.data[60, 75] == 9 and widget.current.edited == {1}
+    table = dict(zip(class1.features["index"], class1.features["score"]))
+    assert table[9] == 1.0 and np.isclose(table[1], 0.9)  # drawn: 1.0; the model's keep theirs
+
+    widget.score.value = 0.2  # keep the edits
+    assert asked == [["class1"]]
+    assert class1.data[60, 75] == 9
+    np.testing.assert_array_equal(class2.data, expected(widget, 2))  # the unedited layer follows
+    widget.mask.value = 0.3
+    assert len(asked) == 1  # the answer holds while the user keeps dragging
+
+    class1.fill((10, 10), 0)  # delete an instance: a new edit, so the next move asks again
+    assert not (class1.data == 1).any()
+    answer["discard"] = True
+    widget.score.value = 0.1
+    assert asked[-1] == ["class1"] and len(asked) == 2
+    np.testing.assert_array_equal(class1.data, expected(widget, 1))
+    assert 9 not in set(class1.features["index"]) and not widget.current.edited
+
+    class1.data = np.zeros_like(class1.data)  # replaced by a script or another plugin
+    assert widget.current.edited == {1}
+
+
+def test_run_on_grey_rgb_and_rgba_layers(make_napari_viewer, qtbot, untrained):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.checkpoint.value, widget.device.value = untrained, Device.cpu
+    rng = np.random.default_rng(0)
+    images = {
+        "grey": rng.integers(0, 4000, (64, 72), dtype=np.uint16),
+        "rgb": rng.integers(0, 255, (64, 72, 3), dtype=np.uint8),
+        "rgba": rng.integers(0, 255, (64, 72, 4), dtype=np.uint8),
+    }
+    for name, data in images.items():
+        layer = viewer.add_image(data, name=name)
+        widget.image.value = layer
+        widget.run_button.clicked()  # a real worker thread
+        assert widget.run_button.text == "Cancel"
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+        result = widget.current.result
+        assert widget.current.image is layer and result.raw.image_shape == (64, 72)
+        for k, labels in widget.current.layers.items():
+            assert labels.data.shape == (64, 72) and labels.name.startswith(f"class{k}")
+            ids = labels.features["index"].to_numpy()
+            np.testing.assert_allclose(labels.features["score"], result.raw.scores[ids - 1])
+        assert widget.progress.native.format() == "done"
+
+
+def test_large_images_are_segmented_in_tiles(make_napari_viewer, untrained):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.synchronous, widget.tile_size = True, 64
+    widget.checkpoint.value, widget.device.value = untrained, Device.cpu
+    widget.image.value = viewer.add_image(np.random.default_rng(1).integers(0, 255, (80, 100), dtype=np.uint8))
+    widget.start()
+    assert widget.progress.max == 4  # 2 x 2 tiles of 64 px
+    assert widget.current.result.raw.image_shape == (80, 100)
+
+
+def test_folder_run_and_review_keep_each_images_edits(make_napari_viewer, qtbot, tiny_dataset, untrained, monkeypatch):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.checkpoint.value, widget.device.value = untrained, Device.cpu
+    widget.folder.value = tiny_dataset / "test_release"
+    monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names: pytest.fail("asked while reviewing"))
+    widget.folder_button.clicked()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    results = session_for(viewer).folder_results
+    assert [r.name for r in results] == ["test_0.tif", "test_1.tif"]
+    assert viewer.layers["review image"].metadata["cellseg"]["source"] == str(tiny_dataset / "test_release" / "test_0.tif")
+    class1, new = viewer.layers["class1"], len(results[0].raw) + 1
+    class1.paint((2, 2), new)
+    widget.review.value = 1
+    assert viewer.layers["class1"] is class1 and class1.data[2, 2] != new
+    assert class1.metadata["cellseg"]["source"].endswith("test_1.tif")
+    widget.review.value = 0
+    assert class1.data[2, 2] == new and results[0].reviewed_scores[1][new] == 1.0
+    assert results[1].reviewed is None
+
+
+def test_cancel_a_folder_run_keeps_the_finished_images(make_napari_viewer, qtbot, tiny_dataset, untrained, monkeypatch):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.checkpoint.value, widget.device.value = untrained, Device.cpu
+    folder = tiny_dataset / "test_release"
+    (folder / "test_2.tif").write_bytes((folder / "test_1.tif").read_bytes())
+    widget.folder.value = folder
+    cancelled = threading.Event()
+    read_image = images.read_image
+
+    def read_after_cancel(path):  # the second image is read only once Cancel was clicked
+        if not path.name.endswith("_0.tif"):
+            cancelled.wait(30)
+        return read_image(path)
+    monkeypatch.setattr(images, "read_image", read_after_cancel)
+
+    def cancel(item):
+        widget.folder_button.clicked()
+        cancelled.set()
+    widget.folder_button.clicked()
+    widget._worker.yielded.connect(cancel)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert [r.name for r in session_for(viewer).folder_results] == ["test_0.tif"]
+    assert widget.progress.native.format() == "cancelled"
+    assert widget.folder_button.text == "Segment folder" and widget.run_button.enabled
+
+
+def test_bad_model_or_folder_is_a_notification(make_napari_viewer, tmp_path, errors):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.synchronous = True
+    widget.image.value = viewer.add_image(np.zeros((32, 32), np.uint8))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    widget.checkpoint.value = broken
+    widget.start()
+    assert len(errors) == 1 and "broken.pt" in errors[0] and "\n" not in errors[0]
+    assert widget.run_button.text == "Segment image" and widget.run_button.enabled and widget.current is None
+    assert widget.progress.native.format() == "stopped by an error"
+    widget.folder.value = tmp_path / "missing"
+    widget.start_folder()
+    assert "missing" in errors[1] and widget.folder_button.enabled

@@ -1,0 +1,137 @@
+"""Train widget: options -> TrainConfig, training in a worker, responsiveness, cancel, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from napari.utils.notifications import NotificationSeverity, notification_manager
+from qtpy.QtCore import QTimer
+
+from napari_cellseg import engine
+from napari_cellseg._torch import torch
+from napari_cellseg._session import session_for
+from napari_cellseg._widget_segment import SegmentWidget
+from napari_cellseg._widget_train import Amp, Device, TrainWidget
+
+
+@pytest.fixture
+def errors():
+    """Messages of the error notifications shown during the test."""
+    seen: list[str] = []
+
+    def collect(event):
+        if event.severity == NotificationSeverity.ERROR:
+            seen.append(event.message)
+    notification_manager.notification_ready.connect(collect)
+    yield seen
+    notification_manager.notification_ready.disconnect(collect)
+
+
+def quick(widget: TrainWidget, dataset, out) -> TrainWidget:
+    """The lightest settings that still train: resnet18, 64 px crops, a few steps, 1 val image."""
+    widget.dataset.value = dataset
+    widget.out_dir.value = out
+    widget.arch.value = "resnet18"
+    widget.epochs.value = 1
+    widget.batch_size.value = 1
+    widget.crop_size.value = 64
+    widget.val_limit.value = 1
+    widget.device.value = Device.cpu
+    widget.amp.value = Amp.off
+    return widget
+
+
+def test_config_carries_every_option(make_napari_viewer, tmp_path):
+    widget = TrainWidget(make_napari_viewer())
+    quick(widget, tmp_path / "data", tmp_path / "run")
+    widget.lr.value = 3e-4
+    widget.max_steps.value = 7
+    widget.resume.value = tmp_path / "run" / "last.pt"
+    widget.amp.value = Amp.on
+    cfg = widget.config()
+    assert (cfg.dataset, cfg.out_dir) == (str(tmp_path / "data"), str(tmp_path / "run"))
+    assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.crop_size, cfg.val_limit) == ("resnet18", 1, 1, 64, 1)
+    assert math.isclose(cfg.lr, 3e-4) and cfg.max_steps == 7 and cfg.amp is True and cfg.device == "cpu"
+    assert cfg.resume == str(tmp_path / "run" / "last.pt")
+    widget.max_steps.value, widget.val_limit.value = 0, 0
+    widget.resume.line_edit.value = ""
+    cfg = widget.config()
+    assert cfg.max_steps is None and cfg.val_limit is None and cfg.resume is None
+
+
+def test_training_runs_in_a_worker_and_the_gui_stays_responsive(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
+    viewer = make_napari_viewer()
+    segment = SegmentWidget(viewer)  # opened before training: it must pick the new model up
+    widget = quick(TrainWidget(viewer), tiny_dataset, tmp_path / "run")
+    widget.max_steps.value = 2
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(50)
+    widget.start.clicked()
+    assert widget.running and not widget.dataset.enabled
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    timer.stop()
+    assert widget.done is not None and not widget.done.cancelled
+    # the event loop kept running while the worker trained: the timer fired (a lower bound far
+    # below the ~20 ticks per second it should manage)
+    assert len(ticks) >= 10
+    assert widget.plot.steps == [1, 2] and set(widget.plot.losses) >= {"loss", "loss_mask"}
+    assert widget.plot.epochs == [1] and len(widget.plot.ap["AP50"]) == 1
+    assert widget.progress.value == widget.progress.max == 2
+    assert str(widget.done.last) in widget.status.value
+    assert (tmp_path / "run" / "last.pt").is_file()
+    assert session_for(viewer).last_checkpoint in (widget.done.best, widget.done.last)
+    assert segment.checkpoint.value == session_for(viewer).last_checkpoint
+    assert not widget.running and widget.dataset.enabled
+
+
+def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
+    widget = quick(TrainWidget(make_napari_viewer()), tiny_dataset, tmp_path / "run")
+    widget.epochs.value = 1000
+    steps = []
+
+    def on_event(event):
+        if isinstance(event, engine.StepEvent):
+            steps.append(event.step)
+            if event.step == 1:
+                widget.start.clicked()  # the button is now Cancel
+    widget.start.clicked()
+    widget._worker.yielded.connect(on_event)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert widget.done is not None and widget.done.cancelled
+    assert max(steps) <= 2  # stops before the next step once the flag is seen
+    assert widget.done.last == tmp_path / "run" / "last.pt" and widget.done.last.is_file()
+    assert "cancelled" in widget.status.value
+    assert widget.start.text == "Start training" and widget.start.enabled
+
+
+def test_bad_folder_is_a_notification_and_the_widget_recovers(make_napari_viewer, tmp_path, errors):
+    widget = quick(TrainWidget(make_napari_viewer()), tmp_path / "nowhere", tmp_path / "run")
+    widget.synchronous = True
+    widget.start_training()
+    assert len(errors) == 1 and "nowhere" in errors[0] and "\n" not in errors[0]
+    assert widget.start.text == "Start training" and widget.start.enabled and widget.dataset.enabled
+    widget.dataset.line_edit.value = ""
+    widget.start_training()
+    assert "dataset folder" in errors[1]
+
+
+def _nan_step(*args, **kwargs):
+    return {"loss": float("nan"), "loss_mask": float("nan")}
+
+
+def _oom_step(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize(("step", "words"), [(_nan_step, ["nan", "learning rate"]), (_oom_step, ["out of memory", "batch size"])])
+def test_training_failures_are_notifications(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch, errors, step, words):
+    monkeypatch.setattr(engine, "_train_step", step)
+    widget = quick(TrainWidget(make_napari_viewer()), tiny_dataset, tmp_path / "run")
+    widget.synchronous = True
+    widget.start_training()
+    assert len(errors) == 1 and all(word in errors[0] for word in words) and "\n" not in errors[0]
+    assert widget.done is None and widget.progress.native.format() == "stopped by an error"
+    assert not widget.running and widget.dataset.enabled

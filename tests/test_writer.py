@@ -1,0 +1,74 @@
+"""Writer: Labels layers -> COCO results JSON that pycocotools loads, with the right ids and scores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from napari.utils.notifications import NotificationSeverity, notification_manager
+from pycocotools.coco import COCO
+
+from napari_cellseg._reader import PREDICTION, labels_layer_kwargs, read_sample_folder
+from napari_cellseg._writer import write_coco_results
+from napari_cellseg.data import find_samples
+from napari_cellseg.pipeline import samples_ground_truth
+
+
+@pytest.fixture
+def errors():
+    seen: list[str] = []
+
+    def collect(notification):
+        if notification.severity == NotificationSeverity.ERROR:
+            seen.append(notification.message)
+    notification_manager.notification_ready.connect(collect)
+    yield seen
+    notification_manager.notification_ready.disconnect(collect)
+
+
+def test_sample_labels_become_results_pycocotools_loads(tiny_dataset, tmp_path):
+    layers = read_sample_folder(tiny_dataset / "val" / "val_0")  # image + class1 + class2
+    out = tmp_path / "val.json"
+    assert write_coco_results(str(out), layers) == [str(out)]
+    results = json.loads(out.read_text())
+    assert {r["image_id"] for r in results} == {1}  # val_0 is the first sample of val/
+    assert sorted(r["category_id"] for r in results) == [1, 1, 2] and {r["score"] for r in results} == {1.0}
+    samples = find_samples(tiny_dataset / "val")
+    coco = COCO()
+    coco.dataset = samples_ground_truth(samples, ["class1", "class2"])
+    coco.createIndex()
+    assert len(coco.loadRes(str(out)).anns) == 3
+
+
+def test_scores_come_from_features_per_class(tiny_dataset, tmp_path):
+    source = tiny_dataset / "test_release" / "test_0.tif"  # id 1 in the mapping file one folder up
+    class1, class2 = np.zeros((64, 80), np.int32), np.zeros((64, 80), np.int32)
+    class1[0:5, 0:5], class1[10:20, 10:20] = 1, 2
+    class2[30:40, 30:40] = 2  # id 2 is a model cell in class 1 but drawn by hand in class 2
+    meta1 = labels_layer_kwargs(1, "class1", source=source, role=PREDICTION, ids=np.array([1, 2]), scores={1: 0.7, 2: 0.4})
+    meta2 = labels_layer_kwargs(2, "class2", source=source, role=PREDICTION, ids=np.array([]), scores={})
+    out = tmp_path / "test-results.json"
+    write_coco_results(str(out), [(class1, meta1, "labels"), (class2, meta2, "labels")])
+    results = json.loads(out.read_text())
+    got = sorted((r["image_id"], r["category_id"], round(r["score"], 3), r["bbox"][0]) for r in results)
+    assert got == [(1, 1, 0.4, 10.0), (1, 1, 0.7, 0.0), (1, 2, 1.0, 30.0)]
+
+
+def test_save_layers_through_napari(make_napari_viewer, tiny_dataset, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open(str(tiny_dataset / "train" / "sample_2"), plugin="napari-cellseg")
+    viewer.layers.selection = {viewer.layers[1], viewer.layers[2]}
+    out = tmp_path / "saved.json"
+    viewer.layers.save(str(out), selected=True, plugin="napari-cellseg")
+    results = json.loads(out.read_text())
+    assert len(results) == 3 and {r["image_id"] for r in results} == {3}  # sample_2: third of train/
+
+
+def test_labels_of_an_unknown_image_are_a_notification(tmp_path, errors):
+    labels = np.zeros((16, 16), np.int32)
+    labels[2:5, 2:5] = 1
+    assert write_coco_results(str(tmp_path / "x.json"), [(labels, {"name": "class1"}, "labels")]) == []
+    assert len(errors) == 1 and "unknown" in errors[0] and not (tmp_path / "x.json").exists()
+    assert write_coco_results(str(tmp_path / "x.json"), [(labels, {"name": "cells"}, "labels")]) == []
+    assert "class1, class2" in errors[1]
