@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
-from pathlib import Path
 
 from .errors import CellsegError
 

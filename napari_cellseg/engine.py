@@ -9,7 +9,6 @@ is saved as ``last.pt`` first, so nothing trained is lost.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field

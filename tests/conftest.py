@@ -99,3 +99,31 @@ def write_tiny_dataset(root: Path) -> Path:
         mapping.append({"file_name": name, "id": image_id, "height": TINY_SHAPE[0], "width": TINY_SHAPE[1]})
     (root / "test_image_name_to_ids.json").write_text(json.dumps(mapping, indent=1), encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: tiny convolutions gain nothing from threads, and on a
+    busy 2-core CI box two threads wait on each other (measured 6-7x slower)."""
+    from napari_cellseg._torch import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def errors():
+    """Messages of the napari error notifications shown during a GUI test."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    seen: list[str] = []
+
+    def collect(notification):
+        if notification.severity == NotificationSeverity.ERROR:
+            seen.append(notification.message)
+
+    notification_manager.notification_ready.connect(collect)
+    yield seen
+    notification_manager.notification_ready.disconnect(collect)

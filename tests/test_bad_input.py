@@ -32,17 +32,10 @@ from napari_cellseg.errors import CheckpointError, DatasetError
 from napari_cellseg.images import read_image, read_image_size, read_labels
 from napari_cellseg.model import ModelConfig, build_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PREFIX = "napari-cellseg: error: "
 IS_ROOT = os.name == "posix" and os.geteuid() == 0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -26,18 +26,12 @@ from napari_cellseg.checkpoint import load_checkpoint, save_checkpoint
 from napari_cellseg.cli import main
 from napari_cellseg.model import ModelConfig, build_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
 
 TRAIN = ["--arch", "resnet18", "--crop-size", "64", "--device", "cpu", "--val-limit", "1", "--detections", "10",
          "--no-amp"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _start(*argv: str, stderr: Path) -> subprocess.Popen:

@@ -29,17 +29,10 @@ from napari_cellseg import engine
 from napari_cellseg._session import Device, session_for
 from napari_cellseg._widget_segment import SegmentWidget
 from napari_cellseg._widget_train import Amp, TrainWidget
-from napari_cellseg._torch import torch
 from napari_cellseg.checkpoint import save_checkpoint
 from napari_cellseg.model import ModelConfig, build_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -16,14 +16,7 @@ from napari_cellseg.model import ModelConfig, build_model
 
 from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and on a busy CI box threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,25 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-from napari.utils.notifications import NotificationSeverity, notification_manager
 
 from napari_cellseg._reader import GROUND_TRUTH, PREDICTION, napari_get_reader, read_results_json
 from napari_cellseg.coco import labels_to_results, write_json
 from napari_cellseg.data import find_samples, read_sample
 from napari_cellseg.images import read_image
-
-
-@pytest.fixture
-def errors():
-    seen: list[str] = []
-
-    def collect(notification):
-        if notification.severity == NotificationSeverity.ERROR:
-            seen.append(notification.message)
-    notification_manager.notification_ready.connect(collect)
-    yield seen
-    notification_manager.notification_ready.disconnect(collect)
 
 
 def test_declines_what_it_cannot_read(tiny_dataset, tmp_path):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from napari.utils.notifications import NotificationSeverity, notification_manager
 from pycocotools.coco import COCO
 
 from napari_cellseg._reader import GROUND_TRUTH, PREDICTION, image_layer, labels_layer_kwargs
@@ -17,18 +16,6 @@ from napari_cellseg.coco import decode_mask, ground_truth, write_json
 from napari_cellseg.data import find_samples, read_sample
 from napari_cellseg.images import read_image
 from napari_cellseg.inference import RawInstances
-
-
-@pytest.fixture
-def errors():
-    seen: list[str] = []
-
-    def collect(notification):
-        if notification.severity == NotificationSeverity.ERROR:
-            seen.append(notification.message)
-    notification_manager.notification_ready.connect(collect)
-    yield seen
-    notification_manager.notification_ready.disconnect(collect)
 
 
 def add_prediction(viewer, source: Path, labels: dict[int, np.ndarray], scores: dict[int, float], role=PREDICTION):

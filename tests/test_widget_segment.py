@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from napari.utils.notifications import NotificationSeverity, notification_manager
 
 from napari_cellseg import _widget_segment, images, inference
 from napari_cellseg._reader import image_layer
@@ -17,18 +16,6 @@ from napari_cellseg.checkpoint import save_checkpoint
 from napari_cellseg.inference import RawInstances
 from napari_cellseg.model import ModelConfig, build_model
 from napari_cellseg.postprocess import to_labels
-
-
-@pytest.fixture
-def errors():
-    seen: list[str] = []
-
-    def collect(notification):
-        if notification.severity == NotificationSeverity.ERROR:
-            seen.append(notification.message)
-    notification_manager.notification_ready.connect(collect)
-    yield seen
-    notification_manager.notification_ready.disconnect(collect)
 
 
 @pytest.fixture(scope="module")

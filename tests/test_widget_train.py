@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-from napari.utils.notifications import NotificationSeverity, notification_manager
 from qtpy.QtCore import QTimer
 
 from napari_cellseg import engine
@@ -13,19 +12,6 @@ from napari_cellseg._torch import torch
 from napari_cellseg._session import session_for
 from napari_cellseg._widget_segment import SegmentWidget
 from napari_cellseg._widget_train import Amp, Device, TrainWidget
-
-
-@pytest.fixture
-def errors():
-    """Messages of the error notifications shown during the test."""
-    seen: list[str] = []
-
-    def collect(event):
-        if event.severity == NotificationSeverity.ERROR:
-            seen.append(event.message)
-    notification_manager.notification_ready.connect(collect)
-    yield seen
-    notification_manager.notification_ready.disconnect(collect)
 
 
 def quick(widget: TrainWidget, dataset, out) -> TrainWidget:

@@ -5,26 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-from napari.utils.notifications import NotificationSeverity, notification_manager
 from pycocotools.coco import COCO
 
 from napari_cellseg._reader import PREDICTION, labels_layer_kwargs, read_sample_folder
 from napari_cellseg._writer import write_coco_results
 from napari_cellseg.data import find_samples
 from napari_cellseg.pipeline import samples_ground_truth
-
-
-@pytest.fixture
-def errors():
-    seen: list[str] = []
-
-    def collect(notification):
-        if notification.severity == NotificationSeverity.ERROR:
-            seen.append(notification.message)
-    notification_manager.notification_ready.connect(collect)
-    yield seen
-    notification_manager.notification_ready.disconnect(collect)
 
 
 def test_sample_labels_become_results_pycocotools_loads(tiny_dataset, tmp_path):
