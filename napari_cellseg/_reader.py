@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_error
 
-from ._session import USER_ERRORS, one_line
+from ._gui_session import USER_ERRORS, one_line
 from .errors import DatasetError
 
 META = "cellseg"

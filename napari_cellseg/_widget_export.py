@@ -21,8 +21,8 @@ from napari.layers import Labels
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
 
-from . import _session
-from ._session import path_or_none
+from . import _gui_session
+from ._gui_session import path_or_none
 from ._reader import GROUND_TRUTH, IMAGE_NAME, PREDICTION, layer_meta, read_json_list
 from ._tooltips import EXPORT as TIPS
 from ._writer import ImageLabels, group_layers, image_id_for, is_sample_image, to_results
@@ -103,7 +103,7 @@ class ExportWidget(Container):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.session = _session.session_for(napari_viewer)
+        self.session = _gui_session.session_for(napari_viewer)
         self.synchronous = False
         self.source = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="source", tooltip=TIPS["export_layers"])
         self.mapping = FileEdit(mode="r", filter="*.json", label="mapping file", tooltip=TIPS["mapping"])
@@ -168,8 +168,8 @@ class ExportWidget(Container):
             if out.suffix.lower() != ".json":
                 out = out.with_suffix(".json")
             groups, _ = self.collect()
-        except _session.USER_ERRORS as exc:
-            _session.show_error(_session.one_line(exc))
+        except _gui_session.USER_ERRORS as exc:
+            _gui_session.show_error(_gui_session.one_line(exc))
             return
         mapping = path_or_none(self.mapping)
 
@@ -184,8 +184,8 @@ class ExportWidget(Container):
     def evaluate(self) -> None:
         try:
             groups, class_names = self.collect()
-        except _session.USER_ERRORS as exc:
-            _session.show_error(_session.one_line(exc))
+        except _gui_session.USER_ERRORS as exc:
+            _gui_session.show_error(_gui_session.one_line(exc))
             return
         truth_folder, truth_json, mapping = (path_or_none(w) for w in (self.truth_folder, self.truth_json, self.mapping))
         self._start(lambda: evaluate_events(groups, class_names, truth_folder, truth_json, mapping), self._show_metrics)
@@ -207,7 +207,7 @@ class ExportWidget(Container):
             self.status.value = f"failed: {message}"
 
         self._worker = True
-        self._worker = _session.run(
+        self._worker = _gui_session.run(
             self, factory, on_yield=progress, on_return=on_return, on_done=done, on_error=failed
         ) or None
 

@@ -24,9 +24,9 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, 
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QMessageBox
 
-from . import _session
+from . import _gui_session
 from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
-from ._session import Device, ImageResult, path_or_none
+from ._gui_session import Device, ImageResult, path_or_none
 from ._tooltips import SEGMENT as TIPS
 from ._writer import scores_from_features
 
@@ -125,7 +125,7 @@ class SegmentWidget(Container):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.session = _session.session_for(napari_viewer)
+        self.session = _gui_session.session_for(napari_viewer)
         self.synchronous = False
         self.tile_size = 1024  # larger images are segmented tile by tile (inference.iter_predict)
         self.checkpoint = FileEdit(mode="r", filter="*.pt", label="model", tooltip=TIPS["checkpoint"])
@@ -219,7 +219,7 @@ class SegmentWidget(Container):
             self.progress.native.setFormat("stopped by an error" if failed else "cancelled" if self._stop else "done")
 
         self._worker = True  # a run is on even when synchronous
-        self._worker = _session.run(
+        self._worker = _gui_session.run(
             self, factory, on_yield=on_yield, on_return=on_return, on_done=done, on_error=failed.append
         ) or None
 
@@ -235,7 +235,7 @@ class SegmentWidget(Container):
                 raise ValueError("open an image first (File > Open, or File > Open Sample)")
             loader = self._loader()
         except ValueError as exc:
-            _session.show_error(_session.one_line(exc))
+            _gui_session.show_error(_gui_session.one_line(exc))
             return
         source = layer_meta(layer).get("source") or layer.source.path
         data = layer.data[0] if layer.multiscale else layer.data  # the full-resolution level
@@ -256,8 +256,8 @@ class SegmentWidget(Container):
             if folder is None:
                 raise ValueError("choose a folder of images first")
             paths = folder_images(folder)
-        except _session.USER_ERRORS as exc:
-            _session.show_error(_session.one_line(exc))
+        except _gui_session.USER_ERRORS as exc:
+            _gui_session.show_error(_gui_session.one_line(exc))
             return
         self.session.folder_results = []
         self.review.choices = []

@@ -1,6 +1,6 @@
 """Train widget: collects the options of ``engine.TrainConfig`` and follows ``engine.train``.
 
-The training generator runs in a ``thread_worker`` (``_session.run``); its events arrive in the
+The training generator runs in a ``thread_worker`` (``_gui_session.run``); its events arrive in the
 GUI thread (``_on_event``) where they move the progress bar, the plot and the status line. Cancel
 sets a flag that ``engine.train`` checks before every step, so it stops within one step and
 saves ``last.pt``. When training ends the checkpoint goes to the viewer's session, where the
@@ -17,9 +17,9 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
-from . import _session
-from ._session import Device, path_or_none
-from ._plot import TrainingPlot
+from . import _gui_session
+from ._gui_session import Device, path_or_none
+from ._gui_plot import TrainingPlot
 from ._tooltips import TRAIN as TIPS
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train
 from .model import ARCHS
@@ -113,7 +113,7 @@ class TrainWidget(Container):
         try:
             cfg = self.config()
         except ValueError as exc:
-            _session.show_error(_session.one_line(exc))
+            _gui_session.show_error(_gui_session.one_line(exc))
             return
         self._stop = False
         self._clock = None
@@ -121,7 +121,7 @@ class TrainWidget(Container):
         self.plot.clear()
         self._set_running(True)
         self.status.value = f"starting: {cfg.arch} on {cfg.dataset}"
-        self._worker = _session.run(
+        self._worker = _gui_session.run(
             self, lambda: train(cfg, should_stop=self._should_stop), on_yield=self._on_event, on_done=self._on_done
         )
 
@@ -177,7 +177,7 @@ class TrainWidget(Container):
         self.done = event
         model = event.best or event.last
         if model is not None:
-            _session.session_for(self.viewer).last_checkpoint = Path(model)
+            _gui_session.session_for(self.viewer).last_checkpoint = Path(model)
         what = "cancelled" if event.cancelled else "finished"
         self.status.value = f"training {what}; last checkpoint: {event.last or 'none written'}" + (
             f"; best: {event.best}" if event.best else ""

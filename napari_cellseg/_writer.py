@@ -22,7 +22,7 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info
 
 from ._reader import IMAGE_NAME, find_mapping, layer_meta
-from ._session import USER_ERRORS, one_line
+from ._gui_session import USER_ERRORS, one_line
 from .errors import DatasetError
 
 _CLASS_NAME = re.compile(r"class(\d+)", re.IGNORECASE)

@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .coco import compressed_rle
+from .rle import compressed_rle
 from .errors import DatasetError
 
 STANDARD_MAX_DETS = 100

@@ -24,6 +24,7 @@ import tifffile
 import badfiles
 from conftest import TINY_SHAPE, write_tiny_dataset
 from napari_cellseg import coco, pipeline
+from napari_cellseg.rle import encode_mask
 from napari_cellseg._torch import torch
 from napari_cellseg.checkpoint import load_checkpoint, load_model, save_checkpoint
 from napari_cellseg.cli import main
@@ -347,7 +348,7 @@ def _result(**changes) -> dict:
     mask = np.zeros(TINY_SHAPE, bool)
     mask[10:20, 10:30] = True
     return {"image_id": 1, "bbox": [10.0, 10.0, 20.0, 10.0], "score": 0.9, "category_id": 1,
-            "segmentation": coco.encode_mask(mask), **changes}
+            "segmentation": encode_mask(mask), **changes}
 
 
 RESULT_CASES = {  # case -> (file content, words)
@@ -355,7 +356,7 @@ RESULT_CASES = {  # case -> (file content, words)
     "binary": (b"\x89\xff\x00garbage", ("not valid JSON",)),
     "not a list": ({"annotations": []}, ("must hold a list",)),
     "missing keys": ([{"image_id": 1, "score": 0.5}], ("entry 0", "needs keys")),
-    "RLE of another image size": ([_result(segmentation=coco.encode_mask(np.ones((10, 10), bool)))],
+    "RLE of another image size": ([_result(segmentation=encode_mask(np.ones((10, 10), bool)))],
                                   ("entry 0", "10 x 10", "64 x 80")),
     "RLE runs do not fit its size": ([_result(segmentation={"size": [64, 80], "counts": [100, 5]})],
                                      ("entry 0", "bad segmentation", "105 pixels")),
@@ -388,7 +389,7 @@ def test_bad_results_json_import_with_the_mapping(tiny_dataset, tmp_path):
     with pytest.raises(DatasetError, match=r"entry 1: image id 77 is not in the mapping file") as info:
         coco.read_results(path, mapping_ids=ids, image_sizes=sizes)
     assert str(path) in str(info.value)
-    wrong = coco.encode_mask(np.ones((80, 64), bool))  # transposed: the classic height/width mix-up
+    wrong = encode_mask(np.ones((80, 64), bool))  # transposed: the classic height/width mix-up
     badfiles.write_json(path, [_result(segmentation=wrong)])
     with pytest.raises(DatasetError, match=r"entry 0: the mask is 80 x 64 but image 1 is 64 x 80"):
         coco.read_results(path, mapping_ids=ids, image_sizes=sizes)

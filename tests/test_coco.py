@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from pycocotools import mask as mask_utils
 
 from napari_cellseg import coco
+from napari_cellseg.rle import decode_mask, encode_mask
 from napari_cellseg.errors import DatasetError
 
 MAPPING = Path("/work/shared/data/dsb2018/test_image_name_to_ids.json")
@@ -54,7 +55,7 @@ def uncompressed_counts(mask: np.ndarray) -> list[int]:
 @settings(max_examples=300, deadline=None)
 @given(hnp.arrays(np.bool_, small_shapes))
 def test_encode_mask_is_byte_identical_to_pycocotools(mask: np.ndarray) -> None:
-    assert coco.encode_mask(mask) == reference_rle(mask)
+    assert encode_mask(mask) == reference_rle(mask)
 
 
 @settings(max_examples=200, deadline=None)
@@ -63,14 +64,14 @@ def test_decode_mask_accepts_str_bytes_and_uncompressed(mask: np.ndarray) -> Non
     rle = reference_rle(mask)
     uncompressed = {"size": list(mask.shape), "counts": uncompressed_counts(mask)}
     for form in (rle, {**rle, "counts": rle["counts"].encode()}, uncompressed):
-        decoded = coco.decode_mask(form)
+        decoded = decode_mask(form)
         assert decoded.dtype == bool and decoded.shape == mask.shape
         np.testing.assert_array_equal(decoded, mask)
 
 
 def test_encode_mask_accepts_0_1_integers() -> None:
     mask = np.array([[0, 1, 1], [1, 0, 1]], dtype=np.int64)
-    assert coco.encode_mask(mask) == reference_rle(mask.astype(bool))
+    assert encode_mask(mask) == reference_rle(mask.astype(bool))
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_encode_mask_accepts_0_1_integers() -> None:
 )
 def test_decode_mask_rejects_damaged_rle(rle: dict) -> None:
     with pytest.raises(ValueError):
-        coco.decode_mask(rle)
+        decode_mask(rle)
 
 
 # ---------------------------------------------------------------- labels <-> results
@@ -163,9 +164,9 @@ def test_results_to_labels_orders_by_score_and_resolves_overlaps() -> None:
     a, b = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
     a[0:3, 0:3], b[1:4, 1:4] = True, True
     results = [
-        {"image_id": 1, "score": 0.4, "category_id": 1, "segmentation": coco.encode_mask(a)},
-        {"image_id": 1, "score": 0.9, "category_id": 1, "segmentation": coco.encode_mask(b)},
-        {"image_id": 2, "score": 1.0, "category_id": 1, "segmentation": coco.encode_mask(a)},
+        {"image_id": 1, "score": 0.4, "category_id": 1, "segmentation": encode_mask(a)},
+        {"image_id": 1, "score": 0.9, "category_id": 1, "segmentation": encode_mask(b)},
+        {"image_id": 2, "score": 1.0, "category_id": 1, "segmentation": encode_mask(a)},
     ]
     labels, scores = coco.results_to_labels(results, 1, (4, 4))
     assert scores == {1: 0.9, 2: 0.4}
@@ -176,8 +177,8 @@ def test_results_to_labels_orders_by_score_and_resolves_overlaps() -> None:
 def test_results_to_labels_threshold_keeps_the_class_image() -> None:
     mask = np.eye(3, dtype=bool)
     results = [
-        {"image_id": 1, "score": 0.2, "category_id": 2, "segmentation": coco.encode_mask(mask)},
-        {"image_id": 1, "score": 0.8, "category_id": 1, "segmentation": coco.encode_mask(mask)},
+        {"image_id": 1, "score": 0.2, "category_id": 2, "segmentation": encode_mask(mask)},
+        {"image_id": 1, "score": 0.8, "category_id": 1, "segmentation": encode_mask(mask)},
     ]
     labels, scores = coco.results_to_labels(results, 1, (3, 3), score_thresh=0.5)
     assert scores == {1: 0.8}
@@ -187,7 +188,7 @@ def test_results_to_labels_threshold_keeps_the_class_image() -> None:
 
 def test_results_to_labels_rejects_a_mask_of_another_size() -> None:
     results = [{"image_id": 1, "score": 1.0, "category_id": 1,
-                "segmentation": coco.encode_mask(np.ones((3, 4), bool))}]
+                "segmentation": encode_mask(np.ones((3, 4), bool))}]
     with pytest.raises(DatasetError, match="4 x 3"):
         coco.results_to_labels(results, 1, (4, 3))
 
@@ -383,7 +384,7 @@ def test_labels_survive_the_results_file_and_the_ground_truth(images: list[np.nd
     gt = coco.ground_truth([(3, "x", labels)], [f"c{k}" for k in labels])
     assert len(gt["annotations"]) == n
     for ann in gt["annotations"]:
-        mask = coco.decode_mask(ann["segmentation"])
+        mask = decode_mask(ann["segmentation"])
         ids = np.unique(labels[ann["category_id"]][mask])
         assert len(ids) == 1 and ids[0] > 0
         np.testing.assert_array_equal(mask, labels[ann["category_id"]] == ids[0])

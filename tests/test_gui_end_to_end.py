@@ -7,9 +7,9 @@ import json
 import numpy as np
 from pycocotools.coco import COCO
 
-from napari_cellseg._session import session_for
+from napari_cellseg._gui_session import session_for
 from napari_cellseg._widget_train import Amp, Device
-from napari_cellseg.coco import decode_mask
+from napari_cellseg.rle import decode_mask
 from napari_cellseg.data import find_samples
 from napari_cellseg.pipeline import samples_ground_truth
 from napari_cellseg.sample_data import SAMPLE_DATASET

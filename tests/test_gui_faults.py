@@ -26,7 +26,7 @@ from superqt.utils._qthreading import WorkerBase
 
 from conftest import write_tiny_dataset
 from napari_cellseg import engine
-from napari_cellseg._session import Device, session_for
+from napari_cellseg._gui_session import Device, session_for
 from napari_cellseg._widget_segment import SegmentWidget
 from napari_cellseg._widget_train import Amp, TrainWidget
 from napari_cellseg.checkpoint import save_checkpoint

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_cellseg import coco, metrics
+from napari_cellseg.rle import decode_mask
 from napari_cellseg.errors import DatasetError
 
 CLASSES = ["fluo", "bright"]
@@ -100,7 +101,7 @@ def test_uncompressed_results_are_accepted() -> None:
     items = [(1, "a.tif", {1: grid_labels(3)})]
     results = perfect(items)
     for r in results:
-        mask = coco.decode_mask(r["segmentation"])
+        mask = decode_mask(r["segmentation"])
         flat = mask.T.ravel().astype(np.int8)
         changes = np.flatnonzero(np.diff(np.concatenate(([0], flat))))  # background run first
         edges = np.concatenate(([0], changes, [flat.size]))

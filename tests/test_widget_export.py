@@ -10,9 +10,10 @@ import pytest
 from pycocotools.coco import COCO
 
 from napari_cellseg._reader import GROUND_TRUTH, PREDICTION, image_layer, labels_layer_kwargs
-from napari_cellseg._session import ImageResult, session_for
+from napari_cellseg._gui_session import ImageResult, session_for
 from napari_cellseg._widget_export import FOLDER, ExportWidget
-from napari_cellseg.coco import decode_mask, ground_truth, write_json
+from napari_cellseg.coco import ground_truth, write_json
+from napari_cellseg.rle import decode_mask
 from napari_cellseg.data import find_samples, read_sample
 from napari_cellseg.images import read_image
 from napari_cellseg.inference import RawInstances

@@ -10,7 +10,7 @@ import pytest
 
 from napari_cellseg import _widget_segment, images, inference
 from napari_cellseg._reader import image_layer
-from napari_cellseg._session import Device, ImageResult, session_for
+from napari_cellseg._gui_session import Device, ImageResult, session_for
 from napari_cellseg._widget_segment import SegmentWidget
 from napari_cellseg.checkpoint import save_checkpoint
 from napari_cellseg.inference import RawInstances

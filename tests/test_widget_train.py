@@ -9,7 +9,7 @@ from qtpy.QtCore import QTimer
 
 from napari_cellseg import engine
 from napari_cellseg._torch import torch
-from napari_cellseg._session import session_for
+from napari_cellseg._gui_session import session_for
 from napari_cellseg._widget_segment import SegmentWidget
 from napari_cellseg._widget_train import Amp, Device, TrainWidget
 
