@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("CELLSEG_BENCH_DATA", "/work/shared/data/dsb2018"))
+DEFAULT_DATA = Path(os.environ.get("CELLSEG_BENCH_DATA", Path(__file__).resolve().parents[2] / "shared/data/dsb2018"))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

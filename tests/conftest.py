@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
+DSB2018 = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
+"""The real DSB2018 dataset beside the checkout (present here and in CI, not in a user's clone)."""
+
 TINY_SHAPE = (64, 80)
 """Height x width of every image in ``tiny_dataset``."""
 

@@ -15,8 +15,9 @@ from pycocotools import mask as mask_utils
 from napari_cellseg import coco
 from napari_cellseg.rle import decode_mask, encode_mask
 from napari_cellseg.errors import DatasetError
+from conftest import DSB2018
 
-MAPPING = Path("/work/shared/data/dsb2018/test_image_name_to_ids.json")
+MAPPING = DSB2018 / "test_image_name_to_ids.json"
 
 small_shapes = st.tuples(st.integers(1, 9), st.integers(1, 9))
 

@@ -24,8 +24,9 @@ from napari_cellseg.data import (
 )
 from napari_cellseg.errors import DatasetError
 from napari_cellseg.transforms import train_augment
+from conftest import DSB2018
 
-DSB2018 = Path("/work/shared/data/dsb2018")
+
 needs_dsb2018 = pytest.mark.skipif(not DSB2018.is_dir(), reason="real DSB2018 data not available")
 
 

@@ -14,8 +14,9 @@ from hypothesis.extra import numpy as hnp
 
 from napari_cellseg.errors import DatasetError
 from napari_cellseg.images import read_image, read_labels, to_rgb_uint8, to_tensor, write_labels
+from conftest import DSB2018
 
-DSB2018 = Path("/work/shared/data/dsb2018")
+
 needs_dsb2018 = pytest.mark.skipif(not DSB2018.is_dir(), reason="real DSB2018 data not available")
 RNG = np.random.default_rng(0)
 
