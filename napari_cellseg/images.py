@@ -47,11 +47,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     is told by the file's first bytes, not its name: a PNG saved as ``image.tif`` reads as a PNG.
     """
     path = Path(path)
-    _check_file(path, "image")
-    if _is_tiff(path, "image"):
-        array = _read_tiff(path, "image")
-    else:
-        array = _read_pillow(path, "image")
+    array = _read_array(path, "image")
     try:
         return to_rgb_uint8(array)
     except DatasetError as exc:
@@ -157,11 +153,7 @@ def read_labels(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -
     image must not be paired with this one silently.
     """
     path = Path(path)
-    _check_file(path, "mask")
-    if _is_tiff(path, "mask"):
-        array = _read_tiff(path, "mask")
-    else:
-        array = _read_pillow(path, "mask")
+    array = _read_array(path, "mask")
     array = np.squeeze(array)
     if array.ndim != 2:
         raise DatasetError(
@@ -213,6 +205,12 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------------------- readers
+
+
+def _read_array(path: Path, what: str) -> np.ndarray:
+    """The raw array of an image or mask file, read by the format its first bytes announce."""
+    _check_file(path, what)
+    return _read_tiff(path, what) if _is_tiff(path, what) else _read_pillow(path, what)
 
 
 def _check_file(path: Path, what: str) -> None:

@@ -130,3 +130,21 @@ def errors():
     notification_manager.notification_ready.connect(collect)
     yield seen
     notification_manager.notification_ready.disconnect(collect)
+
+
+def quick(widget, dataset, out):
+    """A Train widget set to the lightest settings that still train: resnet18, 64 px crops,
+    batch 1 (4 steps an epoch on the tiny dataset), 1 validation image, CPU, no AMP."""
+    from napari_cellseg._gui_session import Device
+    from napari_cellseg._widget_train import Amp
+
+    widget.dataset.value = dataset
+    widget.out_dir.value = out
+    widget.arch.value = "resnet18"
+    widget.epochs.value = 1
+    widget.batch_size.value = 1
+    widget.crop_size.value = 64
+    widget.val_limit.value = 1
+    widget.device.value = Device.cpu
+    widget.amp.value = Amp.off
+    return widget

@@ -24,11 +24,11 @@ from napari.utils.notifications import ErrorNotification, NotificationSeverity, 
 from qtpy.QtCore import QThreadPool
 from superqt.utils._qthreading import WorkerBase
 
-from conftest import write_tiny_dataset
+from conftest import quick, write_tiny_dataset
 from napari_cellseg import engine
 from napari_cellseg._gui_session import Device, session_for
 from napari_cellseg._widget_segment import SegmentWidget
-from napari_cellseg._widget_train import Amp, TrainWidget
+from napari_cellseg._widget_train import TrainWidget
 from napari_cellseg.checkpoint import save_checkpoint
 from napari_cellseg.model import ModelConfig, build_model
 
@@ -53,19 +53,6 @@ def assert_no_traceback(notes, errored) -> None:
     assert not errored, f"the worker raised: {errored!r}"
     assert not [n for n in notes if isinstance(n, ErrorNotification)], "an uncaught exception was shown"
 
-
-def quick(widget: TrainWidget, dataset, out) -> TrainWidget:
-    """resnet18, 64 px crops, batch 1 (4 steps an epoch on the tiny dataset), 1 validation image."""
-    widget.dataset.value = dataset
-    widget.out_dir.value = out
-    widget.arch.value = "resnet18"
-    widget.epochs.value = 1
-    widget.batch_size.value = 1
-    widget.crop_size.value = 64
-    widget.val_limit.value = 1
-    widget.device.value = Device.cpu
-    widget.amp.value = Amp.off
-    return widget
 
 
 def form(widget: TrainWidget) -> list:

@@ -7,25 +7,13 @@ import math
 import pytest
 from qtpy.QtCore import QTimer
 
+from conftest import quick
 from napari_cellseg import engine
 from napari_cellseg._torch import torch
 from napari_cellseg._gui_session import session_for
 from napari_cellseg._widget_segment import SegmentWidget
-from napari_cellseg._widget_train import Amp, Device, TrainWidget
+from napari_cellseg._widget_train import Amp, TrainWidget
 
-
-def quick(widget: TrainWidget, dataset, out) -> TrainWidget:
-    """The lightest settings that still train: resnet18, 64 px crops, a few steps, 1 val image."""
-    widget.dataset.value = dataset
-    widget.out_dir.value = out
-    widget.arch.value = "resnet18"
-    widget.epochs.value = 1
-    widget.batch_size.value = 1
-    widget.crop_size.value = 64
-    widget.val_limit.value = 1
-    widget.device.value = Device.cpu
-    widget.amp.value = Amp.off
-    return widget
 
 
 def test_config_carries_every_option(make_napari_viewer, tmp_path):
