@@ -7,11 +7,10 @@ life, imports included) and its RSS just before inference (model built, image lo
 difference is what inference itself added.
 
 Configurations:
-- ``tiled``: ``inference.predict`` with the default 1024 px tiles (9 tiles for 2500 x 2000), a
-  per-tile cap giving 700+ instances in all. Target: peak < 4 GB.
-- ``tiled_balanced``: an experiment, not the library's behaviour: the same number of tiles per
-  axis, each only as large as the axis needs (2500 x 2000: 919 x 752 px tiles instead of 1024 x 1024),
-  with the per-tile cap scaled by the tile area (the same detections per pixel).
+- ``tiled``: ``inference.predict`` with the default ``tile_size`` 1024 (2500 x 2000: 9 tiles of
+  919 x 752 px), a per-tile cap giving 700+ instances in all. Target: peak < 4 GB.
+- ``tiled_square``: baseline, the library's grid before tiles were shrunk to fit: 9 square tiles
+  of 1024 px, the per-tile cap scaled by the tile area (the same detections per pixel).
 - ``untiled``: the same image as one tile (``tile_size`` = the image size), cap = the tiled count.
 - ``forward-1000`` / ``predict-1000``: torchvision's forward (N x 1 x H x W float masks) vs ours on a
   1000 x 1000 image with 300 instances. torchvision at 2500 x 2000 x 700 would need 14 GB for the
@@ -41,19 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
-def balanced_tile_grid(shape, tile_size, overlap):
-    """Experiment (not in the library): per axis, the same number of tiles as ``tile_grid`` but each
-    only as large as needed to cover the axis with the required overlap (2000 px: 3 x 752 px, not 3 x 1024)."""
-    import math
-
+def square_tile_grid(shape, tile_size, overlap):
+    """The library's grid before tiles were shrunk to fit (baseline): square ``tile_size`` tiles, as
+    many per axis as now, spread to end flush (2000 px: 3 x 1024 px overlapping by 536 px)."""
     from napari_cellseg import tiling
 
     sizes, starts = [], []
     for length in shape:
-        n = len(tiling.axis_starts(length, tile_size, overlap))
-        size = length if n == 1 else min(tile_size, math.ceil((length + (n - 1) * overlap) / n))
+        n = len(tiling.axis_windows(length, tile_size, overlap)[1])
+        size = min(length, tile_size)
         sizes.append(size)
-        starts.append(tiling.axis_starts(length, size, overlap))
+        starts.append([0] if n == 1 else [round(i * (length - size) / (n - 1)) for i in range(n)])
     (th, tw), (ys, xs) = sizes, starts
     return [
         tiling.Tile(y0, y0 + th, x0, x0 + tw, cy, cx)
@@ -69,8 +66,8 @@ def child(cfg: dict) -> None:
     from napari_cellseg.inference import predict
     from napari_cellseg.postprocess import to_labels
 
-    if cfg.get("balanced"):
-        inference.tile_grid = balanced_tile_grid
+    if cfg.get("square"):
+        inference.tile_grid = square_tile_grid
     image = np.load(cfg["image"])
     model = C.random_model(cfg["arch"], score_thresh=0.0, detections=cfg["cap"])
     gc.collect()
@@ -108,7 +105,7 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, default=C.DEFAULT_DATA)
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--cap", type=int, default=250, help="detections per tile in the tiled run")
+    ap.add_argument("--cap", type=int, default=250, help="detections per 1024 x 1024 px of tile in the tiled runs")
     ap.add_argument("--repeats", type=int, default=1, help="fresh processes per configuration")
     ap.add_argument("--torchvision-large", action="store_true", help="also run torchvision's forward at full size")
     ap.add_argument("--quick", action="store_true")
@@ -116,6 +113,8 @@ def main() -> None:
     if args.child:
         child(json.loads(args.child))
         return
+
+    from napari_cellseg.tiling import tile_grid
 
     info = C.header("bench_memory")
     script = Path(__file__).resolve()
@@ -129,15 +128,15 @@ def main() -> None:
         base = {"arch": args.arch}
         runs: dict[str, list[dict]] = {}
         for r in range(args.repeats):
-            tiled = run(script, {**base, "label": "tiled", "mode": "predict", "image": str(big_path),
-                                 "tile_size": 1024, "cap": cap})
-            runs.setdefault("tiled", []).append(tiled)
-            # same detections per pixel as the square tiles: the cap scales with the tile area
-            bt = balanced_tile_grid(big, 1024, 128)[0]
-            bcap = max(1, round(cap * bt.shape[0] * bt.shape[1] / min(1024, big[0]) / min(1024, big[1])))
-            runs.setdefault("tiled_balanced", []).append(run(script, {
-                **base, "label": f"tiled, balanced {bt.shape[0]}x{bt.shape[1]} tiles (experiment)", "mode": "predict",
-                "image": str(big_path), "tile_size": 1024, "cap": bcap, "balanced": True}))
+            # --cap is per 1024 x 1024 px: each grid's cap scales with its tile area (same detections per pixel)
+            for name, square in (("tiled", False), ("tiled_square", True)):
+                t = (square_tile_grid if square else tile_grid)(big, 1024, 128)[0]
+                tcap = max(1, round(cap * t.shape[0] * t.shape[1] / 1024**2))
+                label = f"tiled, {t.shape[0]}x{t.shape[1]} tiles" + (" (previous square grid)" if square else "")
+                runs.setdefault(name, []).append(run(script, {
+                    **base, "label": label, "mode": "predict", "image": str(big_path), "tile_size": 1024,
+                    "cap": tcap, "square": square}))
+            tiled = runs["tiled"][-1]
             runs.setdefault("untiled", []).append(run(script, {
                 **base, "label": "untiled", "mode": "predict", "image": str(big_path),
                 "tile_size": max(big), "cap": max(tiled["instances"], 1)}))
@@ -157,13 +156,16 @@ def main() -> None:
 
     for name in runs:
         summary[name] = {k: med(name, k) for k in ("peak", "added", "seconds", "instances", "result_bytes")}
+    summary["tiled_vs_square_seconds_ratio"] = med("tiled", "seconds") / med("tiled_square", "seconds")
     summary["tiled_vs_untiled_peak_ratio"] = med("tiled", "peak") / med("untiled", "peak")
     summary["torchvision_large_masks_bytes_computed"] = med("tiled", "instances") * big[0] * big[1] * 4
     summary["small_peak_ratio_ours_vs_torchvision"] = med("predict_small", "peak") / med("forward_small", "peak")
     print(
         f"peak RSS tiled {C.mb(med('tiled', 'peak'))} MB vs untiled {C.mb(med('untiled', 'peak'))} MB "
         f"(ratio {summary['tiled_vs_untiled_peak_ratio']:.2f}); time per image tiled "
-        f"{C.fmt_s(med('tiled', 'seconds'))} vs untiled {C.fmt_s(med('untiled', 'seconds'))}"
+        f"{C.fmt_s(med('tiled', 'seconds'))} vs untiled {C.fmt_s(med('untiled', 'seconds'))} "
+        f"and previous square tiles {C.fmt_s(med('tiled_square', 'seconds'))} "
+        f"(ratio {summary['tiled_vs_square_seconds_ratio']:.2f})"
     )
     print(
         f"{small[0]}x{small[1]}: peak RSS ours {C.mb(med('predict_small', 'peak'))} MB vs torchvision forward "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -11,19 +12,33 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+
+    A process killed outright (SIGKILL, power loss) cannot remove its temporary file; the next
+    successful write of ``path`` removes such leftovers (those older than its own, so a concurrent
+    writer's file is left alone).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    started = tmp_path.stat().st_mtime
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+        _remove_leftovers(path, started)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _remove_leftovers(path: Path, before: float) -> None:
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < before:
+                old.unlink()
 
 
 def folder_problem(folder: str | os.PathLike) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -244,7 +245,9 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
                 images = [im.to(device, non_blocking=True) for im in images]
                 targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
                 losses = _train_step(ddp_model, images, targets, optimizer, scaler, params, cfg.clip_grad, ctx)
-                scheduler.step()
+                with warnings.catch_warnings():  # GradScaler skips the first fp16 steps by design
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                    scheduler.step()
                 step += 1
                 if not math.isfinite(losses["loss"]):
                     healthy = False

@@ -212,17 +212,19 @@ def _expand_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
 def _predict_tile(model: torch.nn.Module, image: np.ndarray, tile: Tile, device: torch.device) -> RawInstances:
     """Detect in one tile, keep the detections centred in its core, paste them in image coordinates."""
     shape = (image.shape[0], image.shape[1])
+    offset = torch.tensor([tile.x0, tile.y0, tile.x0, tile.y0], dtype=torch.float32)
+
+    def centred_in_core(boxes: torch.Tensor) -> torch.Tensor:
+        inside = in_core((boxes.float().cpu() + offset).numpy(), tile)
+        return torch.from_numpy(inside).to(boxes.device)
+
     with torch.inference_mode():
         tensor = to_tensor(image[tile.y0 : tile.y1, tile.x0 : tile.x1]).to(device)
-        det = model.detect([tensor])[0]
-        boxes = det["boxes"].float().cpu()
-        boxes[:, 0::2] += tile.x0
-        boxes[:, 1::2] += tile.y0
-        keep = torch.from_numpy(in_core(boxes.numpy(), tile))
-        masks = det["masks"][keep.to(det["masks"].device)].cpu()
-        scores, labels = det["scores"].cpu()[keep], det["labels"].cpu()[keep]
+        det = model.detect([tensor], keep=centred_in_core)[0]
+        boxes = det["boxes"].float().cpu() + offset
+        masks, scores, labels = det["masks"].cpu(), det["scores"].cpu(), det["labels"].cpu()
         del det
-        crop_boxes, crops, kept = paste_masks(masks, boxes[keep], shape)
+        crop_boxes, crops, kept = paste_masks(masks, boxes, shape)
     return RawInstances(crop_boxes, scores.numpy()[kept], labels.numpy()[kept], crops, shape)
 
 

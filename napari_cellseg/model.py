@@ -15,6 +15,7 @@ import dataclasses
 import urllib.error
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from ._torch import torch, torchvision
@@ -36,6 +37,7 @@ from torchvision.models.detection.mask_rcnn import (  # noqa: E402
     MaskRCNNHeads,
     MaskRCNNPredictor,
 )
+from torchvision.models.detection.roi_heads import maskrcnn_inference  # noqa: E402
 from torchvision.models.detection.rpn import RPNHead  # noqa: E402
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes  # noqa: E402
 from torchvision.ops import misc as misc_nn_ops  # noqa: E402
@@ -148,16 +150,32 @@ class CellMaskRCNN(MaskRCNN):
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
 
     @torch.no_grad()
-    def detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Detections in input-image coordinates with ``masks`` as N x 28 x 28 probabilities."""
+    def detect(
+        self, images: list[torch.Tensor], keep: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """Detections in input-image coordinates with ``masks`` as N x 28 x 28 probabilities.
+
+        ``keep`` maps an image's boxes (input coordinates) to a boolean mask of those to keep; the
+        rest are dropped before the mask head runs, so tiling does not pay for masks it discards.
+        """
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         batch, _ = self.transform(images)
         feats = self.features(batch.tensors)
         proposals, _ = self.rpn(batch, feats)
-        detections, _ = self.roi_heads(feats, proposals, batch.image_sizes)
-        for det, size, orig in zip(detections, batch.image_sizes, original_sizes):
-            det["boxes"] = resize_boxes(det["boxes"], size, orig)
-            det["masks"] = det["masks"][:, 0]
+        heads = self.roi_heads
+        box_feats = heads.box_head(heads.box_roi_pool(feats, proposals, batch.image_sizes))
+        logits, regression = heads.box_predictor(box_feats)
+        boxes, scores, labels = heads.postprocess_detections(logits, regression, proposals, batch.image_sizes)
+        detections, net_boxes = [], []
+        for b, s, lab, size, orig in zip(boxes, scores, labels, batch.image_sizes, original_sizes):
+            out = resize_boxes(b, size, orig)
+            sel = keep(out) if keep is not None else torch.ones(len(b), dtype=torch.bool, device=b.device)
+            detections.append({"boxes": out[sel], "scores": s[sel], "labels": lab[sel]})
+            net_boxes.append(b[sel])
+        mask_feats = heads.mask_head(heads.mask_roi_pool(feats, net_boxes, batch.image_sizes))
+        probs = maskrcnn_inference(heads.mask_predictor(mask_feats), [d["labels"] for d in detections])
+        for det, prob in zip(detections, probs):
+            det["masks"] = prob[:, 0]
         return detections
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import distributed as dist
-from .atomic import folder_problem
-from .coco import ground_truth, labels_to_results, load_mapping, write_json
+from .atomic import atomic_path, folder_problem
+from .coco import ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
 from .errors import DatasetError
 from .images import read_image, read_image_size
@@ -165,11 +165,12 @@ def iter_export(
     partial = out_json.with_name(out_json.name + ".partial.jsonl")
     settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size,
                 "items": [[it.image_id, it.name] for it in items]}
+    # name -> byte offset of its line in the partial file: results stay on disk, not in memory
     done = _read_partial(partial, settings) if resume else {}
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "a" if done else "w", encoding="utf-8") as log:
+    with open(partial, "ab" if done else "wb") as log:
         if not done:
-            log.write(json.dumps({"settings": settings}) + "\n")
+            log.write(_jsonl({"settings": settings}))
         for n, item in enumerate(items, start=1):
             if item.name not in done:
                 if should_stop is not None and should_stop():
@@ -184,31 +185,57 @@ def iter_export(
                     model, image, device=device, score_thresh=score_thresh, mask_thresh=mask_thresh,
                     tile_size=tile_size,
                 )
-                done[item.name] = labels_to_results(labels, item.image_id, scores)
-                log.write(json.dumps({"name": item.name, "results": done[item.name]}) + "\n")
+                done[item.name] = log.tell()
+                log.write(_jsonl({"name": item.name, "results": labels_to_results(labels, item.image_id, scores)}))
                 log.flush()
             yield n, len(items), item.name
-    write_json(out_json, [r for it in items for r in done[it.name]])
+    count = _write_submission(out_json, partial, [done[it.name] for it in items])
     partial.unlink(missing_ok=True)
-    return sum(len(done[it.name]) for it in items)
+    return count
 
 
-def _read_partial(partial: Path, settings: dict[str, Any]) -> dict[str, list[dict]]:
-    """Finished images of an interrupted export with the same settings; a torn last line (killed
-    mid-write) is ignored, and a partial file made with other settings is not reused."""
+def _jsonl(obj: Any) -> bytes:
+    return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
+
+
+def _write_submission(out_json: Path, partial: Path, offsets: Sequence[int]) -> int:
+    """Stream the images' results from the partial file, in item order, into one JSON list that
+    appears whole or not at all; memory holds one image's results at a time. Returns the count."""
+    count = 0
+    with atomic_path(out_json) as tmp:
+        with open(tmp, "w", encoding="utf-8") as out, open(partial, "rb") as log:
+            out.write("[")
+            for offset in offsets:
+                log.seek(offset)
+                for result in json.loads(log.readline())["results"]:
+                    out.write(("," if count else "") + json.dumps(result, separators=(",", ":"), allow_nan=False))
+                    count += 1
+            out.write("]")
+    return count
+
+
+def _read_partial(partial: Path, settings: dict[str, Any]) -> dict[str, int]:
+    """Finished images of an interrupted export with the same settings (name -> byte offset of its
+    line). A torn last line (killed mid-write) is cut off so the next line starts clean; a partial
+    file made with other settings is not reused."""
     if not partial.exists():
         return {}
-    lines = partial.read_text(encoding="utf-8").splitlines()
-    try:
-        if json.loads(lines[0]) != {"settings": settings}:
-            return {}
-    except (IndexError, json.JSONDecodeError):
-        return {}
-    done: dict[str, list[dict]] = {}
-    for line in lines[1:]:
+    done: dict[str, int] = {}
+    with open(partial, "rb+") as f:
         try:
-            entry = json.loads(line)
-            done[entry["name"]] = entry["results"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
+            if json.loads(f.readline()) != {"settings": settings}:
+                return {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        good_end = f.tell()
+        while line := f.readline():
+            try:
+                entry = json.loads(line)
+                if not line.endswith(b"\n") or not isinstance(entry["results"], list):
+                    break
+                done[entry["name"]] = good_end
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                break
+            good_end = f.tell()
+        f.truncate(good_end)
     return done

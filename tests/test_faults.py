@@ -99,6 +99,19 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # the temporary file went too
 
 
+def test_the_next_save_removes_a_killed_writers_temporary_file(tmp_path):
+    config = ModelConfig(arch="resnet18", class_names=["a"])
+    model = build_model(config)
+    stale = tmp_path / ".last.pt.k1ll3d.tmp"  # what SIGKILL during torch.save leaves behind
+    stale.write_bytes(b"half a checkpoint")
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    other = tmp_path / ".best.pt.k1ll3d.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"x")
+    os.utime(other, (time.time() - 60, time.time() - 60))
+    save_checkpoint(tmp_path / "last.pt", model, config, epoch=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.pt.k1ll3d.tmp", "last.pt"]
+
+
 def test_ctrl_c_during_training_saves_the_work_and_exits_130(tiny_dataset, tmp_path, monkeypatch, capsys):
     real, steps = engine._train_step, []
 

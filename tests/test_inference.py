@@ -173,28 +173,28 @@ class PerfectDetector(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.calls: list[tuple[int, int]] = []
 
-    def detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    def detect(self, images: list[torch.Tensor], keep=None) -> list[dict[str, torch.Tensor]]:
         (image,) = images
         self.calls.append(tuple(image.shape[-2:]))
         grey = image[0].numpy()
         regions = regionprops(connected_components(grey > 0), intensity_image=grey)
         boxes = [[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]] for r in regions]
         n = len(regions)
-        return [
-            {
-                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
-                "scores": torch.tensor([r.intensity_max for r in regions], dtype=torch.float32),
-                "labels": torch.ones(n, dtype=torch.int64),
-                "masks": torch.ones(n, 28, 28),
-            }
-        ]
+        det = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
+            "scores": torch.tensor([r.intensity_max for r in regions], dtype=torch.float32),
+            "labels": torch.ones(n, dtype=torch.int64),
+            "masks": torch.ones(n, 28, 28),
+        }
+        sel = keep(det["boxes"]) if keep is not None else slice(None)
+        return [{k: v[sel] for k, v in det.items()}]
 
 
 def _seam_image() -> tuple[np.ndarray, dict[int, tuple[int, int, int, int]]]:
     """160 x 160 with 16 x 16 squares across every tile edge and overlap midline of the grid.
 
-    With tile_size 64 and overlap 24 the tiles start at 0, 32, 64, 96 (edges at 32, 64, 96, 128,
-    midlines at 48, 80, 112); squares are 2+ px apart so each is one connected blob.
+    With tile_size 64 and overlap 24 the 58 px tiles start at 0, 34, 68, 102 (edges at 34, 58, 68,
+    92, 102, 126, midlines at 46, 80, 114); squares are 2+ px apart so each is one connected blob.
     """
     image = np.zeros((160, 160, 3), np.uint8)
     objects = {}

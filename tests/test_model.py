@@ -63,6 +63,23 @@ def test_detect_returns_unpasted_masks_in_input_coordinates():
     assert float(det["boxes"][:, 2].max()) <= 128.0 and float(det["boxes"][:, 3].max()) <= 96.0
 
 
+def test_detect_keep_drops_boxes_before_the_mask_head():
+    """Tiling discards detections outside a tile's core; their masks must not be computed."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(box_score_thresh=0.0)).eval()
+    image = torch.rand(3, 96, 128)
+    (full,) = model.detect([image])
+    left = full["boxes"][:, 0] < 64
+    assert 0 < int(left.sum()) < len(left)
+    seen = []
+    model.roi_heads.mask_head.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    (kept,) = model.detect([image], keep=lambda boxes: boxes[:, 0] < 64)
+    assert seen == [int(left.sum())]
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(kept[key], full[key][left])
+    torch.testing.assert_close(kept["masks"], full["masks"][left], atol=1e-5, rtol=1e-4)
+
+
 def test_backbone_autocasts_but_heads_stay_fp32():
     """bf16 box coding breaks on large images, so only backbone + FPN may run in bf16."""
     model = build_model(tiny_config())

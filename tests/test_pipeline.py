@@ -61,6 +61,26 @@ def test_export_resumes_without_redoing_finished_images(tiny_dataset, tmp_path, 
     assert not (tmp_path / "results.json.partial.jsonl").exists()
 
 
+def test_resumed_export_after_a_torn_line_equals_an_uninterrupted_one(tiny_dataset, tmp_path, model):
+    """Killed mid-write, the partial file ends in half a line; it is cut off, the image is redone,
+    and the submission streamed from the partial file is byte for byte the uninterrupted one."""
+    items = pipeline.export_items(tiny_dataset)
+    whole = tmp_path / "whole.json"
+    assert list(pipeline.iter_export(model, items, whole, score_thresh=0.0, resume=False))
+    out = tmp_path / "results.json"
+    events = pipeline.iter_export(model, items, out, score_thresh=0.0)
+    next(events)
+    events.close()
+    partial = tmp_path / "results.json.partial.jsonl"
+    with open(partial, "ab") as f:
+        f.write(b'{"name":"test_1.tif","results":[{"image_id":2,"bb')
+    events = pipeline.iter_export(model, items, out, score_thresh=0.0)
+    assert [n for n, _, _ in events] == [1, 2]
+    assert out.read_bytes() == whole.read_bytes()
+    results = json.loads(out.read_text())
+    assert {r["image_id"] for r in results} == {1, 2}
+
+
 def test_interrupted_export_keeps_the_previous_submission(tiny_dataset, tmp_path, model):
     out = tmp_path / "results.json"
     out.write_text("[]")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_cellseg.tiling import axis_starts, in_core, tile_grid
+from napari_cellseg.tiling import axis_windows, in_core, tile_grid
 
 
 def test_small_image_is_one_tile_whose_core_is_everything():
@@ -17,10 +17,12 @@ def test_small_image_is_one_tile_whose_core_is_everything():
     assert in_core(far, tile).all()
 
 
-def test_axis_starts_end_flush_and_keep_the_overlap():
-    starts = axis_starts(200, tile_size=64, overlap=16)
-    assert starts[0] == 0 and starts[-1] == 200 - 64
-    assert all(64 - (b - a) >= 16 for a, b in zip(starts, starts[1:]))
+def test_axis_windows_end_flush_keep_the_overlap_and_are_no_longer_than_needed():
+    size, starts = axis_windows(200, tile_size=64, overlap=16)
+    assert len(starts) == 4 and size == 62  # 4 windows of 64 would overlap by ~19 px; 62 px keep >= 16
+    assert starts[0] == 0 and starts[-1] == 200 - size
+    assert all(size - (b - a) >= 16 for a, b in zip(starts, starts[1:]))
+    assert axis_windows(2500, 1024, 128) == (919, [0, 790, 1581])
 
 
 @pytest.mark.parametrize("tile_size, overlap", [(64, 64), (64, 80), (0, 0), (64, -1)])
