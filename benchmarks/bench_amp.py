@@ -16,7 +16,7 @@ GradScaler, clipping, AdamW) on them for several precision variants, one step of
 Prints median step time, images/s, the ratio to ``fp32`` and whether every loss stayed finite.
 
     python benchmarks/bench_amp.py --device cuda --arch resnet50_v2 --batch-size 4 --crop-size 512
-    python benchmarks/bench_amp.py --device cpu --arch resnet18 --batch-size 2 --crop-size 128 --steps 2 --variants fp32 bf16-backbone
+    python benchmarks/bench_amp.py --quick      # smoke test on any device
 
 The last line printed is one JSON object with every figure.
 """
@@ -141,7 +141,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick algorithms per shape")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--quick", action="store_true", help="smoke test: resnet18, tiny crops, 2 steps, 2 variants")
     args = ap.parse_args()
+    if args.quick:
+        args.arch, args.batch_size, args.crop_size, args.batches, args.warmup, args.steps = "resnet18", 2, 128, 2, 1, 2
+        args.variants = ["fp32", "bf16-backbone"]
 
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
