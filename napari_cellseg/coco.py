@@ -237,9 +237,14 @@ def _labels_shape(labels: Mapping[int, np.ndarray], file_name: str) -> tuple[int
     return int(shape[0]), int(shape[1])
 
 
+def compact_json(obj: Any) -> str:
+    """Compact, strictly valid JSON (no NaN): the form of every results file we write."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write compact, strictly valid JSON (no NaN) that appears whole or not at all."""
-    write_text_atomic(path, json.dumps(obj, separators=(",", ":"), allow_nan=False))
+    """Write ``compact_json(obj)`` so that it appears whole or not at all."""
+    write_text_atomic(path, compact_json(obj))
 
 
 def read_results(

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import distributed as dist
 from .atomic import atomic_path, folder_problem
-from .coco import ground_truth, labels_to_results, load_mapping
+from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
 from .errors import DatasetError
 from .images import read_image, read_image_size
@@ -195,7 +195,7 @@ def iter_export(
 
 
 def _jsonl(obj: Any) -> bytes:
-    return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    return (compact_json(obj) + "\n").encode()
 
 
 def _write_submission(out_json: Path, partial: Path, offsets: Sequence[int]) -> int:
@@ -208,7 +208,7 @@ def _write_submission(out_json: Path, partial: Path, offsets: Sequence[int]) -> 
             for offset in offsets:
                 log.seek(offset)
                 for result in json.loads(log.readline())["results"]:
-                    out.write(("," if count else "") + json.dumps(result, separators=(",", ":"), allow_nan=False))
+                    out.write(("," if count else "") + compact_json(result))
                     count += 1
             out.write("]")
     return count
