@@ -22,6 +22,8 @@ ratios is printed too.
     python benchmarks/bench_train.py --quick
     python benchmarks/bench_train.py --device cpu --arch resnet18 --steps 12 --rounds 3
     python benchmarks/bench_train.py --device cuda --arch resnet50_v2 --steps 30 --batch-size 4 --crop-size 512
+    # the second epoch (decoded-image cache warm): a 40-image train/ subset (+ a val/ folder), warm-up = epoch 1
+    python benchmarks/bench_train.py --data SUBSET40 --steps 19 --warmup 21 --skip-amp
 
 The last line printed is one JSON object with every figure.
 """
@@ -29,6 +31,7 @@ The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -96,13 +99,14 @@ class DecodeEveryTime(torch.utils.data.Dataset):
     def __init__(self, samples, crop: int) -> None:
         self.samples = list(samples)
         self.augment = train_augment(crop)
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
         image, labels = read_sample(self.samples[i])
-        image, labels = self.augment(image, labels, np.random.default_rng((SEED, 0, i)))  # the engine's epoch-0 crop
+        image, labels = self.augment(image, labels, np.random.default_rng((SEED, self.epoch, i)))  # the engine's crop
         masks, classes, boxes, _ = instance_targets(labels, image.shape)
         target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(classes), "masks": torch.from_numpy(masks)}
         return to_tensor(image), target
@@ -125,19 +129,22 @@ def bare_steps(args, device: torch.device, total: int, crop: int):
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(100, total))  # the engine's warm-up
     done = 0
-    for images, targets in loader:
-        images = [im.to(device) for im in images]
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        _sync(device)
-        done += 1
-        yield
-        if done >= total:
-            return
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        dataset.epoch = epoch
+        for images, targets in loader:
+            images = [im.to(device) for im in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            loss = sum(model(images, targets).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            _sync(device)
+            done += 1
+            yield
+            if done >= total:
+                return
 
 
 # ---------------------------------------------------------------------------------------- comparison
