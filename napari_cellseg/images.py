@@ -138,7 +138,10 @@ def _scale_to_uint8(hwc: np.ndarray) -> np.ndarray:
         lo, hi = values[finite].min(), values[finite].max()
     if hi <= lo:
         return np.zeros(hwc.shape, np.uint8)
-    scaled = (np.where(finite, values, lo) - lo) * (255.0 / (hi - lo))
+    # divide before scaling: 255 / (hi - lo) overflows for a tiny range and then 0 * inf is NaN;
+    # values far above hi may still overflow to inf, which the clip turns into 255
+    with np.errstate(over="ignore"):
+        scaled = (np.where(finite, values, lo) - lo) / (hi - lo) * 255.0
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 

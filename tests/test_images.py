@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,15 @@ def test_to_rgb_uint8_any_input_is_deterministic_rgb(array: np.ndarray) -> None:
     rgb = to_rgb_uint8(array)
     assert rgb.shape == (*array.shape[:2], 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb, to_rgb_uint8(array.copy()))
+
+
+def test_a_float_image_with_a_tiny_range_is_stretched_not_turned_to_nan() -> None:
+    """255 / (hi - lo) overflows for subnormal ranges; the stretch must still give 0..255."""
+    image = np.array([[0, 1e-310], [2e-310, 3e-310]], np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grey = to_rgb_uint8(image)[..., 0]
+    assert grey.min() == 0 and grey.max() == 255 and len(np.unique(grey)) == 4
 
 
 def test_to_tensor_layout_and_range() -> None:
