@@ -57,6 +57,7 @@ class _Exploit:
         return (os.system, ("touch /tmp/napari_cellseg_pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the hostile pickle's protocol
 def test_pickle_that_runs_code_is_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"format": "napari-cellseg/1", "payload": _Exploit()}, evil, pickle_protocol=pickle.DEFAULT_PROTOCOL)
