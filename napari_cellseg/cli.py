@@ -50,6 +50,8 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-thresh", type=_fraction, default=0.6, help="mask probability that counts as cell")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--tile-size", type=_positive_int, default=1024, help="larger images are segmented in tiles")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="also segment the mirror image and average the two (twice the time, a little more AP)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,7 +80,7 @@ def predict(args: argparse.Namespace) -> int:
     with tqdm(files, desc="predict", unit="image") as bar:  # closed before any error line
         for path in bar:
             labels, _ = segment_image(model, read_image(path), score_thresh=args.score_thresh,
-                                      mask_thresh=args.mask_thresh, tile_size=args.tile_size)
+                                      mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
             for class_id, image in labels.items():
                 write_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image)
     print(f"wrote label images for {len(files)} image(s) to {out}")
@@ -92,7 +92,7 @@ def export(args: argparse.Namespace) -> int:
     model, _ = load_model(args.checkpoint, resolve_device(args.device))
     written = _drain(
         iter_export(model, items, args.out, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
-                    tile_size=args.tile_size, resume=not args.restart),
+                    tile_size=args.tile_size, flip=args.flip_tta, resume=not args.restart),
         "export",
     )
     print(f"wrote {written} instances for {len(items)} images to {args.out}")

@@ -122,32 +122,44 @@ def iter_predict(
     tile_size: int = 1024,
     overlap: int = 128,
     max_detections: int | None = None,
+    flip: bool = False,
 ) -> Generator[tuple[int, int], None, RawInstances]:
     """Predict tile by tile, yielding ``(tiles_done, tiles_total)``; returns the ``RawInstances``.
 
     A generator so the GUI can show progress and cancel between tiles; arguments are checked when
     it is called, before the first tile. Only one tile's network output is alive at a time.
     ``max_detections`` raises the model's cap per tile for dense images. An image no larger than
-    ``tile_size`` is one tile: exactly the untiled result.
+    ``tile_size`` is one tile: exactly the untiled result. ``flip`` also segments the mirror image
+    and merges the two views (``tta.merge_views``): twice the time, a little more AP.
     """
     _check_image(image)
     if max_detections is not None and max_detections < 1:
         raise ValueError("max_detections must be at least 1")
     tiles = tile_grid((image.shape[0], image.shape[1]), tile_size, overlap)
     device = _model_device(model) if device is None else _as_device(device)
-    return _run_tiles(model, image, tiles, device, max_detections)
+    return _run_tiles(model, image, tiles, device, max_detections, flip)
 
 
 def _run_tiles(
-    model: torch.nn.Module, image: np.ndarray, tiles: list[Tile], device: torch.device, max_detections: int | None
+    model: torch.nn.Module, image: np.ndarray, tiles: list[Tile], device: torch.device, max_detections: int | None,
+    flip: bool,
 ) -> Generator[tuple[int, int], None, RawInstances]:
     """The generator behind ``iter_predict`` (which checks its arguments before the first step)."""
-    parts = []
+    shape = (image.shape[0], image.shape[1])
+    views = [image, np.ascontiguousarray(image[:, ::-1])] if flip else [image]
+    total, results = len(tiles) * len(views), []
     with _inference_setup(model, device, max_detections):
-        for done, tile in enumerate(tiles, start=1):
-            parts.append(_predict_tile(model, image, tile, device))
-            yield done, len(tiles)
-    return RawInstances.concatenate(parts, (image.shape[0], image.shape[1]))
+        for v, view in enumerate(views):
+            parts = []
+            for done, tile in enumerate(tiles, start=1):
+                parts.append(_predict_tile(model, view, tile, device))
+                yield v * len(tiles) + done, total
+            results.append(RawInstances.concatenate(parts, shape))
+    if not flip:
+        return results[0]
+    from .tta import merge_views, mirror  # tta builds on RawInstances, defined here
+
+    return merge_views(results[0], mirror(results[1]))
 
 
 def predict(
@@ -158,10 +170,11 @@ def predict(
     tile_size: int = 1024,
     overlap: int = 128,
     max_detections: int | None = None,
+    flip: bool = False,
 ) -> RawInstances:
     """``iter_predict`` run to the end, for scripts and the CLI."""
     steps = iter_predict(
-        model, image, device=device, tile_size=tile_size, overlap=overlap, max_detections=max_detections
+        model, image, device=device, tile_size=tile_size, overlap=overlap, max_detections=max_detections, flip=flip
     )
     while True:
         try:

@@ -37,9 +37,10 @@ def segment_image(
     mask_thresh: float = 0.6,
     tile_size: int = 1024,
     overlap: int = 128,
+    flip: bool = False,
 ) -> tuple[dict[int, np.ndarray], dict[int, float]]:
     """Labels for every class of the model (id -> score table alongside) for one RGB uint8 image."""
-    raw = predict(model, image, device=device, tile_size=tile_size, overlap=overlap)
+    raw = predict(model, image, device=device, tile_size=tile_size, overlap=overlap, flip=flip)
     num_classes = model.roi_heads.box_predictor.cls_score.out_features
     labels = to_labels(raw, score_thresh, mask_thresh, classes=range(1, num_classes))
     return labels, instance_scores(raw)
@@ -148,6 +149,7 @@ def iter_export(
     score_thresh: float = 0.5,
     mask_thresh: float = 0.6,
     tile_size: int = 1024,
+    flip: bool = False,
     resume: bool = True,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[int, int, str]]:
@@ -163,7 +165,7 @@ def iter_export(
     if problem:
         raise DatasetError(f"output {out_json}: {problem}")
     partial = out_json.with_name(out_json.name + ".partial.jsonl")
-    settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size,
+    settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size, "flip": flip,
                 "items": [[it.image_id, it.name] for it in items]}
     # name -> byte offset of its line in the partial file: results stay on disk, not in memory
     done = _read_partial(partial, settings) if resume else {}
@@ -183,7 +185,7 @@ def iter_export(
                     )
                 labels, scores = segment_image(
                     model, image, device=device, score_thresh=score_thresh, mask_thresh=mask_thresh,
-                    tile_size=tile_size,
+                    tile_size=tile_size, flip=flip,
                 )
                 done[item.name] = log.tell()
                 log.write(_jsonl({"name": item.name, "results": labels_to_results(labels, item.image_id, scores)}))
