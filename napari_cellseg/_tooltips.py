@@ -62,6 +62,11 @@ SEGMENT = {
     "image": "The image layer to segment. Greyscale, colour and RGBA images all work.",
     "device": TRAIN["device"],
     "run": "Find the cells in the chosen image. Click again to cancel.",
+    "flip": (
+        "Also segment the mirror image and average the two views: cells both views agree on are "
+        "kept with averaged outlines, the rest count for less. Twice the time; on DSB2018 it raised "
+        "AP from 0.321 to 0.335."
+    ),
     "score": (
         "Confidence: hide cells the model is less sure about than this. Moving it is instant; "
         "the model does not run again."

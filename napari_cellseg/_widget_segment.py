@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, ProgressBar, PushButton
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QMessageBox
 
@@ -43,14 +43,14 @@ def ask_discard(parent, names: list[str]) -> bool:
 # ------------------------------------------------------------------ pure generators (worker side)
 
 
-def predict_events(loader, image_data, stop, tile_size: int = 1024) -> Iterator[tuple[int, int]]:
+def predict_events(loader, image_data, stop, tile_size: int = 1024, flip: bool = False) -> Iterator[tuple[int, int]]:
     """Yield (tiles done, tiles) while predicting; return (RawInstances, class names) or None if stopped."""
     from .images import to_rgb_uint8
     from .inference import iter_predict
 
     model, config, device = loader()
     image = to_rgb_uint8(np.asarray(image_data))
-    steps = iter_predict(model, image, device=device, tile_size=tile_size, overlap=_overlap(tile_size))
+    steps = iter_predict(model, image, device=device, tile_size=tile_size, overlap=_overlap(tile_size), flip=flip)
     while True:
         try:
             yield next(steps)
@@ -61,7 +61,9 @@ def predict_events(loader, image_data, stop, tile_size: int = 1024) -> Iterator[
             return None
 
 
-def folder_events(loader, paths: list[Path], stop, tile_size: int = 1024) -> Iterator[tuple[int, int, ImageResult]]:
+def folder_events(
+    loader, paths: list[Path], stop, tile_size: int = 1024, flip: bool = False
+) -> Iterator[tuple[int, int, ImageResult]]:
     """Yield (done, total, ImageResult) image by image; a cancel stops between tiles (the image
     being segmented is dropped, the finished ones are kept)."""
     from .images import read_image
@@ -71,7 +73,9 @@ def folder_events(loader, paths: list[Path], stop, tile_size: int = 1024) -> Ite
     for n, path in enumerate(paths, start=1):
         if stop():
             return
-        steps = iter_predict(model, read_image(path), device=device, tile_size=tile_size, overlap=_overlap(tile_size))
+        steps = iter_predict(
+            model, read_image(path), device=device, tile_size=tile_size, overlap=_overlap(tile_size), flip=flip
+        )
         while True:
             try:
                 next(steps)
@@ -131,6 +135,7 @@ class SegmentWidget(Container):
         self.checkpoint = FileEdit(mode="r", filter="*.pt", label="model", tooltip=TIPS["checkpoint"])
         self.image = ComboBox(choices=self._image_layers, label="image", tooltip=TIPS["image"])
         self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
+        self.flip = CheckBox(value=False, text="test-time flips (2x slower)", tooltip=TIPS["flip"])
         self.run_button = PushButton(text="Segment image", tooltip=TIPS["run"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.score = FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, label="confidence", tooltip=TIPS["score"])
@@ -139,7 +144,7 @@ class SegmentWidget(Container):
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
         self.review = ComboBox(choices=[], label="review", tooltip=TIPS["review"])
         self.status = Label(value="", label="status")
-        self.extend([self.checkpoint, self.image, self.device, self.run_button, self.score, self.mask,
+        self.extend([self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score, self.mask,
                      self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
         self.progress.native.setFormat("idle")
@@ -245,7 +250,7 @@ class SegmentWidget(Container):
                 raw, names = value
                 self._show(ImageResult(Path(source) if source else None, raw, names), image_layer=layer)
 
-        self._begin(self.run_button, lambda: predict_events(loader, data, self._should_stop, self.tile_size),
+        self._begin(self.run_button, lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value),
                     lambda p: self._progress(*p, "tile"), returned)
 
     def start_folder(self) -> None:
@@ -270,7 +275,7 @@ class SegmentWidget(Container):
             if done == 1:
                 self.review.value = 0  # shows the first image; the others wait in the review box
 
-        self._begin(self.folder_button, lambda: folder_events(loader, paths, self._should_stop, self.tile_size), arrived)
+        self._begin(self.folder_button, lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value), arrived)
 
     # ------------------------------------------------------------------ results -> layers
 

@@ -129,6 +129,10 @@ def test_large_images_are_segmented_in_tiles(make_napari_viewer, untrained):
     widget.start()
     assert widget.progress.max == 4  # 2 x 2 tiles of 64 px
     assert widget.current.result.raw.image_shape == (80, 100)
+    widget.flip.value = True
+    widget.start()
+    assert widget.progress.max == 8  # each tile of the image and of its mirror image
+    assert widget.current.result.raw.image_shape == (80, 100) and set(widget.current.layers) == {1, 2}
 
 
 def test_folder_run_and_review_keep_each_images_edits(make_napari_viewer, qtbot, tiny_dataset, untrained, monkeypatch):
