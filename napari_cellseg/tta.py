@@ -5,7 +5,7 @@ instance seen in both is merged by averaging its two probability crops (over the
 boxes) and its two scores, and re-thresholding stays free. An instance seen in one view only keeps
 its mask and gets half its score, as if the other view had scored it 0: such one-view detections
 are often spurious, and ranking them lower helps AP. Measured on DSB2018 ``val/`` with the 50-minute
-CPU model: AP 0.321 -> 0.334, AP50 0.637 -> 0.650 (BENCHMARKS.md).
+CPU model: AP 0.321 -> 0.335, AP50 0.637 -> 0.650 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
