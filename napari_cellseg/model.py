@@ -169,7 +169,7 @@ class CellMaskRCNN(MaskRCNN):
         detections, net_boxes = [], []
         for b, s, lab, size, orig in zip(boxes, scores, labels, batch.image_sizes, original_sizes):
             out = resize_boxes(b, size, orig)
-            sel = keep(out) if keep is not None else torch.ones(len(b), dtype=torch.bool, device=b.device)
+            sel = keep(out) if keep is not None else slice(None)
             detections.append({"boxes": out[sel], "scores": s[sel], "labels": lab[sel]})
             net_boxes.append(b[sel])
         mask_feats = heads.mask_head(heads.mask_roi_pool(feats, net_boxes, batch.image_sizes))
