@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -23,15 +24,16 @@ from .sample_data import SAMPLE_DATASET
 
 
 def train(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(
-        dataset=args.dataset, out_dir=args.out, arch=args.arch, weights=args.weights, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, device=args.device, amp=args.amp, resume=args.resume,
-        max_steps=args.max_steps, workers=args.workers, seed=args.seed, crop_size=args.crop_size,
-        val_limit=args.val_limit, val_every=args.val_every, time_limit=args.time_limit, warmup_steps=args.warmup_steps,
-        clip_grad=args.clip_grad, detections_per_img=args.detections, image_scale=args.image_scale,
-    )
-    run_training(cfg)
+    run_training(train_config(args))
     return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """``TrainConfig`` from the parsed options: each option sets the field of its own name."""
+    renamed = {"out": "out_dir", "detections": "detections_per_img"}
+    values = {renamed.get(k, k): v for k, v in vars(args).items()}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in fields})
 
 
 def run_training(cfg: TrainConfig) -> DoneEvent | None:

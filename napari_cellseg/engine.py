@@ -59,6 +59,9 @@ class TrainConfig:
     anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
     detections_per_img: int = 200
     image_scale: float = 1.0
+    roi_samples: int = 512
+    augment: str = "standard"
+    """``standard`` or ``strong`` (wider zoom, grey and inverted images): see ``transforms.train_augment``."""
     resume: str | None = None
 
     def validate(self) -> None:
@@ -141,6 +144,7 @@ def _model_config(cfg: TrainConfig, class_names: list[str]) -> ModelConfig:
         anchor_sizes=tuple(cfg.anchor_sizes),
         detections_per_img=cfg.detections_per_img,
         image_scale=cfg.image_scale,
+        roi_samples=cfg.roi_samples,
     )
 
 
@@ -184,7 +188,7 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
     model.amp_dtype = amp_dtype
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    dataset = CellDataset(train_samples, augment=train_augment(cfg.crop_size), seed=cfg.seed)
+    dataset = CellDataset(train_samples, augment=train_augment(cfg.crop_size, strong=cfg.augment == "strong"), seed=cfg.seed)
     sampler = torch.utils.data.DistributedSampler(
         dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True
     )

@@ -61,6 +61,8 @@ class ModelConfig:
     box_nms_thresh: float = 0.3
     box_score_thresh: float = 0.05
     image_scale: float = 1.0
+    roi_samples: int = 512
+    """RoIs sampled per image to train the box and mask heads; 128 trains ~2x faster on a CPU."""
 
     @property
     def num_classes(self) -> int:
@@ -92,6 +94,8 @@ class ModelConfig:
             raise ValueError("anchor_sizes needs 5 sizes, one per FPN level")
         if self.detections_per_img < 1:
             raise ValueError("detections_per_img must be at least 1")
+        if not 16 <= self.roi_samples <= 4096:
+            raise ValueError("roi_samples must be between 16 and 4096")
         if not 0 < self.image_scale <= 8:
             raise ValueError("image_scale must be in (0, 8]")
 
@@ -278,6 +282,7 @@ def build_model(config: ModelConfig, weights: str = "none") -> CellMaskRCNN:
         box_detections_per_img=config.detections_per_img,
         box_nms_thresh=config.box_nms_thresh,
         box_score_thresh=config.box_score_thresh,
+        box_batch_size_per_image=config.roi_samples,
         **heads,
     )
     if weights == "coco":

@@ -125,8 +125,35 @@ class ColorJitter:
         return f"ColorJitter({self.brightness}, {self.contrast}, {self.saturation})"
 
 
-def train_augment(crop_size: int = 512) -> Augment:
-    """The training preset: scale crop to ``crop_size``, flips, 90-degree turns, mild colour jitter."""
+class RandomGreyInvert:
+    """Sometimes grey, sometimes inverted: stained nuclei (dark on light) then look like fluorescence
+    (bright on dark) and the reverse, so one model learns nuclei rather than one microscope's look."""
+
+    def __init__(self, p_grey: float = 0.2, p_invert: float = 0.2) -> None:
+        self.p_grey, self.p_invert = float(p_grey), float(p_invert)
+
+    def __call__(self, image: np.ndarray, labels: Labels, rng: np.random.Generator) -> tuple[np.ndarray, Labels]:
+        grey, invert = rng.random(2) < (self.p_grey, self.p_invert)  # always two draws
+        if grey:
+            luma = np.rint(image.astype(np.float32) @ ColorJitter._LUMA).clip(0, 255).astype(np.uint8)
+            image = np.repeat(luma[..., None], 3, axis=2)
+        if invert:
+            image = 255 - image
+        return image, labels
+
+    def __repr__(self) -> str:
+        return f"RandomGreyInvert({self.p_grey}, {self.p_invert})"
+
+
+def train_augment(crop_size: int = 512, strong: bool = False) -> Augment:
+    """The training preset: scale crop to ``crop_size``, flips, 90-degree turns, mild colour jitter.
+
+    ``strong`` (the built-in model's recipe, and fine-tuning on a few images) zooms 0.5-2x and
+    adds grey and inverted images.
+    """
+    if strong:
+        return Compose([RandomScaleCrop(crop_size, (0.5, 2.0)), RandomFlip(), RandomRot90(), ColorJitter(),
+                        RandomGreyInvert()])
     return Compose([RandomScaleCrop(crop_size), RandomFlip(), RandomRot90(), ColorJitter()])
 
 
