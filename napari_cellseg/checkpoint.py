@@ -15,6 +15,11 @@ from ._torch import torch
 from .atomic import atomic_path
 from .errors import CheckpointError
 from .model import CellMaskRCNN, ModelConfig, build_model
+from .packing import unpack_state_dict
+from .pretrained import builtin_models, resolve_checkpoint
+
+CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+"""Weights whose shape depends on the number of classes: re-made when fine-tuning to other classes."""
 
 FORMAT = "napari-cellseg/1"
 
@@ -36,10 +41,12 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfi
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a napari-cellseg checkpoint safely; every failure is one clear ``CheckpointError``."""
-    path = Path(path)
+    """Read a napari-cellseg checkpoint (a path or a built-in model's name) safely; every failure
+    is one clear ``CheckpointError``."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        names = ", ".join(builtin_models()) or "none installed"
+        raise CheckpointError(f"checkpoint not found: {path} (built-in models: {names})")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -70,16 +77,65 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint
     try:
         config = ModelConfig.from_dict(ckpt["config"])
         model = build_model(config)
-        mismatch = _weights_mismatch(model.state_dict(), ckpt["model"])
+        state = model_weights(ckpt)
+        mismatch = _weights_mismatch(model.state_dict(), state)
         if mismatch:
             raise ValueError(mismatch)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except KeyError as exc:
         raise CheckpointError(f"{source} is incomplete: it has no {exc.args[0]!r} entry") from None
     except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{source} does not fit its model configuration: {first}") from None
     return model, config
+
+
+def model_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The fp32 state dict of a checkpoint, packed (built-in models) or plain (training runs)."""
+    if "packed" in ckpt:
+        if not isinstance(ckpt["packed"], dict):
+            raise ValueError("its packed weights are not a table of tensors")
+        return unpack_state_dict(ckpt["packed"])
+    if not isinstance(ckpt["model"], dict):
+        raise ValueError("its weights are not a table of tensors")
+    return ckpt["model"]
+
+
+def model_card(path_or_name: str | Path) -> dict[str, Any]:
+    """A packed model's card: what it was trained on, the recipe, measured accuracy ({} if none)."""
+    card = load_checkpoint(path_or_name).get("card", {})
+    return card if isinstance(card, dict) else {}
+
+
+def init_model(source: str | Path, class_names: list[str], **changes: Any) -> tuple[CellMaskRCNN, ModelConfig, bool]:
+    """A model for ``class_names`` that starts from ``source``'s weights (a checkpoint or built-in name).
+
+    Everything is kept but the class-specific heads, which are re-made (random) when the number
+    of classes differs; ``changes`` sets inference fields such as ``detections_per_img``. Returns
+    the model, its config and whether the heads were re-made. Unlike resuming, no schedule or
+    optimizer state is carried over: this starts a new run.
+    """
+    ckpt = load_checkpoint(source)
+    try:
+        old = ModelConfig.from_dict(ckpt["config"])
+        state = model_weights(ckpt)
+    except KeyError as exc:
+        raise CheckpointError(f"{source} is incomplete: it has no {exc.args[0]!r} entry") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source} does not fit its model configuration: {exc}") from None
+    config = ModelConfig.from_dict({**old.to_dict(), **changes, "class_names": list(class_names)})
+    model = build_model(config)
+    remake = len(old.class_names) != len(class_names)
+    if remake:
+        state = {k: v for k, v in state.items() if not k.startswith(CLASS_SPECIFIC)}
+    expected = model.state_dict()
+    if remake:
+        expected = {k: v for k, v in expected.items() if not k.startswith(CLASS_SPECIFIC)}
+    mismatch = _weights_mismatch(expected, state)
+    if mismatch:
+        raise CheckpointError(f"{source} does not fit its model configuration: {mismatch}")
+    model.load_state_dict(state, strict=not remake)
+    return model, config, remake
 
 
 def _weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str | None:
@@ -104,6 +160,6 @@ def _weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) 
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CellMaskRCNN, ModelConfig]:
-    """Load a checkpoint into a model in eval mode on ``device``."""
+    """Load a checkpoint (or a built-in model by name, e.g. ``"nuclei"``) in eval mode on ``device``."""
     model, config = model_from_checkpoint(load_checkpoint(path), path)
     return model.to(device).eval(), config

@@ -56,6 +56,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .model import ARCHS, WEIGHTS
+    from .pretrained import DEFAULT_MODEL
 
     parser = _Parser(prog=PROG, description="Cell instance segmentation with Mask R-CNN.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: where it is faster: CUDA, or CPUs with native bf16)")
     t.add_argument("--resume", help="checkpoint to continue from (last.pt)")
+    t.add_argument("--init", metavar="MODEL",
+                   help="start a new run from these weights: a built-in model (nuclei) or a checkpoint")
     t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps in all")
     t.add_argument("--workers", type=int, default=0, help="data loading processes")
     t.add_argument("--seed", type=int, default=0)
@@ -90,13 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strong: zoom 0.5-2x, grey and inverted images (for few images or mixed microscopes)")
 
     p = sub.add_parser("predict", help="segment images into label TIFFs, one per class")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
     p.add_argument("images", help="a TIFF image or a folder of them")
     p.add_argument("--out", required=True, help="folder for <image>_<class>.tif label images")
     _add_inference_options(p)
 
     e = sub.add_parser("export", help="segment test_release/ and write the COCO submission JSON")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
     e.add_argument("dataset", help="HW3 root (test_release/ + mapping), a folder of samples, or of TIFFs")
     e.add_argument("--out", required=True, help="results JSON, e.g. test-results.json")
     e.add_argument("--mapping", help="image name -> id file (default: the dataset's test_image_name_to_ids.json)")
@@ -108,10 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("ground_truth", help="folder of samples with classK.tif (e.g. dataset/val)")
     v.add_argument("--max-dets", type=_positive_int, default=1000, help="detections per image evaluated")
 
-    d = sub.add_parser("demo", help="train briefly on the shipped sample data, export and evaluate")
-    d.add_argument("--out", default="cellseg-demo", help="folder for the checkpoint and JSON files")
-    d.add_argument("--steps", type=_positive_int, default=150, help="training steps")
+    d = sub.add_parser("demo", help="segment the shipped sample data with the built-in model, export and evaluate")
+    d.add_argument("--out", default="cellseg-demo", help="folder for the JSON files (and the fine-tuned run)")
+    d.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or checkpoint")
+    d.add_argument("--fine-tune", type=_positive_int, metavar="STEPS",
+                   help="then fine-tune the model this many steps on the sample train images and score again")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    sub.add_parser("models", help="list the built-in models, what they were trained on and their accuracy")
     return parser
 
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .atomic import folder_problem
-from .checkpoint import load_model
+from .checkpoint import load_model, model_card
 from .coco import read_results
 from .data import dataset_classes, find_samples
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
 from .errors import DatasetError
 from .images import read_image, write_labels
 from .inference import resolve_device
-from .metrics import evaluate as evaluate_results, format_metrics
+from .metrics import class_agnostic, evaluate as evaluate_results, format_metrics
+from .pretrained import builtin_models
 from .pipeline import export_items, iter_export, samples_ground_truth, image_files, segment_image
 from .sample_data import SAMPLE_DATASET
 
@@ -119,32 +119,68 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """The README's first command: a light model on the shipped sample data, end to end."""
+    """The README's first command: the built-in model on the shipped sample data, no training needed."""
     out = Path(args.out)
-    shutil.rmtree(out / "run", ignore_errors=True)
-    print(f"training the light model for {args.steps} steps on the sample data in {SAMPLE_DATASET}")
-    cfg = TrainConfig(
-        dataset=str(SAMPLE_DATASET), out_dir=str(out / "run"), arch="resnet18",
-        epochs=-(-args.steps // 6), val_every=10**6,  # 12 sample images = 6 steps an epoch; validate at the end
-        max_steps=args.steps, batch_size=2, lr=1e-3, warmup_steps=min(50, args.steps), crop_size=256,
-        device=args.device,
-    )
-    done = run_training(cfg)
-    if done is None or done.last is None:
-        raise DatasetError("training stopped before writing a checkpoint")
+    problem = folder_problem(out)
+    if problem:
+        raise DatasetError(f"output folder: {problem}")
     device = resolve_device(args.device)
-    model, config = load_model(done.last, device)
-    submission = out / "test-results.json"
+    model, config = load_model(args.model, device)
+    print(f"segmenting the sample data in {SAMPLE_DATASET} with the built-in model {args.model!r} (no training)")
     items = export_items(SAMPLE_DATASET)
-    _drain(iter_export(model, items, submission, resume=False), "export test_release")
+    submission = out / "test-results.json"
+    _drain(iter_export(model, items, submission, device=device, resume=False), "export test_release")
     print(f"submission for {len(items)} test images: {submission}")
+    metrics = _demo_val(model, config.class_names, out / "val-results.json", device)
+    print(f"demo AP50 on the {metrics['num_images']} sample val images (never trained on): {metrics['AP50']:.3f}")
+    if args.fine_tune:
+        print(f"fine-tuning {args.model!r} for {args.fine_tune} steps on the {len(find_samples(SAMPLE_DATASET / 'train'))} "
+              "sample train images and their classes")
+        cfg = TrainConfig(
+            dataset=str(SAMPLE_DATASET), out_dir=str(out / "fine-tune"), init=args.model, epochs=args.fine_tune,
+            max_steps=args.fine_tune, val_every=10**6, batch_size=2, lr=2e-4, crop_size=256, augment="strong",
+            detections_per_img=config.detections_per_img, device=args.device,
+        )
+        done = run_training(cfg)
+        if done is None or done.last is None:
+            raise DatasetError("fine-tuning stopped before writing a checkpoint")
+        tuned, tuned_config = load_model(done.last, device)
+        metrics = _demo_val(tuned, tuned_config.class_names, out / "val-results-fine-tuned.json", device)
+        print(f"fine-tuned AP50 on the sample val images (per class): {metrics['AP50']:.3f}")
+    return 0
+
+
+def _demo_val(model, class_names: list[str], out_json: Path, device) -> dict:
+    """Export the sample val images and print their COCO figures; a one-class model is scored
+    class-agnostic (ground truth classes merged), as it cannot tell them apart."""
     val = find_samples(SAMPLE_DATASET / "val")
-    val_json = out / "val-results.json"
-    _drain(iter_export(model, export_items(SAMPLE_DATASET / "val"), val_json, score_thresh=0.05,
+    _drain(iter_export(model, export_items(SAMPLE_DATASET / "val"), out_json, device=device, score_thresh=0.05,
                        resume=False), "export val")
-    metrics = evaluate_results(samples_ground_truth(val, config.class_names), read_results(val_json))
+    gt_names = [f"class{k}" for k in range(1, max(dataset_classes(val)) + 1)]
+    gt, results = samples_ground_truth(val, gt_names), read_results(out_json)
+    if len(class_names) == 1:
+        gt, results = class_agnostic(gt, results, class_names[0])
+    metrics = evaluate_results(gt, results)
     print(format_metrics(metrics))
-    print(f"demo AP50 on the {len(val)} sample val images: {metrics['AP50']:.3f}")
+    return metrics
+
+
+def models(args: argparse.Namespace) -> int:
+    """The built-in models with what they were trained on and their measured accuracy."""
+    found = builtin_models()
+    if not found:
+        print("no built-in models are installed")
+    for name, model in found.items():
+        card = model_card(name)
+        print(f"{name}  ({model.path.stat().st_size / 1e6:.1f} MB, {card.get('arch', '?')}, "
+              f"classes: {', '.join(card.get('classes', []))})")
+        for key in ("description", "trained_on", "licence", "recipe"):
+            if card.get(key):
+                print(f"  {key.replace('_', ' ')}: {card[key]}")
+        for split, figures in card.get("metrics", {}).items():
+            if isinstance(figures, dict) and "AP50" in figures:
+                print(f"  {split}: AP50 {figures['AP50']:.3f}  AP {figures['AP']:.3f}  "
+                      f"TP/(TP+FP+FN)@0.5 {figures.get('accuracy@0.5', float('nan')):.3f}")
     return 0
 
 
@@ -165,4 +201,4 @@ def _drain(events, desc: str):
             bar.close()
 
 
-__all__ = ["train", "predict", "export", "evaluate", "demo"]
+__all__ = ["train", "predict", "export", "evaluate", "demo", "models"]

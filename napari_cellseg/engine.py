@@ -20,7 +20,7 @@ from ._torch import torch
 from . import distributed as dist
 from .amp import autocast_dtype
 from .atomic import folder_problem
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, unwrap
+from .checkpoint import init_model, load_checkpoint, model_from_checkpoint, save_checkpoint, unwrap
 from .data import CellDataset, collate, dataset_classes, split_samples
 from .errors import CellsegError, CheckpointError, TrainingError
 from .inference import resolve_device
@@ -63,6 +63,9 @@ class TrainConfig:
     augment: str = "standard"
     """``standard`` or ``strong`` (wider zoom, grey and inverted images): see ``transforms.train_augment``."""
     resume: str | None = None
+    init: str | None = None
+    """Start from these weights (a checkpoint or a built-in model such as ``nuclei``): a new run,
+    fine-tuning; class-specific heads are re-made when the dataset has other classes."""
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "crop_size", "val_every"):
@@ -76,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"max steps must be at least 1, got {self.max_steps}")
         if self.warmup_steps < 0 or self.clip_grad <= 0:
             raise ValueError("warm-up steps cannot be negative and gradient clipping must be positive")
+        if self.resume and self.init:
+            raise ValueError("choose either resume (continue a run) or init (start a new run from weights), not both")
         if self.workers < 0:
             raise ValueError("workers cannot be negative")
         problem = folder_problem(self.out_dir)
@@ -175,6 +180,14 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
                 f"{cfg.resume} was trained for {len(model_cfg.class_names)} classes but {cfg.dataset} has "
                 f"class{max(classes)}.tif masks; resume on the dataset it was trained on, or start a new run"
             )
+    elif cfg.init:
+        names = [f"class{k}" for k in range(1, max(classes) + 1)]
+        model, model_cfg, remade = init_model(
+            cfg.init, names, detections_per_img=cfg.detections_per_img, roi_samples=cfg.roi_samples
+        )
+        if ctx.is_main:
+            heads = f"; its class heads were re-made for {len(names)} classes" if remade else ""
+            yield InfoEvent(f"starting from {cfg.init} ({model_cfg.arch}){heads}")
     else:
         model_cfg = _model_config(cfg, [f"class{k}" for k in range(1, max(classes) + 1)])
         model = build_model(model_cfg, cfg.weights)

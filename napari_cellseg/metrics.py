@@ -128,6 +128,51 @@ def evaluate(
     }
 
 
+def class_agnostic(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], name: str = "object") -> tuple[dict, list]:
+    """Ground truth and results with every class merged into one (id 1): scores finding the
+    objects, not telling their classes apart (how a one-class model such as ``nuclei`` is judged)."""
+    merged = dict(gt, categories=[{"id": 1, "name": name}],
+                  annotations=[dict(a, category_id=1) for a in gt["annotations"]])
+    return merged, [dict(r, category_id=1) for r in results]
+
+
+def matching_accuracy(
+    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou: float = 0.5, score_thresh: float = 0.5
+) -> dict[str, float]:
+    """The figure DSB2018 papers (StarDist, Cellpose) report: TP / (TP + FP + FN) at mask IoU ``iou``.
+
+    Results at or above ``score_thresh`` are matched to ground truth of the same image and class,
+    one to one, best IoU first (above IoU 0.5 a match is unique anyway). Summed over all images.
+    """
+    truth: dict[tuple[int, int], list] = {}
+    for ann in gt["annotations"]:
+        truth.setdefault((ann["image_id"], ann["category_id"]), []).append(compressed_rle(ann["segmentation"]))
+    found: dict[tuple[int, int], list] = {}
+    for r in results:
+        if r["score"] >= score_thresh:
+            found.setdefault((r["image_id"], r["category_id"]), []).append(compressed_rle(r["segmentation"]))
+    tp = 0
+    for key, preds in found.items():
+        gts = truth.get(key, [])
+        if not gts:
+            continue
+        ious = np.asarray(mask_utils.iou(preds, gts, [0] * len(gts)), dtype=np.float64).reshape(len(preds), len(gts))
+        pairs = np.argwhere(ious >= iou)
+        order = np.argsort(-ious[pairs[:, 0], pairs[:, 1]], kind="stable")
+        used_p, used_g = set(), set()
+        for p, g in pairs[order]:
+            if p not in used_p and g not in used_g:
+                used_p.add(p)
+                used_g.add(g)
+        tp += len(used_p)
+    n_pred = sum(len(v) for v in found.values())
+    n_true = len(gt["annotations"])
+    fp, fn = n_pred - tp, n_true - tp
+    denominator = tp + fp + fn
+    return {"accuracy": tp / denominator if denominator else 0.0, "tp": tp, "fp": fp, "fn": fn,
+            "iou": iou, "score_thresh": score_thresh}
+
+
 def _fmt(value: float | None) -> str:
     return "n/a (no ground truth)" if value is None else f"{value:.4f}"
 

@@ -131,3 +131,32 @@ def test_format_metrics_labels_every_figure() -> None:
     assert any("standard cap, 100" in line and "1.0000" in line for line in lines)
     assert any("fluo" in line and "1.0000" in line for line in lines)
     assert any("bright" in line and "n/a" in line for line in lines)
+
+
+def test_class_agnostic_scores_objects_whatever_their_class() -> None:
+    items = two_images()
+    gt = coco.ground_truth(items, CLASSES)
+    swapped = [dict(r, category_id=3 - r["category_id"]) for r in perfect(items)]  # every class wrong
+    assert metrics.evaluate(gt, swapped)["AP50"] < 0.5
+    merged_gt, merged = metrics.class_agnostic(gt, swapped, "nucleus")
+    result = metrics.evaluate(merged_gt, merged)
+    assert result["AP50"] == pytest.approx(1.0) and result["AP_per_class"] == {"nucleus": pytest.approx(1.0)}
+    assert gt["categories"] == [{"id": 1, "name": "fluo"}, {"id": 2, "name": "bright"}]  # inputs untouched
+
+
+def test_matching_accuracy_counts_tp_fp_fn() -> None:
+    items = two_images()  # 11 instances
+    gt = coco.ground_truth(items, CLASSES)
+    results = perfect(items)
+    assert metrics.matching_accuracy(gt, results)["accuracy"] == pytest.approx(1.0)
+    dropped = results[1:]  # one missed: 10 / (10 + 0 + 1)
+    extra = results + [results[0]]  # a duplicate: one object matches once, the copy is a false positive
+    assert metrics.matching_accuracy(gt, dropped) == pytest.approx(
+        {"accuracy": 10 / 11, "tp": 10, "fp": 0, "fn": 1, "iou": 0.5, "score_thresh": 0.5})
+    assert metrics.matching_accuracy(gt, extra) == pytest.approx(
+        {"accuracy": 11 / 12, "tp": 11, "fp": 1, "fn": 0, "iou": 0.5, "score_thresh": 0.5})
+    low = [dict(r, score=0.1) for r in results]  # below the score threshold: all missed
+    assert metrics.matching_accuracy(gt, low)["fn"] == 11
+    moved = perfect(shift(items, 5))  # 8 px squares moved 5 px: IoU 3/13 < 0.5, all wrong
+    assert metrics.matching_accuracy(gt, moved) == pytest.approx(
+        {"accuracy": 0.0, "tp": 0, "fp": 11, "fn": 11, "iou": 0.5, "score_thresh": 0.5})

@@ -1,0 +1,86 @@
+"""Accuracy and speed of a model on DSB2018 val, as the built-in ``nuclei`` model is judged.
+
+Class-agnostic COCO mask AP / AP50 / AP75 (every class merged into one; scores >= 0.05, up to 1000
+detections evaluated), the same per image kind (class1 = fluorescence, class2 = stained), the
+DSB2018 papers' TP / (TP + FP + FN) at IoU 0.5 (scores >= 0.5), and seconds per image.
+
+Run: python benchmarks/bench_nuclei.py [--model nuclei] [--val DIR] [--limit N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+from _common import DEFAULT_DATA
+
+from napari_cellseg._torch import torch
+from napari_cellseg.checkpoint import load_model
+from napari_cellseg.coco import labels_to_results
+from napari_cellseg.data import dataset_classes, find_samples
+from napari_cellseg.images import read_image
+from napari_cellseg.metrics import class_agnostic, evaluate, matching_accuracy
+from napari_cellseg.pipeline import samples_ground_truth, segment_image
+
+KINDS = {1: "fluorescence", 2: "stained"}
+
+
+def score(model, samples, mask_thresh: float) -> tuple[list[dict], list[float]]:
+    results, seconds = [], []
+    for image_id, sample in enumerate(samples, start=1):
+        image = read_image(sample.image_path)
+        tick = time.perf_counter()
+        labels, scores = segment_image(model, image, score_thresh=0.05, mask_thresh=mask_thresh)
+        seconds.append(time.perf_counter() - tick)
+        results += labels_to_results(labels, image_id, scores)
+    return results, seconds
+
+
+def figures(gt: dict, results: list[dict]) -> dict:
+    gt1, res1 = class_agnostic(gt, results)
+    m = evaluate(gt1, res1, max_dets=1000)
+    acc = matching_accuracy(gt1, res1, iou=0.5, score_thresh=0.5)
+    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "accuracy@0.5": acc["accuracy"],
+            "tp": acc["tp"], "fp": acc["fp"], "fn": acc["fn"], "images": m["num_images"]}
+
+
+def by_kind(gt: dict, results: list[dict], class_id: int) -> dict:
+    """The figures on the images holding class ``class_id`` ground truth only."""
+    ids = {a["image_id"] for a in gt["annotations"] if a["category_id"] == class_id}
+    sub = dict(gt, images=[i for i in gt["images"] if i["id"] in ids],
+               annotations=[a for a in gt["annotations"] if a["image_id"] in ids])
+    return figures(sub, [r for r in results if r["image_id"] in ids])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="nuclei", help="built-in model name or checkpoint")
+    p.add_argument("--val", default=str(DEFAULT_DATA / "val"))
+    p.add_argument("--limit", type=int, help="first N val images only")
+    p.add_argument("--mask-thresh", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="write the figures here (scripts/pack_model.py --metrics reads it)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    samples = find_samples(args.val)[: args.limit]
+    model, config = load_model(args.model)
+    classes = dataset_classes(samples)
+    gt = samples_ground_truth(samples, [f"class{k}" for k in range(1, max(classes) + 1)])
+    results, seconds = score(model, samples, args.mask_thresh)
+    out = {"model": args.model, "val": str(args.val), "mask_thresh": args.mask_thresh,
+           "all": figures(gt, results),
+           **{KINDS.get(k, f"class{k}"): by_kind(gt, results, k) for k in classes},
+           "seconds_per_image": sum(seconds) / len(seconds), "threads": args.threads}
+    text = json.dumps(out, indent=1)
+    sys.stdout.write(text + "\n")
+    if args.json:
+        Path(args.json).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Pack a training run's checkpoint as a built-in model: int8 weights, no optimizer, a model card.
+
+Run: python scripts/pack_model.py RUN/last.pt napari_cellseg/weights/nuclei.pt --class-name nucleus \
+        --description "..." --trained-on "..." [--metrics measured.json]
+``--metrics`` embeds figures measured on the packed model (benchmarks/bench_nuclei.py writes them),
+so ``napari-cellseg models`` reports what was measured, not what was hoped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from napari_cellseg._torch import torch
+from napari_cellseg.atomic import atomic_path
+from napari_cellseg.checkpoint import FORMAT, load_checkpoint, model_weights
+from napari_cellseg.model import ModelConfig
+from napari_cellseg.packing import pack_state_dict
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--class-name", action="append", required=True, help="one per class, in order")
+    p.add_argument("--description", required=True)
+    p.add_argument("--trained-on", required=True)
+    p.add_argument("--licence", default="weights: BSD-3-Clause; training data: CC0")
+    p.add_argument("--recipe", default="scripts/train_nuclei.sh")
+    p.add_argument("--metrics", help="JSON of figures measured on the packed model")
+    args = p.parse_args()
+
+    ckpt = load_checkpoint(args.checkpoint)
+    config = ModelConfig.from_dict(ckpt["config"])
+    if len(args.class_name) != len(config.class_names):
+        raise SystemExit(f"the run has {len(config.class_names)} classes, {len(args.class_name)} names given")
+    config.class_names = list(args.class_name)
+    train_args = ckpt.get("train_args", {})
+    card = {
+        "description": args.description,
+        "trained_on": args.trained_on,
+        "licence": args.licence,
+        "recipe": args.recipe,
+        "arch": config.arch,
+        "classes": config.class_names,
+        "steps": int(ckpt.get("step", 0)),
+        "epochs": int(ckpt.get("epoch", 0)),
+        "train_args": {k: v for k, v in train_args.items() if k not in ("dataset", "out_dir", "resume", "init")},
+        "history": ckpt.get("history", []),
+        "metrics": json.loads(Path(args.metrics).read_text()) if args.metrics else {},
+    }
+    payload = {"format": FORMAT, "config": config.to_dict(), "packed": pack_state_dict(model_weights(ckpt)),
+               "card": card}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB, {len(payload['packed'])} tensors, card: {sorted(card)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The built-in ``nuclei`` model: in the package within its size budget, usable by name everywhere,
+and a starting point for fine-tuning to other classes (``init``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cellseg._torch import torch
+from napari_cellseg.checkpoint import CLASS_SPECIFIC, init_model, load_checkpoint, load_model, model_card, save_checkpoint
+from napari_cellseg.cli import main
+from napari_cellseg.engine import DoneEvent, InfoEvent, TrainConfig, train
+from napari_cellseg.errors import CheckpointError
+from napari_cellseg.images import read_image
+from napari_cellseg.inference import predict
+from napari_cellseg.model import ModelConfig, build_model
+from napari_cellseg.pretrained import DEFAULT_MODEL, WEIGHTS_DIR, builtin_models, is_builtin, resolve_checkpoint
+from napari_cellseg.sample_data import SAMPLE_DATASET
+
+BUDGET = 25 * 10**6
+
+
+def test_shipped_models_fit_the_size_budget():
+    assert DEFAULT_MODEL in builtin_models()
+    assert sum(p.stat().st_size for p in WEIGHTS_DIR.iterdir()) <= BUDGET
+
+
+def test_nuclei_loads_by_name_and_carries_its_card():
+    model, config = load_model("nuclei")
+    assert config.class_names == ["nucleus"] and config.arch == "resnet18" and not model.training
+    card = model_card("nuclei")
+    assert "DSB2018" in card["trained_on"] and card["steps"] > 0 and card["recipe"]
+    assert "packed" in load_checkpoint("nuclei") and "optimizer" not in load_checkpoint("nuclei")
+
+
+def test_nuclei_finds_nuclei_in_a_sample_image(one_thread):
+    """The product promise: good masks before any training (a held-out sample val image)."""
+    model, _ = load_model("nuclei")
+    sample = sorted((SAMPLE_DATASET / "val").iterdir())[0]
+    raw = predict(model, read_image(sample / "image.tif"))
+    truth = _count_instances(sample)
+    confident = int((np.asarray(raw.scores) >= 0.5).sum())
+    assert truth > 0 and 0.5 * truth <= confident <= 2 * truth
+
+
+def _count_instances(sample: Path) -> int:
+    from napari_cellseg.images import read_labels
+
+    return sum(len(np.unique(read_labels(p))) - 1 for p in sample.glob("class*.tif"))
+
+
+def test_an_existing_file_wins_over_a_builtin_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert is_builtin("nuclei") and resolve_checkpoint("nuclei") == builtin_models()["nuclei"].path
+    Path("nuclei").write_bytes(b"not a checkpoint")
+    assert not is_builtin("nuclei") and resolve_checkpoint("nuclei") == Path("nuclei")
+    with pytest.raises(CheckpointError, match="damaged|not a PyTorch"):
+        load_model("nuclei")
+
+
+def test_unknown_name_lists_the_builtin_models():
+    with pytest.raises(CheckpointError, match="built-in models: nuclei"):
+        load_model("no-such-model")
+
+
+def test_init_remakes_only_the_class_heads_when_the_classes_differ():
+    model, config, remade = init_model("nuclei", ["a", "b", "c", "d"], detections_per_img=300)
+    assert remade and config.num_classes == 5 and config.detections_per_img == 300
+    assert model.roi_heads.box_predictor.cls_score.out_features == 5
+    kept, _ = load_model("nuclei")
+    theirs, ours = kept.state_dict(), model.state_dict()
+    for name, value in ours.items():
+        if name.startswith(CLASS_SPECIFIC):
+            assert value.shape != theirs[name].shape or name.endswith("bias")
+        else:
+            assert torch.equal(value, theirs[name]), name
+
+
+def test_init_with_the_same_classes_keeps_everything(tmp_path):
+    cfg = ModelConfig(arch="resnet18", class_names=["x", "y"])
+    source = build_model(cfg)
+    path = save_checkpoint(tmp_path / "run.pt", source, cfg)
+    model, config, remade = init_model(path, ["class1", "class2"])
+    assert not remade and config.class_names == ["class1", "class2"]
+    for (name, a), b in zip(source.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def _four_class_dataset(tiny_dataset: Path) -> Path:
+    """The tiny dataset with classes 3 and 4 as well (HW3 has four)."""
+    train = tiny_dataset / "train"
+    shutil.move(train / "sample_1" / "class1.tif", train / "sample_1" / "class3.tif")
+    shutil.move(train / "sample_3" / "class2.tif", train / "sample_3" / "class4.tif")
+    return tiny_dataset
+
+
+def test_fine_tuning_nuclei_on_four_classes(tiny_dataset, tmp_path, one_thread):
+    data = _four_class_dataset(tiny_dataset)
+    cfg = TrainConfig(dataset=str(data), out_dir=str(tmp_path / "run"), init="nuclei", epochs=1, max_steps=2,
+                      batch_size=1, crop_size=64, val_limit=1, device="cpu", amp=False)
+    events = list(train(cfg))
+    assert any(isinstance(e, InfoEvent) and "re-made for 4 classes" in e.message for e in events)
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and not done.cancelled
+    model, config = load_model(done.last)
+    assert config.class_names == ["class1", "class2", "class3", "class4"] and config.arch == "resnet18"
+
+
+def test_init_and_resume_together_are_refused(tiny_dataset, tmp_path):
+    cfg = TrainConfig(dataset=str(tiny_dataset), out_dir=str(tmp_path), init="nuclei", resume="last.pt")
+    with pytest.raises(ValueError, match="either resume"):
+        list(train(cfg))
+
+
+def test_cli_models_lists_the_card(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nuclei") and "trained on: DSB2018" in out and "MB" in out
+
+
+def test_cli_predict_with_the_builtin_model(tmp_path, one_thread):
+    image = sorted((SAMPLE_DATASET / "test_release").iterdir())[0]
+    assert main(["predict", "nuclei", str(image), "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [f"{image.stem}_nucleus.tif"]
