@@ -40,7 +40,7 @@ from napari_cellseg import distributed as dist  # noqa: E402
 from napari_cellseg._torch import torch  # noqa: E402
 from napari_cellseg.data import CellDataset, collate, dataset_classes, split_samples  # noqa: E402
 from napari_cellseg.engine import _train_step  # noqa: E402
-from napari_cellseg.inference import resolve_device  # noqa: E402
+from napari_cellseg.devices import resolve_device  # noqa: E402
 from napari_cellseg.model import ModelConfig, build_model  # noqa: E402
 from napari_cellseg.transforms import train_augment  # noqa: E402
 

@@ -34,7 +34,8 @@ import _common as C  # noqa: E402
 
 from napari_cellseg._torch import torch  # noqa: E402
 from napari_cellseg.images import to_tensor  # noqa: E402
-from napari_cellseg.inference import RawInstances, predict  # noqa: E402
+from napari_cellseg.inference import predict  # noqa: E402
+from napari_cellseg.raw import RawInstances  # noqa: E402
 from napari_cellseg.postprocess import to_labels  # noqa: E402
 
 

@@ -47,7 +47,7 @@ from napari_cellseg.amp import cpu_has_native_bf16  # noqa: E402
 from napari_cellseg.data import collate, dataset_classes, instance_targets, read_sample, split_samples  # noqa: E402
 from napari_cellseg.engine import LRSchedule, StepEvent, TrainConfig, train  # noqa: E402
 from napari_cellseg.images import to_tensor  # noqa: E402
-from napari_cellseg.inference import resolve_device  # noqa: E402
+from napari_cellseg.devices import resolve_device  # noqa: E402
 from napari_cellseg.model import ModelConfig, build_model  # noqa: E402
 from napari_cellseg.transforms import train_augment  # noqa: E402
 

@@ -97,7 +97,7 @@ def main() -> None:
     for _ in range(args.repeats):
         crop_boxes, crops, kept = paste_masks(masks, boxes, shape)
     t_crop = (time.perf_counter() - t0) / args.repeats
-    from napari_cellseg.inference import RawInstances
+    from napari_cellseg.raw import RawInstances
 
     raw = RawInstances(crop_boxes, det["scores"][kept].numpy(), det["labels"][kept].numpy(), crops, shape)
     t0 = time.perf_counter()

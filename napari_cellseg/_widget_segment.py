@@ -180,7 +180,7 @@ class SegmentWidget(Container):
     def _loader(self):
         """A function the worker calls to get (model, config, device); errors name the file."""
         from .checkpoint import load_model
-        from .inference import resolve_device
+        from .devices import resolve_device
 
         path, device_name = path_or_none(self.checkpoint), self.device.value.value
         if path is None:

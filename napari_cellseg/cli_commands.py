@@ -16,7 +16,7 @@ from .data import dataset_classes, find_samples
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
 from .errors import DatasetError
 from .images import read_image, write_labels
-from .inference import resolve_device
+from .devices import resolve_device
 from .metrics import class_agnostic, evaluate as evaluate_results, format_metrics
 from .pretrained import builtin_models
 from .pipeline import export_items, iter_export, samples_ground_truth, image_files, segment_image

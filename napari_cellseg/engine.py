@@ -23,7 +23,7 @@ from .atomic import folder_problem
 from .checkpoint import init_model, load_checkpoint, model_from_checkpoint, save_checkpoint, unwrap
 from .data import CellDataset, collate, dataset_classes, split_samples
 from .errors import CellsegError, CheckpointError, TrainingError
-from .inference import resolve_device
+from .devices import resolve_device
 from .model import ModelConfig, build_model
 from .pipeline import validate
 from .transforms import train_augment

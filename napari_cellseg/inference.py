@@ -10,108 +10,18 @@ resized into its own box only, with torchvision's geometry, so thresholding give
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator
 
 import numpy as np
 
 from ._torch import torch
 from .images import to_tensor
+from .devices import resolve_device
 from .model import set_detections_per_img
+from .raw import RawInstances
 from .tiling import Tile, in_core, tile_grid
 
 from torch.nn import functional as F  # noqa: E402
-
-
-@dataclass
-class RawInstances:
-    """What the network found in one image, sorted by score (instance ``i`` becomes label ``i + 1``).
-
-    ``boxes`` are the integer bounds ``[x0, y0, x1, y1]`` (x1, y1 exclusive, inside the image) of
-    each mask crop; ``masks[i]`` is the crop, probability x 255 as uint8, of shape
-    ``(y1 - y0, x1 - x0)``. These boxes are the crops, slightly larger than the detector's boxes.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    masks: list[np.ndarray]
-    image_shape: tuple[int, int]
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.int32).reshape(-1, 4)
-        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        self.labels = np.asarray(self.labels, dtype=np.int32).reshape(-1)
-        self.masks = list(self.masks)
-        self.image_shape = (int(self.image_shape[0]), int(self.image_shape[1]))
-        n = len(self.scores)
-        if not len(self.boxes) == len(self.labels) == len(self.masks) == n:
-            raise ValueError("RawInstances needs as many boxes, labels and masks as scores")
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the arrays: what keeping this result alive costs."""
-        arrays = self.boxes.nbytes + self.scores.nbytes + self.labels.nbytes
-        return arrays + sum(m.nbytes for m in self.masks)
-
-    def select(self, indices: Sequence[int] | np.ndarray) -> RawInstances:
-        """The instances at ``indices`` (ints or a boolean mask), in the order given."""
-        idx = np.asarray(indices)
-        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.intp).reshape(-1)
-        return RawInstances(
-            self.boxes[idx], self.scores[idx], self.labels[idx], [self.masks[i] for i in idx], self.image_shape
-        )
-
-    @classmethod
-    def empty(cls, shape: tuple[int, int]) -> RawInstances:
-        """No instances in an image of ``shape`` (H, W)."""
-        return cls(np.zeros((0, 4), np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32), [], shape)
-
-    @classmethod
-    def concatenate(cls, parts: Sequence[RawInstances], shape: tuple[int, int]) -> RawInstances:
-        """Merge per-tile results and re-sort by score (stable: ties keep their order)."""
-        if not parts:
-            return cls.empty(shape)
-        merged = cls(
-            np.concatenate([p.boxes for p in parts]),
-            np.concatenate([p.scores for p in parts]),
-            np.concatenate([p.labels for p in parts]),
-            [m for p in parts for m in p.masks],
-            shape,
-        )
-        return merged.select(np.argsort(-merged.scores, kind="stable"))
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; naming a device that is not there is an error."""
-    name = str(name).strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if _mps_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError("no CUDA GPU is available on this computer; use 'cpu' or 'auto'")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"there is no GPU {device.index}: this computer has {count} (cuda:0 to cuda:{count - 1})")
-    elif device.type == "mps" and not _mps_available():
-        raise ValueError("Apple MPS is not available on this computer; use 'cpu' or 'auto'")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return mps is not None and mps.is_available()
 
 
 def iter_predict(
@@ -157,7 +67,7 @@ def _run_tiles(
             results.append(RawInstances.concatenate(parts, shape))
     if not flip:
         return results[0]
-    from .tta import merge_views, mirror  # tta builds on RawInstances, defined here
+    from .tta import merge_views, mirror  # imported when used: tta pulls in torchvision ops
 
     return merge_views(results[0], mirror(results[1]))
 

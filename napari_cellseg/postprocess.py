@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .inference import RawInstances
+from .raw import RawInstances
 
 
 def mask_level(mask_thresh: float) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._torch import torch
-from .inference import RawInstances
+from .raw import RawInstances
 
 from torchvision.ops import box_iou  # noqa: E402
 

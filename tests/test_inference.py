@@ -11,7 +11,9 @@ from skimage.measure import label as connected_components
 
 from napari_cellseg._torch import torch
 from napari_cellseg.images import to_tensor
-from napari_cellseg.inference import RawInstances, iter_predict, paste_masks, predict, resolve_device
+from napari_cellseg.devices import resolve_device
+from napari_cellseg.inference import iter_predict, paste_masks, predict
+from napari_cellseg.raw import RawInstances
 from napari_cellseg.model import ModelConfig, build_model
 
 from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_cellseg.inference import RawInstances
+from napari_cellseg.raw import RawInstances
 from napari_cellseg.postprocess import instance_classes, instance_scores, mask_level, to_labels
 
 

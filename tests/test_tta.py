@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_cellseg.inference import RawInstances, predict
+from napari_cellseg.inference import predict
+from napari_cellseg.raw import RawInstances
 from napari_cellseg.tiling import tile_grid
 from napari_cellseg.tta import merge_views, mirror
 from test_inference import PerfectDetector, _seam_image
