@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 
 from tqdm import tqdm
@@ -79,18 +78,40 @@ def predict(args: argparse.Namespace) -> int:
     model, config = load_model(args.checkpoint, resolve_device(args.device))
     src = Path(args.images)
     files = image_files(src) if src.is_dir() else [src]
+    _refuse_same_stem(files)
     with tqdm(files, desc="predict", unit="image") as bar:  # closed before any error line
         for path in bar:
             labels, _ = segment_image(model, read_image(path), score_thresh=args.score_thresh,
                                       mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
             for class_id, image in labels.items():
-                write_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image)
+                write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
     print(f"wrote label images for {len(files)} image(s) to {out}")
     return 0
 
 
+def _refuse_same_stem(files: list[Path]) -> None:
+    """x.tif, x.TIF and x.tiff would all write x_<class>.tif: refuse before any work, naming them."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        other = seen.setdefault(path.stem.casefold(), path)
+        if other != path:
+            raise DatasetError(
+                f"{other} and {path.name} would write the same label files ({path.stem}_<class>.tif); "
+                "rename one of them or move it to another folder"
+            )
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder / name``, refused if it would lie elsewhere (the checkpoint validates class names
+    at load; this guards the file name once more, as it comes from the image and the model)."""
+    path = folder / name
+    if Path(name).name != name or name in (".", ".."):
+        raise DatasetError(f"refused to write {path}: the name {name!r} is not a plain file name")
+    return path
+
+
 def export(args: argparse.Namespace) -> int:
-    items = export_items(args.dataset, args.mapping)
+    items = export_items(args.dataset, args.mapping, allow_missing=args.allow_missing)
     model, _ = load_model(args.checkpoint, resolve_device(args.device))
     written = _drain(
         iter_export(model, items, args.out, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
@@ -121,13 +142,13 @@ def evaluate(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     """The README's first command: a light model on the shipped sample data, end to end."""
     out = Path(args.out)
-    shutil.rmtree(out / "run", ignore_errors=True)
+    _claim_demo_folder(out)
     print(f"training the light model for {args.steps} steps on the sample data in {SAMPLE_DATASET}")
     cfg = TrainConfig(
         dataset=str(SAMPLE_DATASET), out_dir=str(out / "run"), arch="resnet18",
         epochs=-(-args.steps // 6), val_every=10**6,  # 12 sample images = 6 steps an epoch; validate at the end
         max_steps=args.steps, batch_size=2, lr=1e-3, warmup_steps=min(50, args.steps), crop_size=256,
-        device=args.device,
+        device=args.device, overwrite=True,  # the folder is the demo's own (checked above)
     )
     done = run_training(cfg)
     if done is None or done.last is None:
@@ -146,6 +167,23 @@ def demo(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     print(f"demo AP50 on the {len(val)} sample val images: {metrics['AP50']:.3f}")
     return 0
+
+
+DEMO_MARK = ".napari-cellseg-demo"
+"""Left in a demo's folder so a later demo may replace what the earlier one wrote, and nothing else."""
+
+
+def _claim_demo_folder(out: Path) -> None:
+    """The demo writes only into a new or empty folder, or an earlier demo's; it never deletes a file."""
+    problem = folder_problem(out)
+    if problem:
+        raise DatasetError(f"output folder: {problem}")
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARK).is_file():
+        raise DatasetError(
+            f"{out} already holds files the demo did not make; give --out a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).touch()
 
 
 def _drain(events, desc: str):
