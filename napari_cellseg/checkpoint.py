@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfi
     except OSError as exc:
         raise CheckpointError(_write_failure(path, exc)) from None
     except RuntimeError as exc:  # torch's zip writer reports a failed write (ENOSPC) as RuntimeError
-        if "write" not in str(exc).lower():
+        if not any(w in str(exc) for w in ("inline_container", "PytorchStreamWriter", "write")):
             raise
         raise CheckpointError(_write_failure(path, exc)) from None
     return path
@@ -46,8 +47,11 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfi
 
 def _write_failure(path: Path, exc: Exception) -> str:
     """One line for a checkpoint that could not be written; a full disk is the usual cause."""
-    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if full or "file write failed" in str(exc) or "No space left" in str(exc):
+    try:
+        nearly_full = shutil.disk_usage(path.parent).free < 64 * 2**20
+    except OSError:
+        nearly_full = False
+    if nearly_full or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))):
         return (f"could not save the checkpoint {path}: the disk is full (or your quota is used up); "
                 "free some space, then resume from the last checkpoint that was saved")
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]

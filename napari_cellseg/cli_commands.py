@@ -111,7 +111,8 @@ def _inside(folder: Path, name: str) -> Path:
 
 
 def export(args: argparse.Namespace) -> int:
-    items = export_items(args.dataset, args.mapping, allow_missing=args.allow_missing)
+    absent: list[str] = []
+    items = export_items(args.dataset, args.mapping, allow_missing=args.allow_missing, absent=absent)
     model, _ = load_model(args.checkpoint, resolve_device(args.device))
     written = _drain(
         iter_export(model, items, args.out, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
@@ -119,6 +120,9 @@ def export(args: argparse.Namespace) -> int:
         "export",
     )
     print(f"wrote {written} instances for {len(items)} images to {args.out}")
+    if absent:
+        print(f"note: {len(absent)} image(s) of the mapping file were not found and have no results "
+              f"(--allow-missing): {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
     return 0
 
 

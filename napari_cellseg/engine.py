@@ -179,13 +179,13 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
     check_class_count(train_samples + val_samples)
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
     if ckpt is not None:
-        check_resumable(ckpt, cfg.resume)
         model, model_cfg = model_from_checkpoint(ckpt, cfg.resume)
         if max(classes) > len(model_cfg.class_names):
             raise CheckpointError(
                 f"{cfg.resume} was trained for {len(model_cfg.class_names)} classes but {cfg.dataset} has "
                 f"class{max(classes)}.tif masks; resume on the dataset it was trained on, or start a new run"
             )
+        check_resumable(ckpt, cfg.resume)
     else:
         model_cfg = _model_config(cfg, [f"class{k}" for k in range(1, max(classes) + 1)])
         model = build_model(model_cfg, cfg.weights)

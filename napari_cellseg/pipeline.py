@@ -125,13 +125,15 @@ def image_files(folder: str | Path) -> list[Path]:
 
 
 def export_items(
-    dataset: str | Path, mapping_path: str | Path | None = None, *, allow_missing: bool = False
+    dataset: str | Path, mapping_path: str | Path | None = None, *, allow_missing: bool = False,
+    absent: list[str] | None = None,
 ) -> list[ExportItem]:
     """What ``export`` segments: a HW3 root (its test_release/ with the mapping file), a folder of
     ground-truth samples (such as val/, ids 1..n), or a folder of TIFFs with ``mapping_path``.
 
     A mapping row whose image is not in the folder is refused unless ``allow_missing``: a submission
-    that silently lacks a test image scores as if every cell in it were missed."""
+    that silently lacks a test image scores as if every cell in it were missed; with it, their names
+    are added to ``absent`` (when given) so the caller can say which."""
     dataset = Path(dataset)
     if not dataset.is_dir():
         raise DatasetError(f"dataset folder not found: {dataset}")
@@ -145,12 +147,14 @@ def export_items(
     if missing:
         raise DatasetError(f"{len(missing)} image(s) of {dataset} are not in {mapping_path}, e.g. {missing[0]}")
     present = {f.name for f in files}
-    absent = [name for name in mapping if name not in present]
-    if absent and not allow_missing:
+    gone = [name for name in mapping if name not in present]
+    if gone and not allow_missing:
         raise DatasetError(
-            f"{len(absent)} image(s) listed in {mapping_path} are missing from {dataset}, e.g. {absent[0]}; "
+            f"{len(gone)} image(s) listed in {mapping_path} are missing from {dataset}, e.g. {gone[0]}; "
             "the submission would lack them. Add --allow-missing to export without them"
         )
+    if absent is not None:
+        absent.extend(gone)
     items = [
         ExportItem(mapping[f.name]["id"], f.name, f, (mapping[f.name]["height"], mapping[f.name]["width"]))
         for f in files
