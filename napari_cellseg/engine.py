@@ -24,7 +24,7 @@ from .checkpoint import check_resumable, load_checkpoint, model_from_checkpoint,
 from .data import CellDataset, check_class_count, collate, dataset_classes, split_samples
 from .errors import CellsegError, CheckpointError, TrainingError
 from .inference import resolve_device
-from .model import ModelConfig, build_model
+from .model import MIN_SCALED_SIDE, ModelConfig, build_model
 from .pipeline import validate
 from .transforms import train_augment
 
@@ -84,6 +84,9 @@ class TrainConfig:
         if problem:
             raise ValueError(f"output folder: {problem}")
         _model_config(self, ["class1"]).validate()  # detections, image scale...: before any data is read
+        if self.crop_size * self.image_scale < MIN_SCALED_SIDE:
+            raise ValueError(f"image scale {self.image_scale:g} shrinks the {self.crop_size} px training crops below "
+                             f"the {MIN_SCALED_SIDE} px the network needs; raise --image-scale or --crop-size")
         existing = [name for name in ("last.pt", "best.pt") if (Path(self.out_dir) / name).exists()]
         if existing and not (self.overwrite or self.resume):
             raise ValueError(

@@ -126,6 +126,9 @@ MAX_DETECTIONS = 10_000
 MIN_IMAGE_SCALE = 0.05
 """Smaller factors shrink a tile below what the backbone's 32 px stride can see (0.001 crashed)."""
 MAX_CLASS_NAME = 64
+MIN_SCALED_SIDE = 64
+"""Shortest training crop side after ``image_scale``: the backbone's 32 px stride leaves 2 x 2 cells,
+which training batch norm needs (at 1 x 1 with batch 1 it fails)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -169,6 +172,10 @@ class ScaleTransform(GeneralizedRCNNTransform):
         if self.image_scale == 1.0:
             return image, target
         h, w = image.shape[-2:]
+        if min(h, w) * self.image_scale < 8:  # 0 px crashed inside torch's interpolate
+            raise ValueError(
+                f"image scale {self.image_scale:g} shrinks a {h} x {w} image below 8 pixels; use a larger image scale"
+            )
         image = nn.functional.interpolate(
             image[None], scale_factor=self.image_scale, mode="bilinear", recompute_scale_factor=True,
             align_corners=False,
@@ -350,6 +357,8 @@ def build_model(config: ModelConfig, weights: str = "none") -> CellMaskRCNN:
 
 def set_detections_per_img(model: CellMaskRCNN, n: int) -> None:
     """Change the detection cap at inference time (dense images need more than the default)."""
+    if not 1 <= int(n) <= MAX_DETECTIONS:
+        raise ValueError(f"detections per image must be from 1 to {MAX_DETECTIONS:,}, got {n}")
     model.roi_heads.detections_per_img = int(n)
     proposals = max(1000, 4 * int(n))
     model.rpn._pre_nms_top_n["testing"] = proposals

@@ -453,9 +453,9 @@ def bad_checkpoints(checkpoint, tmp_path_factory) -> dict[str, tuple[Path, tuple
         ("does not fit", "weights missing"),
     )
     paths["no config"] = (write("noconfig.pt", {"format": ckpt["format"], "model": ckpt["model"]}), ("is incomplete", "'config'"))
-    for case, (key, value, words) in HOSTILE_CONFIGS.items():
+    for n, (case, (key, value, words)) in enumerate(HOSTILE_CONFIGS.items()):
         config = {**ckpt["config"], key: value}
-        paths[case] = (write(f"{case.replace(' ', '_')}.pt", {**ckpt, "config": config}),
+        paths[case] = (write(f"hostile_{n}.pt", {**ckpt, "config": config}),
                        ("unusable model configuration", *words))
     return paths
 
