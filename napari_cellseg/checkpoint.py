@@ -6,7 +6,10 @@ code. Saved through a temporary file and an atomic rename: a crash never leaves 
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,9 +38,40 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfi
     for key, value in state.items():
         payload[key] = value.state_dict() if hasattr(value, "state_dict") else value
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as exc:
+        raise CheckpointError(_write_failure(path, exc)) from None
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (ENOSPC) as RuntimeError
+        if not any(w in str(exc) for w in ("inline_container", "PytorchStreamWriter", "write")):
+            raise
+        raise CheckpointError(_write_failure(path, exc)) from None
     return path
+
+
+def _write_failure(path: Path, exc: Exception) -> str:
+    """One line for a checkpoint that could not be written; a full disk is the usual cause."""
+    try:
+        nearly_full = shutil.disk_usage(path.parent).free < 64 * 2**20
+    except OSError:
+        nearly_full = False
+    if nearly_full or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))):
+        return (f"could not save the checkpoint {path}: the disk is full (or your quota is used up); "
+                "free some space, then resume from the last checkpoint that was saved")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+    return f"could not save the checkpoint {path}: {reason}"
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the model's weights (names, shapes, dtypes and bytes): the model's identity,
+    whichever file or built-in name it came from, e.g. so an export never mixes two models."""
+    digest = hashlib.sha256()
+    for name, tensor in unwrap(model).state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -72,10 +106,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+RESUME_STATE = ("optimizer", "scheduler", "scaler", "epoch", "step")
+"""What ``last.pt`` holds beyond the weights so that a resumed run goes on exactly where it stopped;
+``best.pt`` leaves it out (it is for inference)."""
+
+
+def check_resumable(ckpt: dict[str, Any], source: str | Path) -> None:
+    """Refuse to resume from a checkpoint without training state, e.g. a ``best.pt``."""
+    missing = [key for key in RESUME_STATE if key not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{source} holds no training state ({missing[0]}), only what inference needs (best.pt is "
+            "saved that way); resume from the run's last.pt instead"
+        )
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> tuple[CellMaskRCNN, ModelConfig]:
     """Rebuild the network described by ``ckpt['config']`` and load its weights."""
     try:
         config = ModelConfig.from_dict(ckpt["config"])
+    except KeyError as exc:
+        raise CheckpointError(f"{source} is incomplete: it has no {exc.args[0]!r} entry") from None
+    except (TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{source} has an unusable model configuration: {first}") from None
+    try:
         model = build_model(config)
         state = model_weights(ckpt)
         mismatch = _weights_mismatch(model.state_dict(), state)

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="checkpoint to continue from (last.pt)")
     t.add_argument("--init", metavar="MODEL",
                    help="start a new run from these weights: a built-in model (nuclei) or a checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run folder that already holds last.pt/best.pt, replacing them")
     t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps in all")
     t.add_argument("--workers", type=int, default=0, help="data loading processes")
     t.add_argument("--seed", type=int, default=0)
@@ -104,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="results JSON, e.g. test-results.json")
     e.add_argument("--mapping", help="image name -> id file (default: the dataset's test_image_name_to_ids.json)")
     e.add_argument("--restart", action="store_true", help="ignore the partial results of an interrupted export")
+    e.add_argument("--allow-missing", action="store_true",
+                   help="export even when images listed in the mapping file are missing (they get no results)")
     _add_inference_options(e)
 
     v = sub.add_parser("evaluate", help="COCO mask AP of a results JSON against ground-truth samples")
@@ -112,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-dets", type=_positive_int, default=1000, help="detections per image evaluated")
 
     d = sub.add_parser("demo", help="segment the shipped sample data with the built-in model, export and evaluate")
-    d.add_argument("--out", default="cellseg-demo", help="folder for the JSON files (and the fine-tuned run)")
+    d.add_argument("--out", default="cellseg-demo",
+                   help="folder for the JSON files and the fine-tuned run (new or empty, or an earlier demo's)")
     d.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or checkpoint")
     d.add_argument("--fine-tune", type=_positive_int, metavar="STEPS",
                    help="then fine-tune the model this many steps on the sample train images and score again")

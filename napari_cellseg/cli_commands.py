@@ -79,18 +79,41 @@ def predict(args: argparse.Namespace) -> int:
     model, config = load_model(args.checkpoint, resolve_device(args.device))
     src = Path(args.images)
     files = image_files(src) if src.is_dir() else [src]
+    _refuse_same_stem(files)
     with tqdm(files, desc="predict", unit="image") as bar:  # closed before any error line
         for path in bar:
             labels, _ = segment_image(model, read_image(path), score_thresh=args.score_thresh,
                                       mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
             for class_id, image in labels.items():
-                write_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image)
+                write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
     print(f"wrote label images for {len(files)} image(s) to {out}")
     return 0
 
 
+def _refuse_same_stem(files: list[Path]) -> None:
+    """x.tif, x.TIF and x.tiff would all write x_<class>.tif: refuse before any work, naming them."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        other = seen.setdefault(path.stem.casefold(), path)
+        if other != path:
+            raise DatasetError(
+                f"{other} and {path.name} would write the same label files ({path.stem}_<class>.tif); "
+                "rename one of them or move it to another folder"
+            )
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder / name``, refused if it would lie elsewhere (the checkpoint validates class names
+    at load; this guards the file name once more, as it comes from the image and the model)."""
+    path = folder / name
+    if Path(name).name != name or name in (".", ".."):
+        raise DatasetError(f"refused to write {path}: the name {name!r} is not a plain file name")
+    return path
+
+
 def export(args: argparse.Namespace) -> int:
-    items = export_items(args.dataset, args.mapping)
+    absent: list[str] = []
+    items = export_items(args.dataset, args.mapping, allow_missing=args.allow_missing, absent=absent)
     model, _ = load_model(args.checkpoint, resolve_device(args.device))
     written = _drain(
         iter_export(model, items, args.out, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
@@ -98,6 +121,9 @@ def export(args: argparse.Namespace) -> int:
         "export",
     )
     print(f"wrote {written} instances for {len(items)} images to {args.out}")
+    if absent:
+        print(f"note: {len(absent)} image(s) of the mapping file were not found and have no results "
+              f"(--allow-missing): {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
     return 0
 
 
@@ -121,9 +147,7 @@ def evaluate(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     """The README's first command: the built-in model on the shipped sample data, no training needed."""
     out = Path(args.out)
-    problem = folder_problem(out)
-    if problem:
-        raise DatasetError(f"output folder: {problem}")
+    _claim_demo_folder(out)
     device = resolve_device(args.device)
     model, config = load_model(args.model, device)
     print(f"segmenting the sample data in {SAMPLE_DATASET} with the built-in model {args.model!r} (no training)")
@@ -140,6 +164,7 @@ def demo(args: argparse.Namespace) -> int:
             dataset=str(SAMPLE_DATASET), out_dir=str(out / "fine-tune"), init=args.model, epochs=args.fine_tune,
             max_steps=args.fine_tune, val_every=10**6, batch_size=2, lr=2e-4, crop_size=256, augment="strong",
             detections_per_img=config.detections_per_img, device=args.device,
+            overwrite=True,  # the folder is the demo's own (checked above)
         )
         done = run_training(cfg)
         if done is None or done.last is None:
@@ -182,6 +207,23 @@ def models(args: argparse.Namespace) -> int:
                 print(f"  {split}: AP50 {figures['AP50']:.3f}  AP {figures['AP']:.3f}  "
                       f"TP/(TP+FP+FN)@0.5 {figures.get('accuracy@0.5', float('nan')):.3f}")
     return 0
+
+
+DEMO_MARK = ".napari-cellseg-demo"
+"""Left in a demo's folder so a later demo may replace what the earlier one wrote, and nothing else."""
+
+
+def _claim_demo_folder(out: Path) -> None:
+    """The demo writes only into a new or empty folder, or an earlier demo's; it never deletes a file."""
+    problem = folder_problem(out)
+    if problem:
+        raise DatasetError(f"output folder: {problem}")
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARK).is_file():
+        raise DatasetError(
+            f"{out} already holds files the demo did not make; give --out a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).touch()
 
 
 def _drain(events, desc: str):

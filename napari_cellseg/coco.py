@@ -26,6 +26,8 @@ Labels = dict[int, np.ndarray]
 RESULT_KEYS = ("image_id", "bbox", "score", "category_id", "segmentation")
 _REQUIRED_RESULT_KEYS = ("image_id", "category_id", "score", "segmentation")
 _MAPPING_KEYS = ("file_name", "id", "height", "width")
+_MAX_DIRECT_ID = 2**20
+"""Above this id, label images are renumbered before ``find_objects`` (which allocates per id)."""
 
 
 # ---------------------------------------------------------------- labels <-> results
@@ -38,9 +40,22 @@ def _instances(instance_image: np.ndarray) -> Iterator[tuple[int, tuple[slice, s
         raise ValueError(f"a label image must be H x W, got shape {image.shape}")
     if image.dtype == bool:
         image = image.astype(np.uint8)
+    if not np.issubdtype(image.dtype, np.integer):
+        raise DatasetError(f"a label image must hold whole instance ids, not {image.dtype}")
+    if image.size and image.min() < 0:
+        raise DatasetError(
+            f"a label image holds the negative id {int(image.min())}; instance ids must be 0 (background) "
+            "or positive, so those cells cannot be exported"
+        )
+    ids = None
+    if image.size and int(image.max()) > _MAX_DIRECT_ID:
+        # find_objects keeps one slot per possible id: one cell with id 2**25 would cost GBs
+        ids, flat = np.unique(image, return_inverse=True)
+        image = flat.reshape(image.shape).astype(np.int32) + (0 if ids[0] == 0 else 1)
+        ids = ids if ids[0] == 0 else np.concatenate(([0], ids))
     for index, slices in enumerate(ndimage.find_objects(image)):
         if slices is not None:
-            yield index + 1, slices, image[slices] == index + 1
+            yield (index + 1 if ids is None else int(ids[index + 1])), slices, image[slices] == index + 1
 
 
 def _encode_instances(instance_image: np.ndarray) -> list[tuple[int, dict, list[float], int]]:
@@ -149,6 +164,11 @@ def load_mapping(path: str | os.PathLike) -> dict[str, dict]:
         name, image_id = entry["file_name"], entry["id"]
         if not isinstance(name, str) or not name:
             raise DatasetError(f"{where}: file_name must be a non-empty string.")
+        if not _plain_file_name(name):
+            raise DatasetError(
+                f"{where}: file_name {name[:80]!r} must be the name of an image in the test folder, "
+                "not a path (no folders, '..' or drive letters)."
+            )
         if not all(is_int(entry[k]) for k in ("id", "height", "width")):
             raise DatasetError(f"{where}: id, height and width must be integers.")
         if entry["height"] <= 0 or entry["width"] <= 0:
@@ -160,6 +180,12 @@ def load_mapping(path: str | os.PathLike) -> dict[str, dict]:
         ids.add(image_id)
         mapping[name] = {"id": image_id, "height": entry["height"], "width": entry["width"]}
     return mapping
+
+
+def _plain_file_name(name: str) -> bool:
+    """A bare file name: mapping files may not point the reader at images outside the dataset folder."""
+    return (name not in (".", "..") and not any(c in name for c in "/\\:")
+            and not any(ord(c) < 32 for c in name))
 
 
 def check_image_in_mapping(

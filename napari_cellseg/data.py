@@ -21,6 +21,7 @@ from scipy import ndimage
 from ._torch import torch
 from .errors import DatasetError
 from .images import read_image, read_labels, to_tensor
+from .model import MAX_CLASSES
 from .transforms import Augment, Labels
 
 IMAGE_NAME = "image.tif"
@@ -107,6 +108,18 @@ def read_sample(sample: Sample) -> tuple[np.ndarray, Labels]:
 def dataset_classes(samples: Sequence[Sample]) -> list[int]:
     """Sorted class ids that have a mask file in at least one sample."""
     return sorted({k for s in samples for k in s.mask_paths})
+
+
+def check_class_count(samples: Sequence[Sample]) -> None:
+    """Refuse a class number beyond ``MAX_CLASSES``, naming its file: a stray ``class1000000.tif``
+    would otherwise size the network (and its memory) for a million classes."""
+    for sample in samples:
+        for class_id, path in sample.mask_paths.items():
+            if class_id > MAX_CLASSES:
+                raise DatasetError(
+                    f"{path}: class {class_id} is beyond the {MAX_CLASSES} classes a model may have; "
+                    "number the classes class1.tif, class2.tif, ... or remove the stray file"
+                )
 
 
 def split_samples(
@@ -334,6 +347,7 @@ __all__ = [
     "find_samples",
     "read_sample",
     "dataset_classes",
+    "check_class_count",
     "split_samples",
     "instance_targets",
     "CellDataset",

@@ -20,11 +20,11 @@ from ._torch import torch
 from . import distributed as dist
 from .amp import autocast_dtype
 from .atomic import folder_problem
-from .checkpoint import init_model, load_checkpoint, model_from_checkpoint, save_checkpoint, unwrap
-from .data import CellDataset, collate, dataset_classes, split_samples
-from .errors import CellsegError, CheckpointError, TrainingError
+from .checkpoint import check_resumable, init_model, load_checkpoint, model_from_checkpoint, save_checkpoint, unwrap
+from .data import CellDataset, check_class_count, collate, dataset_classes, split_samples
 from .devices import resolve_device
-from .model import ModelConfig, build_model
+from .errors import CellsegError, CheckpointError, TrainingError
+from .model import MIN_SCALED_SIDE, ModelConfig, build_model
 from .pipeline import validate
 from .transforms import train_augment
 
@@ -66,6 +66,8 @@ class TrainConfig:
     init: str | None = None
     """Start from these weights (a checkpoint or a built-in model such as ``nuclei``): a new run,
     fine-tuning; class-specific heads are re-made when the dataset has other classes."""
+    overwrite: bool = False
+    """Replace the checkpoints of an earlier run in ``out_dir``; without it (or ``resume``) that is refused."""
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "crop_size", "val_every"):
@@ -73,8 +75,8 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if self.time_limit is not None and self.time_limit <= 0:
-            raise ValueError(f"time limit must be positive, got {self.time_limit} minutes")
+        if self.time_limit is not None and not (0 < self.time_limit < math.inf):
+            raise ValueError(f"time limit must be a positive number of minutes, got {self.time_limit}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max steps must be at least 1, got {self.max_steps}")
         if self.warmup_steps < 0 or self.clip_grad <= 0:
@@ -86,6 +88,16 @@ class TrainConfig:
         problem = folder_problem(self.out_dir)
         if problem:
             raise ValueError(f"output folder: {problem}")
+        _model_config(self, ["class1"]).validate()  # detections, image scale...: before any data is read
+        if self.crop_size * self.image_scale < MIN_SCALED_SIDE:
+            raise ValueError(f"image scale {self.image_scale:g} shrinks the {self.crop_size} px training crops below "
+                             f"the {MIN_SCALED_SIDE} px the network needs; raise --image-scale or --crop-size")
+        existing = [name for name in ("last.pt", "best.pt") if (Path(self.out_dir) / name).exists()]
+        if existing and not (self.overwrite or self.resume):
+            raise ValueError(
+                f"{self.out_dir} already holds the checkpoints of a run ({', '.join(existing)}); add --overwrite "
+                f"to replace them, or --resume {Path(self.out_dir) / 'last.pt'} to continue that run"
+            )
 
 
 @dataclass
@@ -172,6 +184,7 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
     classes = dataset_classes(train_samples)
     if not classes:
         raise TrainingError(f"no class masks (classK.tif) found under {cfg.dataset}/train")
+    check_class_count(train_samples + val_samples)
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
     if ckpt is not None:
         model, model_cfg = model_from_checkpoint(ckpt, cfg.resume)
@@ -180,6 +193,7 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
                 f"{cfg.resume} was trained for {len(model_cfg.class_names)} classes but {cfg.dataset} has "
                 f"class{max(classes)}.tif masks; resume on the dataset it was trained on, or start a new run"
             )
+        check_resumable(ckpt, cfg.resume)
     elif cfg.init:
         names = [f"class{k}" for k in range(1, max(classes) + 1)]
         model, model_cfg, remade = init_model(
@@ -239,10 +253,17 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
     last, best = out / "last.pt", out / "best.pt"
 
     def save(path: Path, epoch: int) -> Path:
-        return save_checkpoint(
-            path, model, model_cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            epoch=epoch, step=step, best_ap=best_ap, history=history, train_args=_plain(cfg),
-        )
+        nonlocal saved_ok
+        saved_ok = False  # a failed save (full disk) is not retried on the way out
+        state = dict(epoch=epoch, step=step, best_ap=best_ap, history=history, train_args=_plain(cfg))
+        if path == last:  # best.pt holds what inference needs; last.pt also what resume needs
+            state.update(optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+        save_checkpoint(path, model, model_cfg, **state)
+        saved_ok = True
+        return path
+
+    saved_ok = True
+    best_is_ours = best.exists() and not cfg.overwrite  # an overwritten run's best.pt is not this run's
 
     epoch = start_epoch
     metrics: dict[str, Any] = {}
@@ -296,6 +317,7 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
                 save(last, epoch + 1)
                 if improved:
                     save(best, epoch + 1)
+                    best_is_ours = True
                 yield EpochEvent(epoch + 1, cfg.epochs, epoch_metrics, last, improved)
             dist.barrier(ctx)
         completed = True
@@ -311,10 +333,11 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
             f"or the crop size (now {cfg.crop_size})"
         ) from None
     finally:
-        if not completed and healthy and ctx.is_main and step > 0:
+        if not completed and healthy and saved_ok and ctx.is_main and step > 0:
             save(last, epoch)  # cancelled or closed: keep what was trained, resume redoes this epoch
     if ctx.is_main:
-        yield DoneEvent(last if last.exists() else None, best if best.exists() else None, metrics, not completed)
+        yield DoneEvent(last if last.exists() else None, best if best_is_ours and best.exists() else None,
+                        metrics, not completed)
 
 
 class _Cancelled(Exception):

@@ -8,6 +8,7 @@ multi-gigabyte allocation, and every message names the file.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -22,6 +23,9 @@ MIN_SIDE = 8
 """Smaller images cannot hold a cell the network could see; they are refused as damaged."""
 MAX_PIXELS = 2**28
 """Pixels in one 2-D plane (16384 x 16384); beyond that the header is damaged or the file is a mosaic."""
+MAX_DECODED_BYTES = 2 * 2**30
+"""Bytes one image may decode to (2 GiB): a small compressed file can declare 16384 x 16384 x 4
+float64 pixels, within the pixel limit but 8 GiB once decoded."""
 MAX_CHANNELS = 4
 """More planes than this along an extra axis is a Z/T stack, not colour channels."""
 PERCENTILES = (0.5, 99.5)
@@ -201,7 +205,9 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
         raise ValueError(f"labels must be a 2-D integer array, got {labels.dtype} of shape {labels.shape}")
     top = int(labels.max()) if labels.size else 0
     if labels.size and labels.min() < 0:
-        raise ValueError("labels must not be negative")
+        raise ValueError(f"{path}: label images cannot hold negative ids (found {int(labels.min())})")
+    if top > np.iinfo(np.uint32).max:  # astype would wrap such ids onto others silently
+        raise ValueError(f"{path}: instance id {top} does not fit a label TIFF (at most 2**32 - 1); renumber the cells")
     dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", photometric="minisblack")
@@ -242,6 +248,7 @@ def _read_tiff(path: Path, what: str, decode: bool = True) -> np.ndarray | tuple
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             size = _check_declared(path, tuple(series.shape), series.axes, what)
+            _check_bytes(path, tuple(series.shape), np.dtype(series.dtype).itemsize, what)
             return series.asarray() if decode else size
     except (DatasetError, MemoryError):
         raise
@@ -276,6 +283,19 @@ def _check_size(path: Path, height: int, width: int, what: str) -> None:
         )
 
 
+def _check_bytes(path: Path, shape: tuple[int, ...], itemsize: int, what: str) -> None:
+    """Refuse an image that would decode to more than ``MAX_DECODED_BYTES``, before decoding it."""
+    decoded = math.prod(int(n) for n in shape) * int(itemsize)
+    if decoded > MAX_DECODED_BYTES:
+        raise DatasetError(
+            f"{path}: the {what} would take {decoded / 2**30:.1f} GiB in memory once decoded, more than the "
+            f"{MAX_DECODED_BYTES / 2**30:.0f} GiB this tool reads at once; cut it into tiles or save it as 8-bit first"
+        )
+
+
+_PILLOW_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
+
+
 def _read_pillow(path: Path, what: str, decode: bool = True) -> np.ndarray | tuple[int, int]:
     """PNG, JPEG, BMP...: Pillow reads the size lazily, so it is checked before decoding.
 
@@ -286,6 +306,7 @@ def _read_pillow(path: Path, what: str, decode: bool = True) -> np.ndarray | tup
     try:
         with Image.open(path) as im:
             _check_size(path, im.height, im.width, what)
+            _check_bytes(path, (im.height, im.width, len(im.getbands())), _PILLOW_BYTES.get(im.mode, 1), what)
             if what == "mask" and im.format == "JPEG":
                 raise DatasetError(
                     f"{path}: this mask is a JPEG, whose lossy compression changes pixel values and so "

@@ -12,6 +12,7 @@ Why a subclass of torchvision's ``MaskRCNN``:
 from __future__ import annotations
 
 import dataclasses
+import math
 import urllib.error
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ from torchvision.ops import misc as misc_nn_ops  # noqa: E402
 
 ARCHS = ("resnet50", "resnet50_v2", "resnet18")
 """``resnet18`` is the light model for CPUs: ResNet-18 body, FPN of 128 channels, slim heads."""
+
+MAX_CLASSES = 100
+"""Classes a model may have; a stray ``class1000000.tif`` must not size the network."""
 
 WEIGHTS = ("none", "imagenet", "coco")
 """Pretrained weights: ``none`` (from scratch), ``imagenet`` (backbone), ``coco`` (whole detector)."""
@@ -78,26 +82,81 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """The config stored in a checkpoint, validated: a downloaded checkpoint is untrusted input
+        (its class names become file names, its numbers sizes), so it is checked once, here."""
+        if not isinstance(d, dict):
+            raise ValueError(f"the model configuration must be a dictionary, not {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         for key in ("anchor_sizes", "aspect_ratios"):
             if key in kwargs:
+                if not isinstance(kwargs[key], (list, tuple)):
+                    raise ValueError(f"{key} must be a list of numbers")
                 kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
+        if "class_names" in kwargs and isinstance(kwargs["class_names"], tuple):
+            kwargs["class_names"] = list(kwargs["class_names"])
+        config = cls(**kwargs)
+        config.validate()
+        return config
 
     def validate(self) -> None:
+        """Refuse any value that would crash the model, exhaust memory or name a file elsewhere."""
         if self.arch not in ARCHS:
             raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if not self.class_names:
-            raise ValueError("the model needs at least one class")
-        if len(self.anchor_sizes) != 5:
-            raise ValueError("anchor_sizes needs 5 sizes, one per FPN level")
-        if self.detections_per_img < 1:
-            raise ValueError("detections_per_img must be at least 1")
-        if not 16 <= self.roi_samples <= 4096:
+        _check_class_names(self.class_names)
+        if len(self.anchor_sizes) != 5 or not all(_is_int(v) and 1 <= v <= 4096 for v in self.anchor_sizes):
+            raise ValueError("anchor_sizes needs 5 whole sizes between 1 and 4096 pixels, one per FPN level")
+        if not self.aspect_ratios or not all(_is_number(v) and 0.01 <= v <= 100 for v in self.aspect_ratios):
+            raise ValueError("aspect_ratios needs at least one number between 0.01 and 100")
+        if not _is_int(self.detections_per_img) or not 1 <= self.detections_per_img <= MAX_DETECTIONS:
+            raise ValueError(f"detections per image must be a whole number from 1 to {MAX_DETECTIONS:,}, "
+                             f"got {self.detections_per_img!r}")
+        for name in ("box_nms_thresh", "box_score_thresh"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
+        if not _is_int(self.roi_samples) or not 16 <= self.roi_samples <= 4096:
             raise ValueError("roi_samples must be between 16 and 4096")
-        if not 0 < self.image_scale <= 8:
-            raise ValueError("image_scale must be in (0, 8]")
+        if not _is_number(self.image_scale) or not MIN_IMAGE_SCALE <= self.image_scale <= 8:
+            raise ValueError(f"image scale must be between {MIN_IMAGE_SCALE} and 8, got {self.image_scale!r}")
+
+
+MAX_DETECTIONS = 10_000
+"""Detections per image: dense images hold ~1,000 cells; 1e9 would allocate without end."""
+MIN_IMAGE_SCALE = 0.05
+"""Smaller factors shrink a tile below what the backbone's 32 px stride can see (0.001 crashed)."""
+MAX_CLASS_NAME = 64
+MIN_SCALED_SIDE = 64
+"""Shortest training crop side after ``image_scale``: the backbone's 32 px stride leaves 2 x 2 cells,
+which training batch norm needs (at 1 x 1 with batch 1 it fails)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_class_names(names: Any) -> None:
+    """Class names become parts of file names (``<image>_<class>.tif``): each must be a safe, short,
+    unique name, never a path (``../x`` in a downloaded checkpoint wrote files outside ``--out``)."""
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ValueError("the model needs a list of at least one class name")
+    if len(names) > MAX_CLASSES:
+        raise ValueError(f"the model has {len(names)} classes; at most {MAX_CLASSES} are supported")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"class name {name!r} is not a non-empty text")
+        if (len(name) > MAX_CLASS_NAME or name in (".", "..") or any(c in name for c in '/\\:')
+                or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+            raise ValueError(
+                f"class name {name[:80]!r} cannot be part of a file name (it must be at most {MAX_CLASS_NAME} "
+                "characters without / \\ : or control characters)"
+            )
+    if len({n.casefold() for n in names}) != len(names):
+        raise ValueError("class names must be unique (their label files would overwrite each other)")
 
 
 class ScaleTransform(GeneralizedRCNNTransform):
@@ -113,6 +172,10 @@ class ScaleTransform(GeneralizedRCNNTransform):
         if self.image_scale == 1.0:
             return image, target
         h, w = image.shape[-2:]
+        if min(h, w) * self.image_scale < 8:  # 0 px crashed inside torch's interpolate
+            raise ValueError(
+                f"image scale {self.image_scale:g} shrinks a {h} x {w} image below 8 pixels; use a larger image scale"
+            )
         image = nn.functional.interpolate(
             image[None], scale_factor=self.image_scale, mode="bilinear", recompute_scale_factor=True,
             align_corners=False,
@@ -294,6 +357,8 @@ def build_model(config: ModelConfig, weights: str = "none") -> CellMaskRCNN:
 
 def set_detections_per_img(model: CellMaskRCNN, n: int) -> None:
     """Change the detection cap at inference time (dense images need more than the default)."""
+    if not 1 <= int(n) <= MAX_DETECTIONS:
+        raise ValueError(f"detections per image must be from 1 to {MAX_DETECTIONS:,}, got {n}")
     model.roi_heads.detections_per_img = int(n)
     proposals = max(1000, 4 * int(n))
     model.rpn._pre_nms_top_n["testing"] = proposals

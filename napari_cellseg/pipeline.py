@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import distributed as dist
-from .atomic import atomic_path, folder_problem
+from .atomic import atomic_path, folder_problem, open_output, output_lock
+from .checkpoint import weights_digest
 from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
 from .errors import DatasetError
@@ -67,6 +68,7 @@ def validate(
         if should_stop is not None and should_stop():
             return {}
         image, truth = read_sample(sample)
+        truth = truth or _no_cells(image.shape)
         labels, scores = segment_image(
             model, image, device=device, score_thresh=score_thresh, mask_thresh=mask_thresh
         )
@@ -97,7 +99,18 @@ def sample_items(samples: Sequence[Sample]) -> list[ExportItem]:
 
 def samples_ground_truth(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[str, Any]:
     """COCO ground truth of a folder of samples, image ids as in ``sample_items``."""
-    return ground_truth(((i, s.name, read_sample(s)[1]) for i, s in enumerate(samples, start=1)), class_names)
+    return ground_truth(((i, s.name, _truth(s)) for i, s in enumerate(samples, start=1)), class_names)
+
+
+def _truth(sample: Sample) -> dict[int, np.ndarray]:
+    image, truth = read_sample(sample)
+    return truth or _no_cells(image.shape)
+
+
+def _no_cells(shape: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """The ground truth of a sample without any classK.tif (a cell-free image, legal in HW3): an empty
+    class-1 label image, which carries the image's size and no instance."""
+    return {1: np.zeros(shape[:2], np.int32)}
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -111,9 +124,16 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def export_items(dataset: str | Path, mapping_path: str | Path | None = None) -> list[ExportItem]:
+def export_items(
+    dataset: str | Path, mapping_path: str | Path | None = None, *, allow_missing: bool = False,
+    absent: list[str] | None = None,
+) -> list[ExportItem]:
     """What ``export`` segments: a HW3 root (its test_release/ with the mapping file), a folder of
-    ground-truth samples (such as val/, ids 1..n), or a folder of TIFFs with ``mapping_path``."""
+    ground-truth samples (such as val/, ids 1..n), or a folder of TIFFs with ``mapping_path``.
+
+    A mapping row whose image is not in the folder is refused unless ``allow_missing``: a submission
+    that silently lacks a test image scores as if every cell in it were missed; with it, their names
+    are added to ``absent`` (when given) so the caller can say which."""
     dataset = Path(dataset)
     if not dataset.is_dir():
         raise DatasetError(f"dataset folder not found: {dataset}")
@@ -126,6 +146,15 @@ def export_items(dataset: str | Path, mapping_path: str | Path | None = None) ->
     missing = [f.name for f in files if f.name not in mapping]
     if missing:
         raise DatasetError(f"{len(missing)} image(s) of {dataset} are not in {mapping_path}, e.g. {missing[0]}")
+    present = {f.name for f in files}
+    gone = [name for name in mapping if name not in present]
+    if gone and not allow_missing:
+        raise DatasetError(
+            f"{len(gone)} image(s) listed in {mapping_path} are missing from {dataset}, e.g. {gone[0]}; "
+            "the submission would lack them. Add --allow-missing to export without them"
+        )
+    if absent is not None:
+        absent.extend(gone)
     items = [
         ExportItem(mapping[f.name]["id"], f.name, f, (mapping[f.name]["height"], mapping[f.name]["width"]))
         for f in files
@@ -164,13 +193,21 @@ def iter_export(
     problem = folder_problem(out_json.parent)
     if problem:
         raise DatasetError(f"output {out_json}: {problem}")
+    with output_lock(out_json):  # a second export to the same file is refused before any work
+        return (yield from _export(model, items, out_json, device, score_thresh, mask_thresh, tile_size, flip,
+                                   resume, should_stop))
+
+
+def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, tile_size, flip, resume,
+            should_stop) -> Iterator[tuple[int, int, str]]:
     partial = out_json.with_name(out_json.name + ".partial.jsonl")
+    # the model's weights are part of the settings: a resume with another model starts afresh
     settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size, "flip": flip,
-                "items": [[it.image_id, it.name] for it in items]}
+                "model": weights_digest(model), "items": [[it.image_id, it.name] for it in items]}
     # name -> byte offset of its line in the partial file: results stay on disk, not in memory
     done = _read_partial(partial, settings) if resume else {}
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "ab" if done else "wb") as log:
+    with open_output(partial, "ab" if done else "wb") as log:
         if not done:
             log.write(_jsonl({"settings": settings}))
         for n, item in enumerate(items, start=1):
@@ -223,7 +260,7 @@ def _read_partial(partial: Path, settings: dict[str, Any]) -> dict[str, int]:
     if not partial.exists():
         return {}
     done: dict[str, int] = {}
-    with open(partial, "rb+") as f:
+    with open_output(partial, "rb+") as f:
         try:
             if json.loads(f.readline()) != {"settings": settings}:
                 return {}

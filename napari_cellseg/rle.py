@@ -109,6 +109,8 @@ def rle_counts(rle: Mapping[str, Any]) -> tuple[np.ndarray, int, int]:
     if isinstance(raw, (str, bytes)):
         counts = _parse_counts(raw) if raw else np.zeros(0, dtype=np.int64)
     elif isinstance(raw, (list, tuple, np.ndarray)) and all(is_int(v) for v in raw):
+        if any(not 0 <= int(v) <= height * width for v in raw):  # also keeps them within int64
+            raise ValueError(f"RLE has a run length outside 0..{height * width} (the pixels of {height} x {width})")
         counts = np.asarray(raw, dtype=np.int64).reshape(-1)
     else:
         raise ValueError("RLE counts must be a string or a list of integers")

@@ -149,6 +149,30 @@ def huge_header(path: Path) -> Path:
     return _bytes(path, b"II*\0" + struct.pack("<I", 8) + ifd)
 
 
+def huge_decoded(path: Path) -> Path:
+    """A 130-byte TIFF declaring 16384 x 16384 pixels of two float64 samples: within the pixel limit,
+    but 4 GiB once decoded (a compressed file of a few MB can declare as much and hold it)."""
+    entries = [  # tag, type (3 SHORT, 4 LONG), count, value(s)
+        (256, 4, 1, (16384,)),  # ImageWidth
+        (257, 4, 1, (16384,)),  # ImageLength
+        (258, 3, 2, (64, 64)),  # BitsPerSample
+        (259, 3, 1, (1,)),  # Compression: none
+        (262, 3, 1, (1,)),  # Photometric: min-is-black
+        (273, 4, 1, (8,)),  # StripOffsets
+        (277, 3, 1, (2,)),  # SamplesPerPixel
+        (278, 4, 1, (16384,)),  # RowsPerStrip: one strip
+        (279, 4, 1, (0xFFFFFFFF,)),  # StripByteCounts
+        (284, 3, 1, (1,)),  # PlanarConfiguration: contig
+        (339, 3, 2, (3, 3)),  # SampleFormat: IEEE float
+    ]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, values in entries:
+        packed = b"".join(struct.pack("<H" if kind == 3 else "<I", v) for v in values).ljust(4, b"\0")
+        ifd += struct.pack("<HHI", tag, kind, count) + packed
+    ifd += struct.pack("<I", 0)
+    return _bytes(path, b"II*\0" + struct.pack("<I", 8) + ifd)
+
+
 def huge_png_header(path: Path) -> Path:
     """A PNG whose IHDR declares 100000 x 100000 pixels and holds no image data."""
 
@@ -175,6 +199,7 @@ IMAGE_MAKERS: dict[str, Callable[[Path], Path]] = {
     "two_channel": two_channel,
     "two_channel_last": two_channel_last,
     "huge_header": huge_header,
+    "huge_decoded": huge_decoded,
 }
 
 

@@ -82,6 +82,7 @@ BAD_IMAGES = {  # case -> words the message must hold
     "t_stack": ("stack of shape (3, 64, 80)",),
     "plain_stack": ("stack of shape (12, 64, 80)",),
     "huge_header": ("declares 100000 x 100000 pixels",),
+    "huge_decoded": ("4.0 GiB in memory once decoded", "cut it into tiles"),
 }
 GOOD_IMAGES = ["png_named_tif", "jpeg_named_tif", "uint16", "float32", "two_channel", "two_channel_last"]
 
@@ -320,11 +321,17 @@ def _mapping_cases(root: Path) -> dict[str, tuple[object, str]]:
         "wrong width": ([dict(e, width=81) for e in entries], "says 64x81"),
         "missing key": ([{"file_name": "test_0.tif", "id": 1}], "needs keys"),
         "id not a number": ([dict(e, id=str(e["id"])) for e in entries], "must be integers"),
+        "image outside the folder": ([entries[0], dict(entries[1], file_name="../train/sample_0/image.tif")],
+                                     "not a path"),
+        "absolute path": ([entries[0], dict(entries[1], file_name=str(root / "x.tif"))], "not a path"),
+        "image missing from the folder": ([*entries, dict(entries[0], file_name="gone.tif", id=3)],
+                                          "--allow-missing"),
     }
 
 
 MAPPING_CASES = ["malformed", "not a list", "missing a test image", "duplicate ids", "duplicate names",
-                 "wrong height", "wrong width", "missing key", "id not a number"]
+                 "wrong height", "wrong width", "missing key", "id not a number", "image outside the folder",
+                 "absolute path", "image missing from the folder"]
 
 
 @pytest.mark.parametrize("case", MAPPING_CASES)
@@ -446,12 +453,29 @@ def bad_checkpoints(checkpoint, tmp_path_factory) -> dict[str, tuple[Path, tuple
         ("does not fit", "weights missing"),
     )
     paths["no config"] = (write("noconfig.pt", {"format": ckpt["format"], "model": ckpt["model"]}), ("is incomplete", "'config'"))
+    for n, (case, (key, value, words)) in enumerate(HOSTILE_CONFIGS.items()):
+        config = {**ckpt["config"], key: value}
+        paths[case] = (write(f"hostile_{n}.pt", {**ckpt, "config": config}),
+                       ("unusable model configuration", *words))
     return paths
+
+
+HOSTILE_CONFIGS = {  # case -> (config key, value, words): each crashed, or wrote files elsewhere, before
+    "class name with ../": ("class_names", ["../../outside", "class2"], ("'../../outside'", "file name")),
+    "class name with a slash": ("class_names", ["a/b", "class2"], ("file name",)),
+    "class name with NUL": ("class_names", ["a\0b", "class2"], ("file name",)),
+    "empty class name": ("class_names", ["", "class2"], ("non-empty",)),
+    "duplicate class names": ("class_names", ["class1", "CLASS1"], ("unique",)),
+    "no aspect ratios": ("aspect_ratios", [], ("aspect_ratios",)),
+    "NMS threshold as text": ("box_nms_thresh", "0.3", ("box_nms_thresh", "between 0 and 1")),
+    "a billion detections": ("detections_per_img", 10**9, ("10,000",)),
+    "detections as 1e9": ("detections_per_img", 1e9, ("10,000",)),
+}
 
 
 CHECKPOINT_CASES = ["missing", "empty", "truncated", "random bytes", "text file", "plain state_dict",
                     "code in torch.save", "code in a plain pickle", "another class count", "another architecture",
-                    "no config"]
+                    "no config", *HOSTILE_CONFIGS]
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -557,3 +581,162 @@ def test_output_paths_that_cannot_be_written(tiny_dataset, checkpoint, tmp_path,
     message = cli_error(capsys, "export", checkpoint, tiny_dataset, "--out", tmp_path, "--device", "cpu")
     assert_names(message, tmp_path, "is a folder")
     assert a_file.read_text() == "precious"
+
+
+# ---------------------------------------------------------------------------------------- round 2 (issue 12)
+
+
+def test_a_hostile_class_name_writes_nothing_outside_out(bad_checkpoints, tiny_dataset, tmp_path, capsys):
+    """Class names become file names: ``../../outside`` used to write ``<image>_../../outside.tif``."""
+    path, _ = bad_checkpoints["class name with ../"]
+    out = tmp_path / "a" / "b" / "out"
+    message = cli_error(capsys, "predict", path, tiny_dataset / "test_release", "--out", out, "--device", "cpu")
+    assert_names(message, path, "class name")
+    assert not any(p.suffix == ".tif" for p in tmp_path.rglob("*"))
+
+
+def test_predict_refuses_images_that_would_share_label_files(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "images"
+    for name in ("x.tif", "x.TIF", "x.tiff"):
+        badfiles.uint16(folder / name)
+    message = cli_error(capsys, "predict", checkpoint, folder, "--out", tmp_path / "out", "--device", "cpu")
+    assert "x_<class>.tif" in message and "rename one" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stray_class_number_is_refused_not_allocated(tiny_dataset, tmp_path, capsys):
+    stray = badfiles.mask(tiny_dataset / "train" / "sample_1" / "class1000000.tif", np.zeros(TINY_SHAPE, np.uint16))
+    message = cli_error(capsys, "train", tiny_dataset, "--out", tmp_path / "run", "--arch", "resnet18",
+                        "--device", "cpu")
+    assert_names(message, stray, "class 1000000", "100 classes")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--image-scale", "0.001"], "image scale must be between 0.05 and 8"),
+    (["--time-limit", "inf"], "time limit must be a positive number of minutes"),
+    (["--time-limit", "nan"], "time limit must be a positive number of minutes"),
+    (["--detections", "1000000000"], "from 1 to 10,000"),
+])
+def test_extreme_train_settings_are_one_line(args, words, tiny_dataset, tmp_path, capsys):
+    message = cli_error(capsys, "train", tiny_dataset, "--out", tmp_path / "run", "--arch", "resnet18", *args)
+    assert words in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_a_checkpoint_without_training_state(tiny_dataset, tmp_path, capsys):
+    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=10)
+    best = save_checkpoint(tmp_path / "best.pt", build_model(config), config, epoch=3, history=[])
+    message = cli_error(capsys, "train", tiny_dataset, "--out", tmp_path / "run", "--resume", best,
+                        "--device", "cpu", "--crop-size", "64")
+    assert_names(message, best, "no training state", "resume from the run's last.pt")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_to_replace_an_earlier_run_unless_told(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"an earlier run's model")
+    message = cli_error(capsys, "train", tiny_dataset, "--out", run, "--arch", "resnet18", "--device", "cpu")
+    assert_names(message, run, "best.pt", "--overwrite", "--resume")
+    assert (run / "best.pt").read_bytes() == b"an earlier run's model"
+    argv = ["train", str(tiny_dataset), "--out", str(run), "--arch", "resnet18", "--device", "cpu", "--crop-size",
+            "64", "--max-steps", "1", "--epochs", "1", "--val-limit", "1", "--detections", "10", "--no-amp"]
+    assert main([*argv, "--overwrite"]) == 0
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 1 and "optimizer" in ckpt  # last.pt: what resume needs
+    best = load_checkpoint(run / "best.pt")  # replaced by this run's, which holds what inference needs only
+    assert "optimizer" not in best and "scheduler" not in best and "scaler" not in best and best["history"]
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "precious.tif").write_bytes(b"a week of annotation")
+    message = cli_error(capsys, "demo", "--out", out, "--steps", "1", "--device", "cpu")
+    assert_names(message, out, "did not make", "new or empty folder")
+    assert (out / "run" / "precious.tif").read_bytes() == b"a week of annotation"
+    assert sorted(p.name for p in out.rglob("*")) == ["precious.tif", "run"]
+
+
+def test_demo_takes_a_new_folder_and_its_own_again(tmp_path):
+    from napari_cellseg.cli_commands import DEMO_MARK, _claim_demo_folder
+
+    out = tmp_path / "new"
+    _claim_demo_folder(out)
+    (out / "run").mkdir()
+    _claim_demo_folder(out)  # an earlier demo's folder: fine
+    assert (out / DEMO_MARK).is_file()
+
+
+def test_validation_with_a_cell_free_sample(checkpoint, tiny_dataset):
+    """A sample with no classK.tif is legal (an image without cells); validation used to stop on it."""
+    for mask in (tiny_dataset / "val" / "val_1").glob("class*.tif"):
+        mask.unlink()
+    model, config = load_model(checkpoint)
+    samples = find_samples(tiny_dataset / "val")
+    assert not samples[1].mask_paths
+    metrics = pipeline.validate(model, samples, config.class_names)
+    assert "AP" in metrics
+    gt = pipeline.samples_ground_truth(samples, config.class_names)
+    assert [img["height"] for img in gt["images"]] == [TINY_SHAPE[0]] * 2
+    assert {a["image_id"] for a in gt["annotations"]} == {1}
+
+
+def test_huge_instance_ids_cost_no_memory(tmp_path):
+    labels = np.zeros(TINY_SHAPE, np.int64)
+    labels[5:15, 5:15] = 2**31 - 1  # the largest id the mask reader accepts
+    labels[20:30, 20:30] = 2**25
+    badfiles.mask(tmp_path / "s" / "class1.tif", labels.astype(np.uint32))
+    read = read_labels(tmp_path / "s" / "class1.tif")
+    tracemalloc.start()
+    try:
+        results = coco.labels_to_results({1: read}, 1, scores={2**31 - 1: 0.9, 2**25: 0.8})
+        gt = coco.ground_truth([(1, "s", {1: read})], ["class1"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20  # one slot per possible id would be 16 GB
+    assert sorted(r["score"] for r in results) == [0.8, 0.9]  # ids kept: the score table still applies
+    assert [r["bbox"] for r in sorted(results, key=lambda r: r["score"])] == [[20.0, 20.0, 10.0, 10.0],
+                                                                              [5.0, 5.0, 10.0, 10.0]]
+    assert len(gt["annotations"]) == 2
+
+
+def test_negative_ids_are_reported_not_dropped():
+    labels = np.zeros(TINY_SHAPE, np.int32)
+    labels[5:15, 5:15] = -3
+    labels[20:30, 20:30] = 1
+    with pytest.raises(DatasetError, match="negative id -3"):
+        coco.labels_to_results({1: labels}, 1)
+
+
+def test_write_labels_refuses_ids_that_do_not_fit(tmp_path):
+    from napari_cellseg.images import write_labels
+
+    labels = np.zeros(TINY_SHAPE, np.int64)
+    labels[5:15, 5:15] = 2**32  # would wrap to 0 (background) in uint32
+    with pytest.raises(ValueError, match="does not fit a label TIFF"):
+        write_labels(tmp_path / "l.tif", labels)
+    labels[5:15, 5:15] = -1
+    with pytest.raises(ValueError, match="negative ids"):
+        write_labels(tmp_path / "l.tif", labels)
+    assert not list(tmp_path.iterdir())
+
+
+def test_rle_counts_beyond_int64_are_one_line(tiny_dataset, tmp_path, capsys):
+    path = badfiles.write_json(tmp_path / "r.json", [_result(segmentation={"size": [64, 80], "counts": [2**70, 5]})])
+    message = cli_error(capsys, "evaluate", path, tiny_dataset / "val")
+    assert_names(message, path, "entry 0", "run length outside 0..5120")
+
+
+def test_export_with_allow_missing_exports_the_images_present(checkpoint, tiny_dataset, tmp_path, capsys):
+    mapping = tiny_dataset / "test_image_name_to_ids.json"
+    entries = json.loads(mapping.read_text())
+    mapping.write_text(json.dumps([*entries, dict(entries[0], file_name="gone.tif", id=3)]))
+    out = tmp_path / "r.json"
+    assert main(["export", str(checkpoint), str(tiny_dataset), "--out", str(out), "--device", "cpu",
+                 "--allow-missing"]) == 0
+    assert {r["image_id"] for r in json.loads(out.read_text())} <= {1, 2}
+    printed = capsys.readouterr().out
+    assert "for 2 images" in printed and "1 image(s) of the mapping file were not found" in printed and "gone.tif" in printed

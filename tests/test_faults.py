@@ -199,3 +199,80 @@ def test_ctrl_c_during_export_keeps_the_previous_submission(model_file, tmp_path
     assert out.read_text() == "[]"
     lines = (tmp_path / "test-results.json.partial.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["name"] == "img_00.tif"  # settings + the finished image
+
+
+# ---------------------------------------------------------------------------------------- round 2 (issue 12)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("napari-cellseg: error: "), err
+    assert sum(line.startswith("napari-cellseg: error: ") for line in err.splitlines()) == 1, err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),  # torch on /dev/full
+])
+def test_training_on_a_full_disk_is_one_line(failure, tiny_dataset, tmp_path, monkeypatch, capsys):
+    def disk_full(obj, target):
+        Path(target).write_bytes(b"PK")
+        raise failure
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_dataset), "--out", str(run), "--epochs", "1", "--max-steps", "1", *TRAIN]) == 1
+    line = _one_error_line(capsys)
+    assert str(run / "last.pt") in line and "the disk is full" in line
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
+
+
+def test_resuming_an_export_with_another_model_redoes_every_image(model_file, tmp_path, monkeypatch):
+    from napari_cellseg.checkpoint import load_model
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    items = pipeline.export_items(images, _test_folder(images, 3, size=64))
+    out = tmp_path / "r.json"
+    model_a, config = load_model(model_file)
+    stop_after_one = iter([False, True])
+    events = pipeline.iter_export(model_a, items, out, should_stop=lambda: next(stop_after_one))
+    assert [n for n, _, _ in events] == [1]  # stopped: one image in the partial file
+    torch.manual_seed(1)
+    model_b = build_model(config).eval()  # same settings, other weights (a checkpoint path says nothing)
+    segmented = []
+    real = pipeline.segment_image
+    monkeypatch.setattr(pipeline, "segment_image", lambda m, image, **kw: segmented.append(m) or real(m, image, **kw))
+    list(pipeline.iter_export(model_b, items, out))
+    assert len(segmented) == 3 and all(m is model_b for m in segmented)  # nothing of model A mixed in
+    segmented.clear()
+    stop_after_one = iter([False, True])
+    list(pipeline.iter_export(model_b, items, out, should_stop=lambda: next(stop_after_one)))
+    list(pipeline.iter_export(model_b, items, out))
+    assert len(segmented) == 3  # the same model does resume: 1 + the 2 left
+
+
+def test_export_never_writes_through_a_planted_partial_link(model_file, tiny_dataset, tmp_path, capsys):
+    victim = tmp_path / "victim.tif"
+    victim.write_bytes(b"an image someone needs")
+    out = tmp_path / "r.json"
+    (tmp_path / "r.json.partial.jsonl").symlink_to(victim)
+    assert main(["export", str(model_file), str(tiny_dataset), "--out", str(out), "--device", "cpu"]) == 1
+    assert "symbolic link" in _one_error_line(capsys)
+    assert victim.read_bytes() == b"an image someone needs" and not out.exists()
+
+
+def test_a_second_export_to_the_same_file_is_refused_at_once(model_file, tiny_dataset, tmp_path, capsys,
+                                                              monkeypatch):
+    out = tmp_path / "r.json"
+    (tmp_path / "r.json.lock").write_text(str(os.getppid()))  # a live process holds it
+    segmented = []
+    monkeypatch.setattr(pipeline, "segment_image", lambda *a, **kw: segmented.append(1))
+    assert main(["export", str(model_file), str(tiny_dataset), "--out", str(out), "--device", "cpu"]) == 1
+    line = _one_error_line(capsys)
+    assert "another napari-cellseg process" in line and str(out) in line
+    assert not segmented and not out.exists()  # refused before any work
+

@@ -122,3 +122,32 @@ def test_pretrained_weights_offline_give_a_clear_error(monkeypatch):
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(CheckpointError, match="--weights none"):
         build_model(tiny_config(), weights="imagenet")
+
+
+def test_an_image_scale_that_leaves_no_pixels_is_a_clear_error():
+    """--image-scale 0.001 crashed inside torch's interpolate (0 x 0 output)."""
+    model = build_model(tiny_config()).eval()
+    model.transform.image_scale = 0.001
+    with pytest.raises(ValueError, match="image scale 0.001 shrinks a 96 x 128 image below 8 pixels"):
+        model.detect([torch.rand(3, 96, 128)])
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"class_names": ["../x"]}, "cannot be part of a file name"),
+    ({"class_names": ["a", "a"]}, "unique"),
+    ({"class_names": ["x" * 65]}, "at most 64"),
+    ({"class_names": [f"c{i}" for i in range(101)]}, "at most 100"),
+    ({"aspect_ratios": []}, "aspect_ratios"),
+    ({"aspect_ratios": [-1]}, "aspect_ratios"),
+    ({"box_nms_thresh": "0.3"}, "box_nms_thresh"),
+    ({"box_nms_thresh": float("nan")}, "box_nms_thresh"),
+    ({"detections_per_img": 10_001}, "10,000"),
+    ({"detections_per_img": True}, "10,000"),
+    ({"image_scale": 0.001}, "image scale"),
+    ({"anchor_sizes": [8, 16, 32, 64, "x"]}, "anchor_sizes"),
+])
+def test_from_dict_validates_a_stored_config(changes, words):
+    d = {**ModelConfig(arch="resnet18").to_dict(), **changes}
+    with pytest.raises(ValueError, match=words.replace(".", r"\.")):
+        ModelConfig.from_dict(d)
+    assert ModelConfig.from_dict(ModelConfig(arch="resnet18").to_dict()) == ModelConfig(arch="resnet18")

@@ -58,3 +58,19 @@ def test_labels_of_an_unknown_image_are_a_notification(tmp_path, errors):
     assert len(errors) == 1 and "unknown" in errors[0] and not (tmp_path / "x.json").exists()
     assert write_coco_results(str(tmp_path / "x.json"), [(labels, {"name": "cells"}, "labels")]) == []
     assert "class1, class2" in errors[1]
+
+
+def test_layer_ids_beyond_int32_are_refused_not_wrapped():
+    """uint64 paint ids (napari allows them) would wrap in int32 onto another cell or below zero."""
+    import pytest
+
+    from napari_cellseg._writer import group_layers
+    from napari_cellseg.errors import DatasetError
+
+    data = np.zeros((16, 16), np.uint64)
+    data[2:6, 2:6] = 2**32 + 1  # int32 makes this 1
+    with pytest.raises(DatasetError, match="cell id 4294967297"):
+        group_layers([("class1", data, {}, None)])
+    data[2:6, 2:6] = 2**31 - 1
+    (group,) = group_layers([("class1", data, {}, None)])
+    assert int(group.labels[1].max()) == 2**31 - 1
