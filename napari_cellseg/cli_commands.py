@@ -16,7 +16,8 @@ from .coco import read_results
 from .data import dataset_classes, find_samples
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
 from .errors import DatasetError
-from .images import read_image, write_labels
+from .images import write_labels
+from .distributed import barrier
 from .inference import resolve_device
 from .metrics import evaluate as evaluate_results, format_metrics
 from .pipeline import export_items, iter_export, samples_ground_truth, image_files, segment_image
@@ -72,33 +73,89 @@ def distributed_rank() -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
+    """Label TIFFs per image and class; a stack gives ``(planes, H, W)`` label stacks. Under
+    torchrun each process takes every N-th image (``sharding.my_share``)."""
+    from .sharding import my_share, setup_sharding, teardown
+
     out = Path(args.out)
     problem = folder_problem(out)
     if problem:
         raise DatasetError(f"output folder: {problem}")
-    model, config = load_model(args.checkpoint, resolve_device(args.device))
-    src = Path(args.images)
-    files = image_files(src) if src.is_dir() else [src]
-    with tqdm(files, desc="predict", unit="image") as bar:  # closed before any error line
-        for path in bar:
-            labels, _ = segment_image(model, read_image(path), score_thresh=args.score_thresh,
-                                      mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
-            for class_id, image in labels.items():
-                write_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image)
-    print(f"wrote label images for {len(files)} image(s) to {out}")
+    ctx = setup_sharding(args.device)
+    try:
+        model, config = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
+        src = Path(args.images)
+        files = image_files(src) if src.is_dir() else [src]
+        mine = my_share(files, ctx)
+        with tqdm(mine, desc="predict", unit="image", disable=not ctx.is_main) as bar:  # closed before any error line
+            for path in bar:
+                _predict_file(model, config, path, out, args)
+        barrier(ctx)
+    finally:
+        teardown(ctx)
+    if ctx.is_main:
+        print(f"wrote label images for {len(files)} image(s) to {out}")
     return 0
+
+
+def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace) -> None:
+    """One image -> ``<stem>_<class>.tif`` per class; a stack is segmented plane by plane."""
+    from .stacks import iter_predict_stack, read_stack, to_stack_labels, write_stack_labels
+
+    stack = read_stack(path)
+    classes = range(1, len(config.class_names) + 1)
+    if len(stack) == 1:
+        labels, _ = segment_image(model, stack.plane(0), score_thresh=args.score_thresh,
+                                  mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
+        for class_id, image in labels.items():
+            write_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image)
+        return
+    raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
+                 f"{path.name} planes", unit="plane")
+    labels = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes)
+    for class_id, image in labels.items():
+        write_stack_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image, stack.axis)
 
 
 def export(args: argparse.Namespace) -> int:
-    items = export_items(args.dataset, args.mapping)
-    model, _ = load_model(args.checkpoint, resolve_device(args.device))
-    written = _drain(
-        iter_export(model, items, args.out, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
-                    tile_size=args.tile_size, flip=args.flip_tta, resume=not args.restart),
-        "export",
-    )
-    print(f"wrote {written} instances for {len(items)} images to {args.out}")
+    """The submission; under torchrun each process segments every N-th image and rank 0 writes it."""
+    from .sharding import iter_sharded_export, setup_sharding, teardown
+
+    items = _export_items(args)
+    ctx = setup_sharding(args.device)
+    try:
+        model, _ = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
+        written = _drain(
+            iter_sharded_export(model, items, args.out, ctx, score_thresh=args.score_thresh,
+                                mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta,
+                                resume=not args.restart),
+            "export" if ctx.world_size == 1 else f"export (rank 0 of {ctx.world_size})", show=ctx.is_main,
+        )
+    finally:
+        teardown(ctx)
+    if ctx.is_main:
+        print(f"wrote {written} instances for {len(items)} images to {args.out}")
     return 0
+
+
+def _export_items(args: argparse.Namespace):
+    """``export_items``; a folder of TIFFs without a mapping file gets one, numbered 1..n in name
+    order (a stack's planes as ``<file>#<plane>``), written beside the results as ``<out>.images.json``."""
+    from .coco import write_json
+    from .stacks import folder_mapping, mapped_items
+
+    dataset = Path(args.dataset)
+    if args.mapping is not None or (dataset / "test_release").is_dir() or not dataset.is_dir():
+        return export_items(dataset, args.mapping)
+    try:
+        files = image_files(dataset)
+    except DatasetError:
+        return export_items(dataset)  # a folder of samples (or the error that says what is missing)
+    entries = folder_mapping(files)  # every process numbers the same headers the same way
+    mapping = Path(f"{args.out}.images.json")
+    if distributed_rank() == 0:
+        write_json(mapping, entries)
+    return mapped_items(files, {e["file_name"]: e for e in entries}, mapping)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -148,14 +205,14 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _drain(events, desc: str):
-    """Run an (done, total, name) generator under a progress bar; return its return value."""
+def _drain(events, desc: str, unit: str = "image", show: bool = True):
+    """Run a (done, total, ...) generator under a progress bar; return its return value."""
     bar = None
     try:
         while True:
-            done, total, _ = next(events)
+            done, total, *_ = next(events)
             if bar is None:
-                bar = tqdm(total=total, desc=desc, unit="image")
+                bar = tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=unit == "image")
             bar.n = done
             bar.refresh()
     except StopIteration as stop:

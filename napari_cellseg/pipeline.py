@@ -20,10 +20,11 @@ from .atomic import atomic_path, folder_problem
 from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
 from .errors import DatasetError
-from .images import read_image, read_image_size
+from .images import read_image
 from .inference import predict
 from .metrics import evaluate
 from .postprocess import instance_scores, to_labels
+from .stacks import read_plane
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -82,12 +83,14 @@ def validate(
 
 @dataclass(frozen=True)
 class ExportItem:
-    """One image to export: its submission id, name (file name in the mapping), path, expected size."""
+    """One image to export: its submission id, name (file name in the mapping), path, expected size;
+    ``plane`` picks one plane of a stack (then ``name`` is ``<file>#<plane>``, see ``stacks``)."""
 
     image_id: int
     name: str
     path: Path
     shape: tuple[int, int] | None = None
+    plane: int | None = None
 
 
 def sample_items(samples: Sequence[Sample]) -> list[ExportItem]:
@@ -123,21 +126,9 @@ def export_items(dataset: str | Path, mapping_path: str | Path | None = None) ->
         return sample_items(find_samples(dataset))
     mapping = load_mapping(mapping_path)
     files = image_files(dataset)
-    missing = [f.name for f in files if f.name not in mapping]
-    if missing:
-        raise DatasetError(f"{len(missing)} image(s) of {dataset} are not in {mapping_path}, e.g. {missing[0]}")
-    items = [
-        ExportItem(mapping[f.name]["id"], f.name, f, (mapping[f.name]["height"], mapping[f.name]["width"]))
-        for f in files
-    ]
-    for item in items:  # headers only: a wrong size stops the export before any image is segmented
-        height, width = read_image_size(item.path)
-        if (height, width) != item.shape:
-            raise DatasetError(
-                f"{item.path} is {height}x{width} but the mapping file says {item.shape[0]}x{item.shape[1]} "
-                f"({mapping_path})"
-            )
-    return items
+    from .stacks import mapped_items  # planes of stacks are listed as <file>#<plane>
+
+    return mapped_items(files, mapping, mapping_path)  # checks sizes before any image is segmented
 
 
 def iter_export(
@@ -177,7 +168,7 @@ def iter_export(
             if item.name not in done:
                 if should_stop is not None and should_stop():
                     return None
-                image = read_image(item.path)
+                image = read_image(item.path) if item.plane is None else read_plane(item.path, item.plane)
                 if item.shape is not None and tuple(image.shape[:2]) != tuple(item.shape):
                     raise DatasetError(
                         f"{item.path} is {image.shape[0]}x{image.shape[1]} but the mapping file says "
