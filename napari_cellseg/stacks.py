@@ -204,6 +204,16 @@ def iter_predict_stack(
     return StackInstances(results, stack.axis)
 
 
+def predict_stack(model, stack: Stack, **options) -> StackInstances:
+    """``iter_predict_stack`` run to the end, for scripts."""
+    steps = iter_predict_stack(model, stack, **options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
 def plane_labels(
     result: StackInstances, plane: int, score_thresh: float, mask_thresh: float, classes: Iterable[int]
 ) -> dict[int, np.ndarray]:
@@ -316,6 +326,6 @@ def item_image(item) -> np.ndarray:
 
 __all__ = [
     "Stack", "StackInstances", "read_stack", "stack_size", "read_plane", "plane_axis", "plane_name",
-    "iter_predict_stack", "plane_labels", "to_stack_labels", "stack_scores", "write_stack_labels", "mapped_items",
+    "iter_predict_stack", "predict_stack", "plane_labels", "to_stack_labels", "stack_scores", "write_stack_labels", "mapped_items",
     "folder_mapping", "item_image",
 ]
