@@ -77,6 +77,11 @@ class StackView:
     def _show(self, result, class_names: list[str], image: Image, source) -> None:
         """One stacked Labels layer per class, placed on the image (same planes, scale, offset)."""
         old = self.current
+        if old is not None and old.edited:  # a re-run would overwrite hand edits: ask, or add new layers
+            from . import _widget_segment
+
+            if not _widget_segment.ask_discard(self.widget.native, [old.layers[k].name for k in sorted(old.edited)]):
+                old = None
         layers = {}
         for k, name in enumerate(class_names, start=1):
             kwargs = labels_layer_kwargs(k, name, source=source, role=ROLE)

@@ -96,6 +96,9 @@ def test_stack_edits_are_not_silently_overwritten(make_napari_viewer, untrained,
     class1.paint((1, 60, 70), 999, refresh=True)
     widget.mask.value = 0.5
     assert asked == [["class1 (stack)"]] and class1.data[1, 60, 70] == 999  # kept, as the user chose
+    widget.run_button.clicked()  # a re-run asks again; "no" puts the new result in new layers
+    assert asked[-1] == ["class1 (stack)"] and class1.data[1, 60, 70] == 999
+    assert widget.stack_view.current.layers[1] is not class1 and class1 in viewer.layers
 
 
 def test_cancel_stops_between_planes(make_napari_viewer, untrained):
