@@ -12,7 +12,8 @@ Memory flat in the planes means: the raw instances grow with the cells found (by
 the rest of the peak does not grow with the planes beyond the label stacks' own size.
 Random weights with ``box_score_thresh=0`` give ``--detections`` junk detections per plane (the
 cost depends on their count, not on their quality). The CPU is shared with other jobs: times are
-medians per plane over the run, and the single image is timed over ``--repeats`` runs.
+medians per plane over the run, and the single image is also timed in lockstep inside the stack
+run (one image after every tenth plane), which is the ratio to quote.
 
     python benchmarks/bench_stack.py            # 100 planes of 256 x 256
     python benchmarks/bench_stack.py --quick    # 10 planes of 96 x 96
@@ -68,6 +69,7 @@ def child(kind: str, planes: int, size: int, detections: int, repeats: int) -> d
         raw_bytes, instances = raw.nbytes, len(raw)
     else:
         steps = iter_predict_stack(model, stack)
+        single, image = [], stack.plane(0)
         t0 = time.perf_counter()
         while True:
             try:
@@ -76,6 +78,10 @@ def child(kind: str, planes: int, size: int, detections: int, repeats: int) -> d
                 result = stop.value
                 break
             times.append(time.perf_counter() - t0)
+            if len(times) % max(1, planes // 10) == 0:  # the baseline in lockstep: one image between planes
+                t1 = time.perf_counter()
+                to_labels(predict(model, image), 0.0, 0.5, classes=[1, 2])
+                single.append(time.perf_counter() - t1)
             t0 = time.perf_counter()
         t0 = time.perf_counter()
         labels = to_stack_labels(result, 0.0, 0.5, classes=[1, 2])
@@ -88,6 +94,8 @@ def child(kind: str, planes: int, size: int, detections: int, repeats: int) -> d
            "raw_kb": round(raw_bytes / 1024, 1), "instances": instances}
     if kind != "image":
         out["to_stack_labels_s"] = round(label_s, 3)
+        out["single_image_s_lockstep"] = round(statistics.median(single), 3)
+        out["plane_vs_image_lockstep"] = round(statistics.median(times) / statistics.median(single), 3)
         out["label_stacks_mb"] = round(2 * planes * size * size * 4 / 2**20, 1)
     return out
 
@@ -119,7 +127,8 @@ def main() -> None:
         print(json.dumps(row))
     image, big = rows[0], rows[-1]
     summary = {"machine": info, "rows": rows,
-               "s_per_plane_ratio_stack_vs_image": round(big["s_per_plane"] / image["s_per_plane"], 2),
+               "s_per_plane_ratio_stack_vs_image_lockstep": big["plane_vs_image_lockstep"],
+               "peak_mb_image_stack10_stack100": [r["peak_mb"] for r in rows],
                "added_mb_small_vs_big": [rows[1]["added_mb"], big["added_mb"]]}
     print(json.dumps(summary))
 
