@@ -14,10 +14,10 @@ from .atomic import folder_problem
 from .checkpoint import load_model
 from .coco import read_results
 from .data import dataset_classes, find_samples
+from .distributed import barrier
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
 from .errors import DatasetError
 from .images import write_labels
-from .distributed import barrier
 from .inference import resolve_device
 from .metrics import evaluate as evaluate_results, format_metrics
 from .pipeline import export_items, iter_export, samples_ground_truth, image_files, segment_image
@@ -111,7 +111,7 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
             write_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image)
         return
     raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
-                 f"{path.name} planes", unit="plane")
+                 f"{path.name} planes", unit="plane", show=distributed_rank() == 0)
     labels = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes)
     for class_id, image in labels.items():
         write_stack_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image, stack.axis)
