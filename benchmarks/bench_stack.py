@@ -125,7 +125,7 @@ def main() -> None:
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(json.dumps(row))
-    image, big = rows[0], rows[-1]
+    big = rows[-1]
     summary = {"machine": info, "rows": rows,
                "s_per_plane_ratio_stack_vs_image_lockstep": big["plane_vs_image_lockstep"],
                "peak_mb_image_stack10_stack100": [r["peak_mb"] for r in rows],
