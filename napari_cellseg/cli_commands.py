@@ -100,7 +100,7 @@ def predict(args: argparse.Namespace) -> int:
 
 def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace) -> None:
     """One image -> ``<stem>_<class>.tif`` per class; a stack is segmented plane by plane."""
-    from .stacks import iter_predict_stack, read_stack, to_stack_labels, write_stack_labels
+    from .stacks import iter_predict_stack, link_over_time, read_stack, to_stack_labels, write_stack_labels
 
     stack = read_stack(path)
     classes = range(1, len(config.class_names) + 1)
@@ -113,6 +113,8 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
     raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
                  f"{path.name} planes", unit="plane", show=distributed_rank() == 0)
     labels = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes)
+    if args.link:
+        link_over_time(labels)
     for class_id, image in labels.items():
         write_stack_labels(out / f"{path.stem}_{config.class_names[class_id - 1]}.tif", image, stack.axis)
 

@@ -10,8 +10,9 @@ Axes: a TIFF's plane axis is its T or Z axis (tifffile's ``series.axes``, from I
 metadata). Without metadata the first axis is the planes when it is longer than
 ``images.MAX_CHANNELS`` (4), or when the file has a separate colour axis (``S``); a shorter first
 axis of a 3-D file is read as colour channels, as for a single image. A file with both T and Z
-longer than 1 is refused: save one time point or one slice. Instances are not linked across time:
-the same cell has a new id in every plane.
+longer than 1 is refused: save one time point or one slice. By default the same cell has a new id
+in every plane; ``link_over_time`` gives it the id it had in the previous plane when their masks
+overlap (IoU >= 0.5).
 """
 
 from __future__ import annotations
@@ -241,6 +242,35 @@ def to_stack_labels(
     return out
 
 
+def link_over_time(labels: dict[int, np.ndarray], min_iou: float = 0.5) -> dict[int, np.ndarray]:
+    """A cell keeps its id from plane to plane: class by class, an instance whose mask overlaps one
+    of the previous plane with IoU >= ``min_iou`` takes that id (pairs matched one to one, best IoU
+    first); the others keep their stack-wide unique ids. In place; returns ``labels``. After this
+    the score table of ``stack_scores`` holds for the first plane of each linked cell only."""
+    for stack in labels.values():
+        for t in range(1, len(stack)):
+            prev, cur = stack[t - 1], stack[t]
+            both = (prev > 0) & (cur > 0)
+            if not both.any():
+                continue
+            pairs, inter = np.unique(np.stack([prev[both], cur[both]]), axis=1, return_counts=True)
+            area_prev = np.bincount(prev.ravel())
+            area_cur = np.bincount(cur.ravel())
+            iou = inter / (area_prev[pairs[0]] + area_cur[pairs[1]] - inter)
+            relabel = np.arange(area_cur.size, dtype=stack.dtype)
+            taken_prev, taken_cur = set(), set()
+            for j in np.argsort(-iou, kind="stable"):
+                p, c = int(pairs[0, j]), int(pairs[1, j])
+                if iou[j] < min_iou:
+                    break
+                if p not in taken_prev and c not in taken_cur:
+                    relabel[c] = p  # p comes from earlier planes, so it is no id of this plane
+                    taken_prev.add(p)
+                    taken_cur.add(c)
+            stack[t] = relabel[cur]
+    return labels
+
+
 def stack_scores(result: StackInstances) -> dict[int, float]:
     """Stack-wide label id -> score."""
     scores = np.concatenate([raw.scores for raw in result.planes]) if result.planes else np.zeros(0)
@@ -326,6 +356,6 @@ def item_image(item) -> np.ndarray:
 
 __all__ = [
     "Stack", "StackInstances", "read_stack", "stack_size", "read_plane", "plane_axis", "plane_name",
-    "iter_predict_stack", "predict_stack", "plane_labels", "to_stack_labels", "stack_scores", "write_stack_labels", "mapped_items",
+    "iter_predict_stack", "predict_stack", "plane_labels", "link_over_time", "to_stack_labels", "stack_scores", "write_stack_labels", "mapped_items",
     "folder_mapping", "item_image",
 ]

@@ -128,7 +128,7 @@ def test_cli_predict_writes_a_label_stack_per_class(tmp_path, model):
                                                         box_score_thresh=0.0, detections_per_img=10))
     _movie(tmp_path / "movie.tif", planes=5)
     assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "movie.tif"), "--out", str(tmp_path / "out"),
-                 "--score-thresh", "0", "--mask-thresh", "0.3", "--device", "cpu"]) == 0
+                 "--score-thresh", "0", "--mask-thresh", "0.3", "--device", "cpu", "--link"]) == 0
     for name in ("class1", "class2"):
         with tifffile.TiffFile(tmp_path / "out" / f"movie_{name}.tif") as tif:
             assert (tif.series[0].axes, tif.series[0].shape) == ("TYX", (5, *SHAPE))
@@ -163,3 +163,21 @@ def test_mapping_that_lists_a_missing_plane_is_refused(tmp_path):
     (tmp_path / "map.json").write_text(json.dumps([]))
     with pytest.raises(DatasetError, match="movie.tif#0"):
         pipeline.export_items(folder, tmp_path / "map.json")
+
+
+def _disc(cy, cx, r=6, shape=SHAPE):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_link_over_time_keeps_a_moving_cells_id_and_gives_new_cells_theirs():
+    movie = np.zeros((3, *SHAPE), np.int32)
+    movie[0][_disc(10, 10)] = 1
+    movie[0][_disc(30, 30)] = 2  # vanishes after plane 0
+    movie[1][_disc(10, 12)] = 3  # plane 0's cell 1, moved by 2 px
+    movie[1][_disc(30, 40)] = 4  # a new cell, far from cell 2
+    movie[2][_disc(10, 14)] = 5
+    movie[2][_disc(31, 40)] = 6
+    linked = stacks.link_over_time({1: movie.copy()})[1]
+    assert [sorted(set(np.unique(linked[t])) - {0}) for t in range(3)] == [[1, 2], [1, 4], [1, 4]]
+    assert np.array_equal(linked > 0, movie > 0)  # only the ids change, never the masks
