@@ -24,7 +24,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSlide
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QMessageBox
 
-from . import _gui_session
+from . import _gui_session, _gui_stack
 from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from ._gui_session import Device, ImageResult, path_or_none
 from ._tooltips import SEGMENT as TIPS
@@ -163,6 +163,7 @@ class SegmentWidget(Container):
             getattr(napari_viewer.layers.events, name).connect(self._layers_changed)  # held weakly
         if self.session.last_checkpoint is not None:
             self._on_new_checkpoint(self.session.last_checkpoint)
+        self.stack_view = _gui_stack.StackView(self)  # stacks: one stacked layer per class
 
     # ------------------------------------------------------------------ inputs
 
@@ -242,6 +243,8 @@ class SegmentWidget(Container):
         except ValueError as exc:
             _gui_session.show_error(_gui_session.one_line(exc))
             return
+        if _gui_stack.is_stack(layer):
+            return self.stack_view.start(layer, loader)
         source = layer_meta(layer).get("source") or layer.source.path
         data = layer.data[0] if layer.multiscale else layer.data  # the full-resolution level
 

@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
     p.add_argument("images", help="a TIFF image or a folder of them")
     p.add_argument("--out", required=True, help="folder for <image>_<class>.tif label images")
+    p.add_argument("--link", action="store_true",
+                   help="stacks: a cell keeps its id from plane to plane where its masks overlap (IoU >= 0.5)")
     _add_inference_options(p)
 
     e = sub.add_parser("export", help="segment test_release/ and write the COCO submission JSON")

@@ -13,10 +13,11 @@ from .atomic import folder_problem
 from .checkpoint import load_model, model_card
 from .coco import read_results
 from .data import dataset_classes, find_samples
+from .distributed import barrier
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
 from .errors import DatasetError
-from .images import read_image, write_labels
 from .devices import resolve_device
+from .images import write_labels
 from .metrics import class_agnostic, evaluate as evaluate_results, format_metrics
 from .pretrained import builtin_models
 from .pipeline import export_items, iter_export, samples_ground_truth, image_files, segment_image
@@ -72,22 +73,51 @@ def distributed_rank() -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
+    """Label TIFFs per image and class; a stack gives ``(planes, H, W)`` label stacks. Under
+    torchrun each process takes every N-th image (``sharding.my_share``)."""
+    from .sharding import my_share, setup_sharding, teardown
+
     out = Path(args.out)
     problem = folder_problem(out)
     if problem:
         raise DatasetError(f"output folder: {problem}")
-    model, config = load_model(args.checkpoint, resolve_device(args.device))
-    src = Path(args.images)
-    files = image_files(src) if src.is_dir() else [src]
-    _refuse_same_stem(files)
-    with tqdm(files, desc="predict", unit="image") as bar:  # closed before any error line
-        for path in bar:
-            labels, _ = segment_image(model, read_image(path), score_thresh=args.score_thresh,
-                                      mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
-            for class_id, image in labels.items():
-                write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
-    print(f"wrote label images for {len(files)} image(s) to {out}")
+    ctx = setup_sharding(args.device)
+    try:
+        model, config = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
+        src = Path(args.images)
+        files = image_files(src) if src.is_dir() else [src]
+        _refuse_same_stem(files)
+        mine = my_share(files, ctx)
+        with tqdm(mine, desc="predict", unit="image", disable=not ctx.is_main) as bar:  # closed before any error line
+            for path in bar:
+                _predict_file(model, config, path, out, args)
+        barrier(ctx)
+    finally:
+        teardown(ctx)
+    if ctx.is_main:
+        print(f"wrote label images for {len(files)} image(s) to {out}")
     return 0
+
+
+def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace) -> None:
+    """One image -> ``<stem>_<class>.tif`` per class; a stack is segmented plane by plane."""
+    from .stacks import iter_predict_stack, link_over_time, read_stack, to_stack_labels, write_stack_labels
+
+    stack = read_stack(path)
+    classes = range(1, len(config.class_names) + 1)
+    if len(stack) == 1:
+        labels, _ = segment_image(model, stack.plane(0), score_thresh=args.score_thresh,
+                                  mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
+        for class_id, image in labels.items():
+            write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
+        return
+    raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
+                 f"{path.name} planes", unit="plane", show=distributed_rank() == 0)
+    labels = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes)
+    if args.link:
+        link_over_time(labels)
+    for class_id, image in labels.items():
+        write_stack_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image, stack.axis)
 
 
 def _refuse_same_stem(files: list[Path]) -> None:
@@ -112,19 +142,48 @@ def _inside(folder: Path, name: str) -> Path:
 
 
 def export(args: argparse.Namespace) -> int:
+    """The submission; under torchrun each process segments every N-th image and rank 0 writes it."""
+    from .sharding import iter_sharded_export, setup_sharding, teardown
+
     absent: list[str] = []
-    items = export_items(args.dataset, args.mapping, allow_missing=args.allow_missing, absent=absent)
-    model, _ = load_model(args.checkpoint, resolve_device(args.device))
-    written = _drain(
-        iter_export(model, items, args.out, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
-                    tile_size=args.tile_size, flip=args.flip_tta, resume=not args.restart),
-        "export",
-    )
-    print(f"wrote {written} instances for {len(items)} images to {args.out}")
-    if absent:
-        print(f"note: {len(absent)} image(s) of the mapping file were not found and have no results "
-              f"(--allow-missing): {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
+    items = _export_items(args, absent)
+    ctx = setup_sharding(args.device)
+    try:
+        model, _ = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
+        written = _drain(
+            iter_sharded_export(model, items, args.out, ctx, score_thresh=args.score_thresh,
+                                mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta,
+                                resume=not args.restart),
+            "export" if ctx.world_size == 1 else f"export (rank 0 of {ctx.world_size})", show=ctx.is_main,
+        )
+    finally:
+        teardown(ctx)
+    if ctx.is_main:
+        print(f"wrote {written} instances for {len(items)} images to {args.out}")
+        if absent:
+            print(f"note: {len(absent)} image(s) of the mapping file were not found and have no results "
+                  f"(--allow-missing): {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
     return 0
+
+
+def _export_items(args: argparse.Namespace, absent: list[str]):
+    """``export_items``; a folder of TIFFs without a mapping file gets one, numbered 1..n in name
+    order (a stack's planes as ``<file>#<plane>``), written beside the results as ``<out>.images.json``."""
+    from .coco import write_json
+    from .stacks import folder_mapping, mapped_items
+
+    dataset = Path(args.dataset)
+    if args.mapping is not None or (dataset / "test_release").is_dir() or not dataset.is_dir():
+        return export_items(dataset, args.mapping, allow_missing=args.allow_missing, absent=absent)
+    try:
+        files = image_files(dataset)
+    except DatasetError:
+        return export_items(dataset)  # a folder of samples (or the error that says what is missing)
+    entries = folder_mapping(files)  # every process numbers the same headers the same way
+    mapping = Path(f"{args.out}.images.json")
+    if distributed_rank() == 0:
+        write_json(mapping, entries)
+    return mapped_items(files, {e["file_name"]: e for e in entries}, mapping)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -226,14 +285,14 @@ def _claim_demo_folder(out: Path) -> None:
     (out / DEMO_MARK).touch()
 
 
-def _drain(events, desc: str):
-    """Run an (done, total, name) generator under a progress bar; return its return value."""
+def _drain(events, desc: str, unit: str = "image", show: bool = True):
+    """Run a (done, total, ...) generator under a progress bar; return its return value."""
     bar = None
     try:
         while True:
-            done, total, _ = next(events)
+            done, total, *_ = next(events)
             if bar is None:
-                bar = tqdm(total=total, desc=desc, unit="image")
+                bar = tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=unit == "image")
             bar.n = done
             bar.refresh()
     except StopIteration as stop:

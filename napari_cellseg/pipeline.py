@@ -21,10 +21,11 @@ from .checkpoint import weights_digest
 from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
 from .errors import DatasetError
-from .images import read_image, read_image_size
+from .images import read_image
 from .inference import predict
 from .metrics import evaluate
 from .postprocess import instance_scores, to_labels
+from .stacks import read_plane
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -84,12 +85,14 @@ def validate(
 
 @dataclass(frozen=True)
 class ExportItem:
-    """One image to export: its submission id, name (file name in the mapping), path, expected size."""
+    """One image to export: its submission id, name (file name in the mapping), path, expected size;
+    ``plane`` picks one plane of a stack (then ``name`` is ``<file>#<plane>``, see ``stacks``)."""
 
     image_id: int
     name: str
     path: Path
     shape: tuple[int, int] | None = None
+    plane: int | None = None
 
 
 def sample_items(samples: Sequence[Sample]) -> list[ExportItem]:
@@ -143,11 +146,15 @@ def export_items(
         return sample_items(find_samples(dataset))
     mapping = load_mapping(mapping_path)
     files = image_files(dataset)
-    missing = [f.name for f in files if f.name not in mapping]
-    if missing:
-        raise DatasetError(f"{len(missing)} image(s) of {dataset} are not in {mapping_path}, e.g. {missing[0]}")
+    from .stacks import PLANE_SEPARATOR, mapped_items  # planes of stacks are listed as <file>#<plane>
+
     present = {f.name for f in files}
-    gone = [name for name in mapping if name not in present]
+
+    def listed_file(key: str) -> str:
+        name, sep, plane = key.rpartition(PLANE_SEPARATOR)
+        return name if sep and plane.isdigit() and key not in present else key
+
+    gone = [key for key in mapping if listed_file(key) not in present]
     if gone and not allow_missing:
         raise DatasetError(
             f"{len(gone)} image(s) listed in {mapping_path} are missing from {dataset}, e.g. {gone[0]}; "
@@ -155,18 +162,7 @@ def export_items(
         )
     if absent is not None:
         absent.extend(gone)
-    items = [
-        ExportItem(mapping[f.name]["id"], f.name, f, (mapping[f.name]["height"], mapping[f.name]["width"]))
-        for f in files
-    ]
-    for item in items:  # headers only: a wrong size stops the export before any image is segmented
-        height, width = read_image_size(item.path)
-        if (height, width) != item.shape:
-            raise DatasetError(
-                f"{item.path} is {height}x{width} but the mapping file says {item.shape[0]}x{item.shape[1]} "
-                f"({mapping_path})"
-            )
-    return items
+    return mapped_items(files, mapping, mapping_path)  # checks sizes before any image is segmented
 
 
 def iter_export(
@@ -214,7 +210,7 @@ def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, til
             if item.name not in done:
                 if should_stop is not None and should_stop():
                     return None
-                image = read_image(item.path)
+                image = read_image(item.path) if item.plane is None else read_plane(item.path, item.plane)
                 if item.shape is not None and tuple(image.shape[:2]) != tuple(item.shape):
                     raise DatasetError(
                         f"{item.path} is {image.shape[0]}x{image.shape[1]} but the mapping file says "

@@ -1,0 +1,113 @@
+"""Segment dock on a stack: a real worker, one stacked Labels layer per class, sliders over every plane."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cellseg import _widget_segment, inference
+from napari_cellseg._gui_session import Device
+from napari_cellseg._gui_stack import is_stack
+from napari_cellseg._widget_segment import SegmentWidget
+from napari_cellseg.checkpoint import save_checkpoint
+from napari_cellseg.model import ModelConfig, build_model
+from napari_cellseg.stacks import to_stack_labels
+
+SCREENS = Path(os.environ.get("CELLSEG_SCREENS", "/work/screens/14"))
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> Path:
+    from napari_cellseg._torch import torch
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=10,
+                         box_score_thresh=0.0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "untrained.pt", build_model(config), config)
+
+
+def _movie(planes=5) -> np.ndarray:
+    """Bright discs drifting over a dark background, one position per plane."""
+    yy, xx = np.mgrid[:64, :72]
+    movie = np.full((planes, 64, 72), 20, np.uint16)
+    for p in range(planes):
+        for cy, cx in ((16, 14 + 3 * p), (44, 50 - 2 * p)):
+            movie[p][(yy - cy) ** 2 + (xx - cx) ** 2 <= 64] = 3000
+    return movie
+
+
+def test_is_stack_follows_napari_dims(make_napari_viewer):
+    viewer = make_napari_viewer()
+    assert is_stack(viewer.add_image(np.zeros((3, 20, 30))))
+    assert is_stack(viewer.add_image(np.zeros((3, 20, 30, 3), np.uint8), rgb=True))
+    assert not is_stack(viewer.add_image(np.zeros((20, 30, 3), np.uint8), rgb=True))
+    assert not is_stack(viewer.add_image(np.zeros((20, 30))))
+
+
+def test_stack_layer_gives_stacked_labels_and_sliders_redraw_every_plane(make_napari_viewer, qtbot, untrained,
+                                                                        monkeypatch):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    widget.checkpoint.value, widget.device.value = untrained, Device.cpu
+    widget.score.value, widget.mask.value = 0.0, 0.3
+    movie = _movie()
+    layer = viewer.add_image(movie, name="movie", scale=(1, 0.5, 0.5))
+    widget.image.value = layer
+    seen = []
+    widget.run_button.clicked()  # a real worker thread
+    widget._worker.yielded.connect(seen.append)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert widget.progress.native.format() == "done" and seen[-1] == (5, 5)
+    shown = widget.stack_view.current
+    assert len(shown.result.planes) == 5
+    for k in (1, 2):
+        labels = viewer.layers[f"class{k} (stack)"]
+        assert labels.data.shape == (5, 64, 72) and tuple(labels.scale) == (1, 0.5, 0.5)
+        np.testing.assert_array_equal(labels.data, to_stack_labels(shown.result, 0.0, 0.3, [k])[k])
+    viewer.dims.set_point(0, 3)
+    viewer.window._qt_window.resize(1300, 760)
+    viewer.reset_view()
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(SCREENS / "segment_stack.png"), canvas_only=False)
+
+    monkeypatch.setattr(inference, "iter_predict", lambda *a, **k: pytest.fail("the network ran again"))
+    widget.mask.value = 0.6
+    for k in (1, 2):  # every plane re-thresholded from the cached raw instances
+        expected = to_stack_labels(shown.result, 0.0, 0.6, [k])[k]
+        np.testing.assert_array_equal(viewer.layers[f"class{k} (stack)"].data, expected)
+    ids = [set(np.unique(viewer.layers[f"class{k} (stack)"].data)) - {0} for k in (1, 2)]
+    assert not ids[0] & ids[1]  # one id, one instance, across planes and classes
+
+
+def test_stack_edits_are_not_silently_overwritten(make_napari_viewer, untrained, monkeypatch):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.checkpoint.value, widget.device.value, widget.synchronous = untrained, Device.cpu, True
+    widget.score.value, widget.mask.value = 0.0, 0.3
+    widget.image.value = viewer.add_image(_movie(2), name="movie")
+    widget.run_button.clicked()
+    asked = []
+    monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names: asked.append(names) or False)
+    class1 = viewer.layers["class1 (stack)"]
+    class1.paint((1, 60, 70), 999, refresh=True)
+    widget.mask.value = 0.5
+    assert asked == [["class1 (stack)"]] and class1.data[1, 60, 70] == 999  # kept, as the user chose
+    widget.run_button.clicked()  # a re-run asks again; "no" puts the new result in new layers
+    assert asked[-1] == ["class1 (stack)"] and class1.data[1, 60, 70] == 999
+    assert widget.stack_view.current.layers[1] is not class1 and class1 in viewer.layers
+
+
+def test_cancel_stops_between_planes(make_napari_viewer, untrained):
+    from napari_cellseg._gui_stack import stack_events
+    from napari_cellseg.checkpoint import load_model
+
+    calls = []
+    events = stack_events(lambda: (*load_model(untrained), "cpu"), _movie(4), lambda: len(calls) >= 1)
+    calls.append(next(events))
+    with pytest.raises(StopIteration) as stopped:
+        next(events)
+    assert calls == [(1, 4)] and stopped.value.value is None

@@ -1,0 +1,183 @@
+"""Stacks: axes, plane-by-plane prediction with stack-wide ids, label stacks, planes in exports."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cellseg import pipeline, stacks
+from napari_cellseg.cli import main
+from napari_cellseg.errors import DatasetError
+from napari_cellseg.images import read_image
+from napari_cellseg.inference import predict
+from napari_cellseg.model import ModelConfig, build_model
+from napari_cellseg.postprocess import to_labels
+
+SHAPE = (40, 48)
+
+
+@pytest.fixture(scope="module")
+def model(one_thread):
+    from napari_cellseg._torch import torch
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0, detections_per_img=10)
+    return build_model(config).eval()
+
+
+def _movie(path, planes=3, axes="TYX"):
+    data = np.random.default_rng(planes).integers(0, 255, (planes, *SHAPE), dtype=np.uint8)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": axes})
+    return data
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "expected"),
+    [
+        ((5, 40, 48), "TYX", 0),
+        ((3, 40, 48), "ZYX", 0),  # named: planes even when short
+        ((5, 2, 40, 48), "ZCYX", 0),
+        ((5, 40, 48), "QYX", 0),  # no metadata, longer than 4: planes
+        ((3, 40, 48), "QYX", None),  # no metadata, short: colour channels, as for one image
+        ((2, 40, 48, 3), "IYXS", 0),  # a separate colour axis: the first one is planes
+        ((40, 48, 3), "YXS", None),
+        ((1, 1, 40, 48), "TZYX", None),
+    ],
+)
+def test_plane_axis_follows_the_documented_rule(shape, axes, expected):
+    assert stacks.plane_axis(shape, axes) == expected
+
+
+def test_time_and_slices_together_are_refused():
+    with pytest.raises(DatasetError, match="both time points and slices"):
+        stacks.plane_axis((3, 4, 40, 48), "TZYX")
+
+
+def test_read_stack_keeps_planes_and_axis_while_read_image_still_refuses(tmp_path):
+    data = _movie(tmp_path / "movie.tif", planes=5)
+    stack = stacks.read_stack(tmp_path / "movie.tif")
+    assert (len(stack), stack.axis) == (5, "T")
+    assert np.array_equal(stack.plane(2), np.repeat(data[2][:, :, None], 3, axis=2))
+    assert stacks.stack_size(tmp_path / "movie.tif") == (5, *SHAPE)
+    with pytest.raises(DatasetError, match="this is a stack"):
+        read_image(tmp_path / "movie.tif")
+    tifffile.imwrite(tmp_path / "one.tif", data[0])
+    assert len(stacks.read_stack(tmp_path / "one.tif")) == 1
+
+
+def test_planes_are_segmented_alone_and_ids_are_unique_across_the_stack(tmp_path, model):
+    _movie(tmp_path / "movie.tif", planes=3)
+    stack = stacks.read_stack(tmp_path / "movie.tif")
+    steps = stacks.iter_predict_stack(model, stack)
+    progress = []
+    while True:
+        try:
+            progress.append(next(steps))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    labels = stacks.to_stack_labels(result, 0.0, 0.3, classes=[1, 2])
+    assert labels[1].shape == (3, *SHAPE) and labels[1].dtype == np.int32
+    seen = [set(np.unique(labels[k][p])) - {0} for p in range(3) for k in (1, 2)]
+    assert sum(len(s) for s in seen) == len(set().union(*seen)) > 0  # no id in two planes or classes
+    offset = 0
+    for p in range(3):  # each plane is exactly the single-image result, ids shifted
+        alone = to_labels(predict(model, stack.plane(p)), 0.0, 0.3, classes=[1, 2])
+        for k in (1, 2):
+            assert np.array_equal(labels[k][p], np.where(alone[k] > 0, alone[k] + offset, 0))
+        offset += len(result.planes[p])
+    assert len(stacks.stack_scores(result)) == len(result) == offset
+
+
+def test_raw_instances_stay_compact(tmp_path, model):
+    _movie(tmp_path / "movie.tif", planes=2)
+    result = stacks.predict_stack(model, stacks.read_stack(tmp_path / "movie.tif"))
+    full_size = len(result) * SHAPE[0] * SHAPE[1] * 4  # one float mask per instance
+    assert len(result) > 0 and result.nbytes < full_size / 4
+
+
+def test_cancel_stops_between_planes(tmp_path, model):
+    _movie(tmp_path / "movie.tif", planes=3)
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 2  # before plane 1, during plane 1 (one tile), then stop
+
+    steps = stacks.iter_predict_stack(model, stacks.read_stack(tmp_path / "movie.tif"), should_stop=stop)
+    assert next(steps) == (1, 3)
+    with pytest.raises(StopIteration) as stopped:
+        next(steps)
+    assert stopped.value.value is None
+
+
+def test_label_stack_round_trips_with_its_axis(tmp_path):
+    labels = np.arange(2 * 8 * 10, dtype=np.int32).reshape(2, 8, 10)
+    stacks.write_stack_labels(tmp_path / "l.tif", labels, "Z")
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        assert tif.series[0].axes == "ZYX"
+        assert np.array_equal(tif.series[0].asarray(), labels)
+
+
+def test_cli_predict_writes_a_label_stack_per_class(tmp_path, model):
+    from napari_cellseg.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.pt", model, ModelConfig(arch="resnet18", class_names=["class1", "class2"],
+                                                        box_score_thresh=0.0, detections_per_img=10))
+    _movie(tmp_path / "movie.tif", planes=5)
+    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "movie.tif"), "--out", str(tmp_path / "out"),
+                 "--score-thresh", "0", "--mask-thresh", "0.3", "--device", "cpu", "--link"]) == 0
+    for name in ("class1", "class2"):
+        with tifffile.TiffFile(tmp_path / "out" / f"movie_{name}.tif") as tif:
+            assert (tif.series[0].axes, tif.series[0].shape) == ("TYX", (5, *SHAPE))
+
+
+def test_export_names_planes_file_hash_plane(tmp_path, model):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    data = _movie(folder / "movie.tif", planes=2)
+    tifffile.imwrite(folder / "still.tif", data[1])  # the same pixels as plane 1, saved alone
+    entries = stacks.folder_mapping(pipeline.image_files(folder))
+    assert [(e["file_name"], e["id"]) for e in entries] == [("movie.tif#0", 1), ("movie.tif#1", 2), ("still.tif", 3)]
+    (tmp_path / "map.json").write_text(json.dumps(entries))
+    items = pipeline.export_items(folder, tmp_path / "map.json")
+    assert [(i.name, i.plane) for i in items] == [("movie.tif#0", 0), ("movie.tif#1", 1), ("still.tif", None)]
+    out = tmp_path / "results.json"
+    list(pipeline.iter_export(model, items, out, score_thresh=0.0, mask_thresh=0.3))
+    results = json.loads(out.read_text())
+    by_image = {i: [{k: v for k, v in r.items() if k != "image_id"} for r in results if r["image_id"] == i]
+                for i in (1, 2, 3)}
+    assert by_image[2] == by_image[3] and by_image[2]  # a plane exports as the same image saved alone
+
+
+def test_mapping_that_lists_a_missing_plane_is_refused(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _movie(folder / "movie.tif", planes=2)
+    entries = [{"file_name": f"movie.tif#{p}", "id": p + 1, "height": SHAPE[0], "width": SHAPE[1]} for p in (0, 2)]
+    (tmp_path / "map.json").write_text(json.dumps(entries))
+    with pytest.raises(DatasetError, match="has 2 plane"):
+        pipeline.export_items(folder, tmp_path / "map.json")
+    (tmp_path / "map.json").write_text(json.dumps([]))
+    with pytest.raises(DatasetError, match="movie.tif#0"):
+        pipeline.export_items(folder, tmp_path / "map.json")
+
+
+def _disc(cy, cx, r=6, shape=SHAPE):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_link_over_time_keeps_a_moving_cells_id_and_gives_new_cells_theirs():
+    movie = np.zeros((3, *SHAPE), np.int32)
+    movie[0][_disc(10, 10)] = 1
+    movie[0][_disc(30, 30)] = 2  # vanishes after plane 0
+    movie[1][_disc(10, 12)] = 3  # plane 0's cell 1, moved by 2 px
+    movie[1][_disc(30, 40)] = 4  # a new cell, far from cell 2
+    movie[2][_disc(10, 14)] = 5
+    movie[2][_disc(31, 40)] = 6
+    linked = stacks.link_over_time({1: movie.copy()})[1]
+    assert [sorted(set(np.unique(linked[t])) - {0}) for t in range(3)] == [[1, 2], [1, 4], [1, 4]]
+    assert np.array_equal(linked > 0, movie > 0)  # only the ids change, never the masks
