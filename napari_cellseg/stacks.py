@@ -86,7 +86,7 @@ def read_stack(path: str | os.PathLike) -> Stack:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, axes = tuple(series.shape), series.axes
-            index = plane_axis(shape, axes)
+            index = _file_plane_axis(path, shape, axes)
             if index is None:
                 return Stack(read_image(path)[None])
             _check_size(path, *_plane_size(shape, axes), "image")
@@ -113,12 +113,20 @@ def stack_size(path: str | os.PathLike) -> tuple[int, int, int]:
                 shape, axes = tuple(tif.series[0].shape), tif.series[0].axes
         except Exception as exc:
             raise DatasetError(f"{path}: not a readable TIFF image (damaged or truncated?): {exc}") from None
-        index = plane_axis(shape, axes)
+        index = _file_plane_axis(path, shape, axes)
         if index is not None:
             return (shape[index], *_plane_size(shape, axes))
     from .images import read_image_size
 
     return (1, *read_image_size(path))
+
+
+def _file_plane_axis(path: Path, shape: tuple[int, ...], axes: str) -> int | None:
+    """``plane_axis``, its refusal naming the file."""
+    try:
+        return plane_axis(shape, axes)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
 
 
 def _plane_size(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
@@ -345,7 +353,7 @@ def _single(path: Path) -> bool:
     if not _is_tiff(path, "image"):
         return True
     with tifffile.TiffFile(path) as tif:
-        return plane_axis(tuple(tif.series[0].shape), tif.series[0].axes) is None
+        return _file_plane_axis(path, tuple(tif.series[0].shape), tif.series[0].axes) is None
 
 
 def item_image(item) -> np.ndarray:

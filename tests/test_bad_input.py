@@ -141,10 +141,11 @@ def test_huge_declared_size_is_refused_before_allocating(maker, tmp_path):
 
 
 def test_bad_image_in_predict_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys):
-    path = badfiles.z_stack(tmp_path / "stack.tif")
+    path = tmp_path / "stack.tif"  # predict takes T or Z stacks (stacks.py), not both at once
+    tifffile.imwrite(path, np.zeros((2, 3, 64, 80), np.uint8), imagej=True, metadata={"axes": "TZYX"})
     out = tmp_path / "out"
     message = cli_error(capsys, "predict", checkpoint, path, "--out", out, "--device", "cpu", progress=True)
-    assert_names(message, path, "stack")
+    assert_names(message, path, "time points and slices")
     assert not out.exists()
 
 
