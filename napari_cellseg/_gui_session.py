@@ -97,6 +97,7 @@ class Session:
 
     last_checkpoint: Path | None = None
     folder_results: list = field(default_factory=list)  # list[ImageResult]
+    folder_exported: bool = False  # the folder review was exported and not edited since
     score_thresh: float = 0.5
     mask_thresh: float = 0.6
 
@@ -120,6 +121,9 @@ class Failed:
 
 def one_line(exc: BaseException) -> str:
     """The first line of an error's message (the core writes them for the user)."""
+    if isinstance(exc, OSError) and exc.strerror:  # not "[Errno 2] ...": the reason, then the file
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror[0].lower()}{exc.strerror[1:]}{where}"
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     if isinstance(exc, CellsegError) and first:
