@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("results")
     v.add_argument("ground_truth", help="folder of samples with classK.tif (e.g. dataset/val)")
     v.add_argument("--max-dets", type=_positive_int, default=1000, help="detections per image evaluated")
+    v.add_argument("--mapping", help="image name -> id file the results were numbered with (default: the "
+                   "samples numbered 1..n by name, as export writes them)")
 
     d = sub.add_parser("demo", help="train briefly on the shipped sample data, export and evaluate")
     d.add_argument("--out", default="cellseg-demo", help="folder for the checkpoint and JSON files")

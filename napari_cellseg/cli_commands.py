@@ -12,14 +12,14 @@ from tqdm import tqdm
 
 from .atomic import folder_problem
 from .checkpoint import load_model
-from .coco import read_results
-from .data import dataset_classes, find_samples
+from .data import find_samples
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
 from .errors import DatasetError
 from .images import read_image, write_labels
 from .inference import resolve_device
-from .metrics import evaluate as evaluate_results, format_metrics
-from .pipeline import export_items, iter_export, samples_ground_truth, image_files, segment_image
+from .evaluation import evaluate_file
+from .metrics import format_metrics
+from .pipeline import export_items, iter_export, image_files, segment_image
 from .sample_data import SAMPLE_DATASET
 
 
@@ -102,19 +102,10 @@ def export(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    samples = find_samples(args.ground_truth)
-    names = [f"class{k}" for k in range(1, max(dataset_classes(samples), default=1) + 1)]
-    gt = samples_ground_truth(samples, names)
-    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
-    results = read_results(args.results, num_classes=len(names), image_sizes=sizes)
-    known = set(sizes)
-    stray = {r["image_id"] for r in results} - known
-    if stray:
-        raise DatasetError(
-            f"{args.results} has image ids {sorted(stray)[:5]} that {args.ground_truth} does not "
-            f"(its {len(known)} samples are numbered 1..{len(known)} in name order)"
-        )
-    print(format_metrics(evaluate_results(gt, results, max_dets=args.max_dets)))
+    """Results matched to the ground-truth samples by file name (``evaluation.evaluate_file``)."""
+    metrics = evaluate_file(args.results, args.ground_truth, mapping=getattr(args, "mapping", None),
+                            max_dets=args.max_dets)
+    print(format_metrics(metrics))
     return 0
 
 
@@ -142,7 +133,7 @@ def demo(args: argparse.Namespace) -> int:
     val_json = out / "val-results.json"
     _drain(iter_export(model, export_items(SAMPLE_DATASET / "val"), val_json, score_thresh=0.05,
                        resume=False), "export val")
-    metrics = evaluate_results(samples_ground_truth(val, config.class_names), read_results(val_json))
+    metrics = evaluate_file(val_json, SAMPLE_DATASET / "val")
     print(format_metrics(metrics))
     print(f"demo AP50 on the {len(val)} sample val images: {metrics['AP50']:.3f}")
     return 0
