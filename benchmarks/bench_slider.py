@@ -109,7 +109,7 @@ def main() -> None:
     print(f"  CPU time of the process for a move, to the repaint: median {figures['end_to_end_cpu_median_ms']:.1f} ms "
           f"(wall time counts waits for the CPU too: load average {figures['load_average_1min']:.1f})")
     if profiler is not None:
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     print(json.dumps(figures))
     viewer.close()
 
