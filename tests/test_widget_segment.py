@@ -83,6 +83,7 @@ def test_edits_are_never_silently_overwritten(make_napari_viewer, monkeypatch):
     np.testing.assert_array_equal(class2.data, expected(widget, 2))  # the unedited layer follows
     widget.mask.value = 0.3
     assert len(asked) == 1  # the answer holds while the user keeps dragging
+    assert "class1 (image): your edits are kept" in widget.status.value
 
     class1.fill((10, 10), 0)  # delete an instance: a new edit, so the next move asks again
     assert not (class1.data == 1).any()
@@ -91,6 +92,7 @@ def test_edits_are_never_silently_overwritten(make_napari_viewer, monkeypatch):
     assert asked[-1] == ["class1 (image)"] and len(asked) == 2
     np.testing.assert_array_equal(class1.data, expected(widget, 1))
     assert 9 not in set(class1.features["index"]) and not widget.current.edited
+    assert "kept" not in widget.status.value  # after "Discard" the status says so no more
 
     class1.data = np.zeros_like(class1.data)  # replaced by a script or another plugin
     assert widget.current.edited == {1}
