@@ -80,6 +80,11 @@ class ImageResult:
         return labels, scores
 
 
+def short_name(name: str, width: int = 28) -> str:
+    """A long file name (DSB2018's are 64-character hashes) shortened in the middle for a dock."""
+    return name if len(name) <= width else f"{name[: width // 2 - 1]}...{name[-(width // 2 - 2):]}"
+
+
 def _display_name(path: Path | None) -> str:
     if path is None:
         return "image"

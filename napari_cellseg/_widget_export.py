@@ -22,7 +22,7 @@ from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QHeaderView, QMessageBox, QTableWidget, QTableWidgetItem
 
 from . import _gui_session
-from ._gui_session import path_or_none
+from ._gui_session import path_or_none, short_name
 from ._reader import GROUND_TRUTH, IMAGE_NAME, PREDICTION, layer_meta, read_json_list
 from ._tooltips import EXPORT as TIPS
 from ._writer import ImageLabels, group_layers, is_sample_image, to_results
@@ -42,7 +42,7 @@ def ask_several(parent, names: list[str]) -> bool:
 
 def covered(groups: list[ImageLabels]) -> str:
     """'3 images (a.tif, b.tif, c.tif)': which images an export or evaluation covers."""
-    names = [image_name(g.source) if g.source is not None else "an unnamed image" for g in groups]
+    names = [short_name(image_name(g.source)) if g.source is not None else "an unnamed image" for g in groups]
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     return f"{len(names)} image{'s' if len(names) != 1 else ''} ({shown})"
 
@@ -213,6 +213,8 @@ class ExportWidget(Container):
 
     def evaluate(self) -> None:
         self.status.value = ""
+        self.metrics = None
+        self.table.setRowCount(0)  # no figures of an earlier evaluation next to a new message
         try:
             groups, class_names = self.collect()
         except _gui_session.USER_ERRORS as exc:

@@ -14,23 +14,22 @@ Where things go, in one hop:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, ProgressBar, PushButton
-from napari.layers import Image, Labels
+from napari.layers import Image
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QMessageBox
+from qtpy.QtWidgets import QComboBox, QMessageBox
 
 from . import _gui_session
 from ._gui_session import Device, ImageResult, path_or_none
-from ._reader import META, PREDICTION, features_table, labels_layer_kwargs, layer_meta
+from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from ._segment_jobs import folder_events, folder_images, painted_values, predict_events
+from ._segment_layers import REVIEW, Shown, review_image, update_labels
 from ._tooltips import SEGMENT as TIPS
 from ._writer import scores_from_features
 
-REVIEW = "review"  # the role of the one image layer a folder review steps through
 NEW_FOLDER_TEXT = (
     "You edited {names} in the folder review and have not exported them since. A new folder run "
     "replaces that review.\n\nDiscard those edits (Yes) or keep reviewing (No)?"
@@ -42,22 +41,6 @@ def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
     text = (text or TIPS["discard"]).format(names=", ".join(names))
     answer = QMessageBox.question(parent, TIPS["discard_title"], text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
     return answer == QMessageBox.Yes
-
-
-@dataclass(eq=False)
-class Shown:
-    """One image layer's prediction layers (class id -> Labels), the result they show, edit state."""
-
-    result: ImageResult
-    image: Image
-    layers: dict[int, Labels]
-    edited: set[int] = field(default_factory=set)  # edited since the last redraw
-    kept: set[int] = field(default_factory=set)  # the user chose to keep these edits
-    model_tables: set[int] = field(default_factory=set)  # layers whose features are the model's scores
-
-    def live(self, viewer) -> dict[int, Labels]:
-        """The layers still in the viewer (the user may delete any of them)."""
-        return {k: layer for k, layer in self.layers.items() if layer in viewer.layers}
 
 
 class SegmentWidget(Container):
@@ -85,6 +68,9 @@ class SegmentWidget(Container):
         self.extend([self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score, self.mask,
                      self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
+        for box in (self.image, self.review):  # long file names must not widen the dock
+            box.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            box.native.setMinimumContentsLength(12)
         self.progress.native.setFormat("idle")
         self.sets: list[Shown] = []  # one per segmented image layer
         self.current: Shown | None = None
@@ -129,7 +115,7 @@ class SegmentWidget(Container):
     def _review_choices(self, _widget=None) -> list[tuple[str, int]]:
         """Read from the session each time, so napari's reset on any layer change keeps them."""
         results = self.session.folder_results
-        return [(f"{i + 1}/{len(results)}  {r.name}", i) for i, r in enumerate(results)]
+        return [(f"{i + 1}/{len(results)}  {_gui_session.short_name(r.name)}", i) for i, r in enumerate(results)]
 
     def _on_new_checkpoint(self, path) -> None:
         if path is not None:
@@ -272,7 +258,7 @@ class SegmentWidget(Container):
         """Put ``result`` on screen in its image's set of layers (made, or reused and renamed);
         the other images' layers are hidden, so only this image's cells are visible."""
         if image_layer is None:
-            image_layer = self._review_image(result)
+            image_layer = review_image(self.viewer, result)
         shown = next((s for s in self.sets if s.image is image_layer), None)
         if shown is not None and shown.result is not result:
             if layer_meta(image_layer).get("role") != REVIEW and shown.edited:  # a re-run on this image
@@ -305,21 +291,6 @@ class SegmentWidget(Container):
                 if layer in self.viewer.layers:
                     layer.visible = other is shown
         self._redraw(shown, reviewed=result.reviewed)
-
-    def _review_image(self, result: ImageResult) -> Image:
-        """The folder review's one image layer, showing (and named after) ``result``'s image."""
-        from ._reader import image_layer as image_tuple
-        from .images import read_image
-
-        data, kwargs, _ = image_tuple(read_image(result.path), result.path, result.name)
-        kwargs["metadata"] = {META: {**layer_meta(kwargs["metadata"]), "role": REVIEW}}
-        old = [la for la in self.viewer.layers if isinstance(la, Image) and layer_meta(la).get("role") == REVIEW]
-        if not old:
-            return self.viewer.add_image(data, **kwargs)
-        layer = old[0]
-        layer.data, layer.metadata, layer.name = data, kwargs["metadata"], kwargs["name"]
-        layer.reset_contrast_limits()
-        return layer
 
     def _slider_moved(self, _value=None) -> None:
         """Throttle a drag: a move redraws at once, then moves within ``slider_delay_ms`` only mark
@@ -367,7 +338,7 @@ class SegmentWidget(Container):
             for k, data in labels.items():
                 if k not in live:
                     continue
-                _update(live[k], data)
+                update_labels(live[k], data)
                 if k in (reviewed or {}):  # the user's table: drawn cells have score 1.0
                     table = (result.reviewed_scores or {}).get(k, model_scores)
                     live[k].features = features_table(np.array(sorted(table), np.int64), result.class_names[k - 1], table)
@@ -382,7 +353,7 @@ class SegmentWidget(Container):
         self.status.value = self._describe(shown)
 
     def _describe(self, shown: Shown) -> str:
-        text = f"{shown.result.name}: the model found {len(shown.result.raw)} cells"
+        text = f"{_gui_session.short_name(shown.result.name)}: the model found {len(shown.result.raw)} cells"
         if shown.kept:
             names = ", ".join(shown.layers[k].name for k in sorted(shown.kept))
             text += f"; {names}: your edits are kept, the sliders leave them alone until you edit again"
@@ -413,20 +384,3 @@ class SegmentWidget(Container):
         data = {k: shown.layers[k].data for k in edited}
         shown.result.reviewed = {k: (v.copy() if copy else v) for k, v in data.items()} or None
         shown.result.reviewed_scores = {k: scores_from_features(shown.layers[k].features) for k in edited} or None
-
-
-def _update(layer: Labels, data: np.ndarray) -> None:
-    """New labels into ``layer``. In place when the array fits, through napari's partial update
-    (``data_setitem``: only the changed pixels are re-coloured and sent to the GPU); ``layer.data =``
-    re-derives dims, extent and the whole texture, ~5x slower on 1000 x 1000 (bench_slider.py)."""
-    old = layer.data
-    if not (isinstance(old, np.ndarray) and old.shape == data.shape and old.dtype == data.dtype) or old is data:
-        layer.data = data
-        return
-    flat = np.flatnonzero(old != data)  # ~2x faster than a 2-D np.nonzero
-    if flat.size:
-        changed = np.divmod(flat, data.shape[1])
-        layer.data_setitem(changed, data.ravel()[flat])
-        reset = getattr(layer, "_reset_history", None)  # a slider move is not an undoable edit
-        if reset is not None:
-            reset()
