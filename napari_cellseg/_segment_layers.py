@@ -3,6 +3,7 @@ into a Labels layer fast enough for a slider (``update_labels``, timed by ``benc
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +43,9 @@ def update_labels(layer: Labels, data: np.ndarray) -> None:
     if flat.size:
         changed = np.divmod(flat, data.shape[1])
         layer.data_setitem(changed, data.ravel()[flat])
-        reset = getattr(layer, "_reset_history", None)  # a slider move is not an undoable edit
+        with warnings.catch_warnings():  # napari flags its private API; without it, undo can revert a redraw
+            warnings.simplefilter("ignore", FutureWarning)
+            reset = getattr(layer, "_reset_history", None)  # a slider move is not an undoable edit
         if reset is not None:
             reset()
 
