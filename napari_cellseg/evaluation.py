@@ -35,6 +35,11 @@ def name_key(name: str) -> str:
     return base[: -len(base.rsplit(".", 1)[-1]) - 1] if base.lower().endswith(_SUFFIXES) else base
 
 
+def _short(name: str) -> str:
+    """DSB2018 names are 64-character hashes: the start and end identify them in a message."""
+    return name if len(name) <= 24 else f"{name[:10]}...{name[-8:]}"
+
+
 def check_class_id(class_id: int, where: str) -> None:
     """Refuse a class number no dataset has (one line, naming where it came from)."""
     if not 1 <= int(class_id) <= MAX_CLASS_ID:
@@ -82,7 +87,7 @@ def evaluate(
         raise DatasetError(f"{results_label} hold image id {unnamed[0]}, which is not one of its images' numbers")
     foreign = [result_names[i] for i in ids if name_key(result_names[i]) not in images]
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        shown = ", ".join(_short(n) for n in foreign[:2]) + (f" and {len(foreign) - 2} more" if len(foreign) > 2 else "")
         raise DatasetError(
             f"{shown} ({len(foreign)} of the {len(ids)} images of {results_label}) not in {truth_label}: these results "
             f"were made for other images (a test-set prediction against val/?); evaluate against the ground truth "

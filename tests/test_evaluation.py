@@ -31,7 +31,7 @@ def test_results_are_matched_by_name_not_by_number(tiny_dataset):
     results = perfect_results(samples, reversed_ids)
     metrics = evaluation.evaluate(results, {2: "val_0", 1: "val_1.tif"}, truth)
     assert metrics["AP"] == pytest.approx(1.0) and metrics["num_images"] == 2
-    with pytest.raises(DatasetError, match=r"test_0.tif, test_1.tif \(2 of the 2 images of the results\) not in"):
+    with pytest.raises(DatasetError, match=r"^test_0.tif, test_1.tif \(2 of the 2 images of the results\) not in"):
         evaluation.evaluate(results, {1: "test_0.tif", 2: "test_1.tif"}, truth)
     with pytest.raises(DatasetError, match="image id 1, which is not one of"):
         evaluation.evaluate(results, {2: "val_0"}, truth)
