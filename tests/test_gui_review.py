@@ -125,3 +125,25 @@ def test_a_drag_draws_only_the_latest_value(make_napari_viewer, qtbot, untrained
     assert drawn == [pytest.approx(0.1), pytest.approx(0.9)]  # the 18 stale values were dropped
     expected = widget.current.result.raw.scores >= 0.9
     assert widget.current.layers[1].data.max() <= np.flatnonzero(expected).size
+
+
+def test_a_new_folder_run_asks_before_dropping_unexported_edits(make_napari_viewer, tiny_dataset, untrained, monkeypatch):
+    from napari_cellseg._gui_session import ImageResult
+    from napari_cellseg.inference import RawInstances
+
+    viewer = make_napari_viewer()
+    widget = docked(viewer, untrained)
+    session = session_for(viewer)
+    raw = RawInstances(np.zeros((0, 4)), [], [], [], (64, 80))
+    edited = ImageResult(tiny_dataset / "test_release" / "test_0.tif", raw, ["class1"], {1: np.ones((64, 80), np.int32)})
+    session.folder_results = [edited]
+    asked = []
+    monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names, text=None: asked.append(names) or False)
+    widget.folder.value = tiny_dataset / "test_release"
+    widget.start_folder()
+    assert asked == [["test_0.tif"]] and session.folder_results == [edited] and widget._worker is None
+    assert widget.status.value.startswith("kept the folder review")
+    session.folder_exported = True  # exported: a new run goes ahead without asking
+    widget.synchronous = True
+    widget.start_folder()
+    assert len(asked) == 1 and [r.name for r in session.folder_results] == ["test_0.tif", "test_1.tif"]
