@@ -80,6 +80,11 @@ class ImageResult:
         return labels, scores
 
 
+def short_name(name: str, width: int = 28) -> str:
+    """A long file name (DSB2018's are 64-character hashes) shortened in the middle for a dock."""
+    return name if len(name) <= width else f"{name[: width // 2 - 1]}...{name[-(width // 2 - 2):]}"
+
+
 def _display_name(path: Path | None) -> str:
     if path is None:
         return "image"
@@ -97,6 +102,7 @@ class Session:
 
     last_checkpoint: Path | None = None
     folder_results: list = field(default_factory=list)  # list[ImageResult]
+    folder_exported: bool = False  # the folder review was exported and not edited since
     score_thresh: float = 0.5
     mask_thresh: float = 0.6
 
@@ -120,6 +126,9 @@ class Failed:
 
 def one_line(exc: BaseException) -> str:
     """The first line of an error's message (the core writes them for the user)."""
+    if isinstance(exc, OSError) and exc.strerror:  # not "[Errno 2] ...": the reason, then the file
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror[0].lower()}{exc.strerror[1:]}{where}"
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     if isinstance(exc, CellsegError) and first:

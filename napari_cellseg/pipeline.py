@@ -23,7 +23,7 @@ from .data import Sample, find_samples, read_sample
 from .errors import DatasetError
 from .images import read_image
 from .inference import predict
-from .metrics import evaluate
+from .evaluation import evaluate as evaluate_by_name
 from .postprocess import instance_scores, to_labels
 from .stacks import read_plane
 
@@ -80,7 +80,8 @@ def validate(
     if rank != 0:
         return {}
     gt = ground_truth(sorted(all_items, key=lambda item: item[0]), class_names)
-    return evaluate(gt, all_results, max_dets=max_dets)
+    names = {image_id: name for image_id, name, _ in all_items}
+    return evaluate_by_name(all_results, names, gt, class_names=class_names, max_dets=max_dets)
 
 
 @dataclass(frozen=True)

@@ -369,10 +369,10 @@ RESULT_CASES = {  # case -> (file content, words)
     "RLE runs do not fit its size": ([_result(segmentation={"size": [64, 80], "counts": [100, 5]})],
                                      ("entry 0", "bad segmentation", "105 pixels")),
     "RLE garbage": ([_result(segmentation={"size": [64, 80], "counts": "\x01\x02"})], ("bad segmentation",)),
-    "unknown category": ([_result(), _result(category_id=9)], ("entry 1", "category 9 is not one of 1..2")),
+    "absurd category": ([_result(), _result(category_id=20000)], ("entry 1", "class 20000 is not a class number")),
     "score NaN": ('[{"image_id": 1, "category_id": 1, "score": NaN, "segmentation": {"size": [64, 80], '
                   '"counts": [5120]}}]', ("score must be a finite number",)),
-    "image id not in the ground truth": ([_result(image_id=42)], ("42",)),
+    "image id not in the ground truth": ([_result(image_id=42)], ("image id 42",)),
 }
 
 
