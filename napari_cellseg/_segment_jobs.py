@@ -15,6 +15,34 @@ import numpy as np
 from ._gui_session import ImageResult
 
 
+CHECKPOINT_FILE = "a checkpoint file..."
+"""The Segment dock's model choice that uses the file picked below it rather than a built-in model."""
+
+
+def model_choices() -> list[str]:
+    from .pretrained import builtin_models
+
+    return [*builtin_models(), CHECKPOINT_FILE]
+
+
+def first_model() -> str:
+    """The built-in model for a user who has none of their own yet."""
+    from .pretrained import DEFAULT_MODEL, builtin_models
+
+    return DEFAULT_MODEL if DEFAULT_MODEL in builtin_models() else CHECKPOINT_FILE
+
+
+def model_file(choice: str, checkpoint: Path | None) -> Path:
+    """The file behind the dock's model choice; a missing choice is one line for the user."""
+    from .pretrained import builtin_models
+
+    if choice != CHECKPOINT_FILE:
+        return builtin_models()[choice].path
+    if checkpoint is None:
+        raise ValueError("choose a model file (.pt) first, pick the built-in model, or train one in the Train tab")
+    return checkpoint
+
+
 def predict_events(loader, image_data, stop, tile_size: int = 1024, flip: bool = False) -> Iterator[tuple[int, int]]:
     """Yield (tiles done, tiles) while predicting; return (RawInstances, class names) or None if stopped."""
     from .images import to_rgb_uint8

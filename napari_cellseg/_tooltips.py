@@ -55,6 +55,11 @@ TRAIN = {
 }
 
 SEGMENT = {
+    "model": (
+        "The model that finds the cells. 'nuclei' is built in (trained on the DSB2018 nuclei images, "
+        "fluorescence and stained): it works before any training. Pick 'a checkpoint file...' for a "
+        "model you trained; after training here, your new model is chosen for you."
+    ),
     "checkpoint": (
         "The trained model file (.pt). After training in this window it is filled in with the "
         "model you just trained."

@@ -25,7 +25,9 @@ from qtpy.QtWidgets import QComboBox, QMessageBox
 from . import _gui_session, _gui_stack
 from ._gui_session import Device, ImageResult, path_or_none
 from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
-from ._segment_jobs import folder_events, folder_images, painted_values, predict_events
+from ._segment_jobs import (
+    CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values, predict_events,
+)
 from ._segment_layers import REVIEW, Shown, review_image, update_labels
 from ._tooltips import SEGMENT as TIPS
 from ._writer import scores_from_features
@@ -53,7 +55,8 @@ class SegmentWidget(Container):
         self.synchronous = False
         self.tile_size = 1024  # larger images are segmented tile by tile (inference.iter_predict)
         self.slider_delay_ms = 30  # a drag redraws at most once per delay, always with the latest value
-        self.checkpoint = FileEdit(mode="r", filter="*.pt", label="model", tooltip=TIPS["checkpoint"])
+        self.model = ComboBox(choices=model_choices(), value=first_model(), label="model", tooltip=TIPS["model"])
+        self.checkpoint = FileEdit(mode="r", filter="*.pt", label="checkpoint", tooltip=TIPS["checkpoint"])
         self.image = ComboBox(choices=self._image_layers, label="image", tooltip=TIPS["image"])
         self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
         self.flip = CheckBox(value=False, text="test-time flips (2x slower)", tooltip=TIPS["flip"])
@@ -65,8 +68,8 @@ class SegmentWidget(Container):
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
         self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])
         self.status = Label(value="", label="status")
-        self.extend([self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score, self.mask,
-                     self.folder, self.folder_button, self.review, self.progress, self.status])
+        self.extend([self.model, self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score,
+                     self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
         for box in (self.image, self.review):  # long file names must not widen the dock
             box.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
@@ -82,6 +85,9 @@ class SegmentWidget(Container):
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._timer_fired)
         self._due = False
+        self.checkpoint.visible = self.model.value == CHECKPOINT_FILE
+        self.model.changed.connect(lambda value: setattr(self.checkpoint, "visible", value == CHECKPOINT_FILE))
+        self.checkpoint.changed.connect(self._checkpoint_chosen)
         self.run_button.changed.connect(lambda: self._toggle(self.run_button, self.start))
         self.folder_button.changed.connect(lambda: self._toggle(self.folder_button, self.start_folder))
         self.score.changed.connect(self._slider_moved)
@@ -123,14 +129,18 @@ class SegmentWidget(Container):
             self.checkpoint.value = Path(path)
             self.status.value = f"using the model just trained: {path}"
 
+    def _checkpoint_chosen(self, _value=None) -> None:
+        """Choosing a file means using it: the model choice follows (a built-in name is one click back)."""
+        if path_or_none(self.checkpoint) is not None:
+            self.model.value = CHECKPOINT_FILE
+
     def _loader(self):
         """A function the worker calls to get (model, config, device); errors name the file."""
         from .checkpoint import load_model
         from .devices import resolve_device
 
-        path, device_name = path_or_none(self.checkpoint), self.device.value.value
-        if path is None:
-            raise ValueError("choose a model file (.pt) first, or train one in the Train tab")
+        device_name = self.device.value.value
+        path = model_file(self.model.value, path_or_none(self.checkpoint))
 
         def load():
             device = resolve_device(device_name)

@@ -654,7 +654,7 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):
     out = tmp_path / "mine"
     (out / "run").mkdir(parents=True)
     (out / "run" / "precious.tif").write_bytes(b"a week of annotation")
-    message = cli_error(capsys, "demo", "--out", out, "--steps", "1", "--device", "cpu")
+    message = cli_error(capsys, "demo", "--out", out, "--device", "cpu")
     assert_names(message, out, "did not make", "new or empty folder")
     assert (out / "run" / "precious.tif").read_bytes() == b"a week of annotation"
     assert sorted(p.name for p in out.rglob("*")) == ["precious.tif", "run"]

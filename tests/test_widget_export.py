@@ -16,7 +16,7 @@ from napari_cellseg.coco import ground_truth, write_json
 from napari_cellseg.rle import decode_mask
 from napari_cellseg.data import find_samples, read_sample
 from napari_cellseg.images import read_image
-from napari_cellseg.inference import RawInstances
+from napari_cellseg.raw import RawInstances
 
 
 def add_prediction(viewer, source: Path, labels: dict[int, np.ndarray], scores: dict[int, float], role=PREDICTION):

@@ -13,7 +13,7 @@ from napari_cellseg._reader import image_layer
 from napari_cellseg._gui_session import Device, ImageResult, session_for
 from napari_cellseg._widget_segment import SegmentWidget
 from napari_cellseg.checkpoint import save_checkpoint
-from napari_cellseg.inference import RawInstances
+from napari_cellseg.raw import RawInstances
 from napari_cellseg.model import ModelConfig, build_model
 from napari_cellseg.postprocess import to_labels
 
@@ -201,3 +201,25 @@ def test_bad_model_or_folder_is_a_notification(make_napari_viewer, tmp_path, err
     widget.folder.value = tmp_path / "missing"
     widget.start_folder()
     assert "missing" in errors[1] and widget.folder_button.enabled
+
+
+def test_the_builtin_model_is_chosen_until_the_user_picks_a_file(make_napari_viewer, qtbot, untrained):
+    """A new user segments on the first click: 'nuclei' is preselected and finds the sample's nuclei."""
+    from napari_cellseg._segment_jobs import CHECKPOINT_FILE
+    from napari_cellseg.sample_data import SAMPLE_DATASET
+
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    assert widget.model.value == "nuclei" and not widget.checkpoint.visible
+    sample = sorted((SAMPLE_DATASET / "val").iterdir())[0]
+    viewer.add_image(images.read_image(sample / "image.tif"), name=sample.name)
+    widget.device.value = Device.cpu
+    widget.run_button.clicked()  # a real worker thread
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert widget.current.result.class_names == ["nucleus"]
+    assert int(widget.current.layers[1].data.max()) > 0  # nuclei found before any training
+
+    widget.checkpoint.value = untrained  # picking a file switches to it
+    assert widget.model.value == CHECKPOINT_FILE and widget.checkpoint.visible
+    widget.model.value = "nuclei"  # and back in one click
+    assert not widget.checkpoint.visible
