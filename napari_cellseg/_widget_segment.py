@@ -147,6 +147,7 @@ class SegmentWidget(Container):
         self.extend([self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score, self.mask,
                      self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
+        _gui_session.keep_narrow(self)  # long file names must not widen the dock
         self.progress.native.setFormat("idle")
         self.current: Shown | None = None
         self._worker = None
