@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QEvent, QObject
 from psygnal import evented
 
 from ._tooltips import GUI_WORDS, OS_ERRORS
@@ -164,7 +165,7 @@ def human_size(size: int) -> str:
     return next(f"{size / scale:.0f} {unit}" for scale, unit in ((1e6, "MB"), (1e3, "kB"), (1, "bytes")) if size >= scale or scale == 1)
 
 
-DOCK_WIDTH = 380
+DOCK_WIDTH = 310
 """Preferred width of a dock (px): on a 1366 px laptop screen the image canvas keeps half the window."""
 
 
@@ -173,22 +174,44 @@ def keep_narrow(container) -> None:
     boxes stop sizing to their longest item, and file boxes show the end of a long path (the file
     name) with the whole path in their tooltip."""
     from magicgui.widgets import FileEdit
-    from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy
+    from qtpy.QtWidgets import QComboBox, QLabel
 
     if container.native.property("cellseg_narrow"):
         return  # once per widget, whether it is a dock of its own or a tab of the main dock
     container.native.setProperty("cellseg_narrow", True)
-    for label in container.native.findChildren(QLabel):
+    labels = container.native.findChildren(QLabel)
+    for label in labels:
         if label.wordWrap():
-            policy = label.sizePolicy()
-            policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
-            label.setSizePolicy(policy)
+            label.setMinimumWidth(60)  # wraps to the dock instead of widening it
+    # magicgui sizes the option names before napari's style sheet enlarges the font ("dataset folde"):
+    # they are sized again when shown, all to the widest so the boxes stay aligned
+    names = [label for label in labels if label.objectName() == "magicgui.QLabel" and not label.wordWrap()]
+    aligner = _AlignNames(names, container.native)
+    for label in names:
+        label.installEventFilter(aligner)
     for combo in container.native.findChildren(QComboBox):
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(8)
     for widget in _all_widgets(container):
         if isinstance(widget, FileEdit):
             _show_full_path(widget)
+
+
+class _AlignNames(QObject):
+    """Gives the option names of a dock one width, measured in the font they are shown with."""
+
+    def __init__(self, labels: list, parent) -> None:
+        super().__init__(parent)
+        self.labels = labels
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Show:
+            shown = [label for label in self.labels if label.text()]
+            width = max((label.fontMetrics().horizontalAdvance(label.text()) for label in shown), default=0) + 6
+            for label in shown:
+                if label.minimumWidth() != width:
+                    label.setMinimumWidth(width)
+        return False
 
 
 def _all_widgets(container):
@@ -204,6 +227,9 @@ def _show_full_path(edit) -> None:
     """Tooltip of a FileEdit: its help text, then the whole path; the box scrolls to the file name."""
     help_text = edit.tooltip or ""
     line = edit.line_edit.native
+    button = edit.choose_btn
+    button.tooltip = f"{button.text} ({help_text})" if help_text else button.text
+    button.text = "Browse..."  # "Choose directory" took a third of a narrow dock
 
     def update(*_: Any) -> None:
         text = edit.line_edit.value.strip()

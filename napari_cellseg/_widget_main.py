@@ -25,8 +25,13 @@ MAX_DOCK_WIDTH = 520
 
 def scrollable(widget: QWidget) -> QScrollArea:
     """``widget`` in a vertical scroll area that never makes the dock wider than the tab."""
+    holder = QWidget()
+    layout = QVBoxLayout(holder)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(widget)
+    layout.addStretch(1)  # a short tab keeps its rows together at the top
     area = QScrollArea()
-    area.setWidget(widget)
+    area.setWidget(holder)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)

@@ -96,12 +96,13 @@ class TrainWidget(Container):
         self.start = PushButton(text="Start training", tooltip=TIPS["start"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="", label="status")
-        self.run_size = Label(value="", label="on disk", tooltip=TIPS["run_size"])
+        self.run_size = Label(value="nothing yet", label="on disk", tooltip=TIPS["run_size"])
         self.extend([
             self.dataset, self.arch, self.epochs, self.device, self.out_dir, self.show_advanced, self.advanced,
             self.start, self.progress, self.status, self.run_size,
         ])
         self.advanced.visible = False
+        self.advanced._labeled_widget()._label_widget.visible = False  # its rows have their own names
         self.show_advanced.changed.connect(self._show_advanced)
         self.progress.native.setFormat("idle")
         self.status.native.setWordWrap(True)
@@ -167,7 +168,7 @@ class TrainWidget(Container):
 
     def start_training(self) -> None:
         self.set_status("")
-        self.run_size.value = ""
+        self.run_size.value = "nothing yet"
         self.progress.value = 0
         self.progress.native.setFormat("idle")
         try:
