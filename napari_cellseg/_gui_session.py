@@ -174,7 +174,7 @@ def keep_narrow(container) -> None:
     boxes stop sizing to their longest item, and file boxes show the end of a long path (the file
     name) with the whole path in their tooltip."""
     from magicgui.widgets import FileEdit
-    from qtpy.QtWidgets import QComboBox, QLabel
+    from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy
 
     if container.native.property("cellseg_narrow"):
         return  # once per widget, whether it is a dock of its own or a tab of the main dock
@@ -183,6 +183,9 @@ def keep_narrow(container) -> None:
     for label in labels:
         if label.wordWrap():
             label.setMinimumWidth(60)  # wraps to the dock instead of widening it
+            policy = label.sizePolicy()
+            policy.setHorizontalPolicy(QSizePolicy.Policy.Expanding)
+            label.setSizePolicy(policy)
     # magicgui sizes the option names before napari's style sheet enlarges the font ("dataset folde"):
     # they are sized again when shown, all to the widest so the boxes stay aligned
     names = [label for label in labels if label.objectName() == "magicgui.QLabel" and not label.wordWrap()]
@@ -209,8 +212,8 @@ class _AlignNames(QObject):
             shown = [label for label in self.labels if label.text()]
             width = max((label.fontMetrics().horizontalAdvance(label.text()) for label in shown), default=0) + 6
             for label in shown:
-                if label.minimumWidth() != width:
-                    label.setMinimumWidth(width)
+                if label.maximumWidth() != width:
+                    label.setFixedWidth(width)  # a fixed column: a wrapping value beside it gets the rest
         return False
 
 
