@@ -263,8 +263,9 @@ class TrainWidget(Container):
         if model is not None:
             _gui_session.session_for(self.viewer).last_checkpoint = Path(model)
         what = "cancelled" if event.cancelled else "finished"
-        self.set_status(f"training {what}; last checkpoint: {short_path(event.last) if event.last else 'none written'}" + (
-            f"; best: {short_path(event.best)}" if event.best else ""
+        saved = [path for path in (event.last, event.best) if path is not None]
+        self.set_status(f"training {what}: " + (
+            f"saved {' and '.join(path.name for path in saved)} in {saved[0].parent.name}" if saved else "nothing saved"
         ))
         self.status.tooltip = f"last checkpoint: {event.last}" + (f"\nbest: {event.best}" if event.best else "")
         if model is not None:
@@ -274,7 +275,7 @@ class TrainWidget(Container):
             show_info(f"Training {what}. The Segment widget now uses {model}")
 
     def _show_run_size(self, folder: Path) -> None:
-        self.run_size.value = f"{human_size(folder_size(folder))} in {short_path(folder)}"
+        self.run_size.value = f"{human_size(folder_size(folder))} in {folder.name}"
         self.run_size.tooltip = f"{TIPS['run_size']}\n{folder}"
 
     def _on_done(self) -> None:

@@ -101,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
             path = folder / f"{tab.split()[0].lower()}-{theme}.png"
             viewer.screenshot(str(path), canvas_only=False, flash=False)
             print(f"saved {path}")
+        train.show_advanced.value = False
+        bar = main.tabs.currentWidget().verticalScrollBar()  # the Train tab, scrolled to its plot
+        settle()
+        bar.setValue(bar.maximum())
+        settle()
+        viewer.screenshot(str(folder / "train-plot-light.png"), canvas_only=False, flash=False)
+        print(f"saved {folder / 'train-plot-light.png'}")
     viewer.close()
     return 0
 

@@ -40,7 +40,7 @@ def test_open_sample_through_napari(make_napari_viewer):
 
 def check_manifest(manifest: npe2.PluginManifest) -> None:
     contributions = manifest.contributions
-    assert [w.display_name for w in contributions.widgets] == ["Train", "Segment", "Export & Evaluate"]
+    assert [w.display_name for w in contributions.widgets] == ["Cell segmentation", "Train", "Segment", "Export & Evaluate"]
     assert {s.key for s in contributions.sample_data} == {"fluorescence", "brightfield"}
     assert contributions.readers[0].accepts_directories and contributions.writers[0].filename_extensions == [".json"]
     for command in contributions.commands:  # every command points at something that exists
