@@ -87,5 +87,5 @@ def test_manifest_and_sample_data_are_in_the_wheel(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     module_file, widgets = out.stdout.split()
-    assert Path(module_file).is_relative_to(tmp_path / "site") and widgets == "3"
+    assert Path(module_file).is_relative_to(tmp_path / "site") and widgets == "4"
     check_manifest(npe2.PluginManifest.from_file(tmp_path / "site" / "napari_cellseg" / "napari.yaml"))
