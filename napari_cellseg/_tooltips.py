@@ -113,3 +113,34 @@ EXPORT = {
     "evaluate": "Score the segmentation against the ground truth: COCO mask AP (0 = nothing right, 1 = perfect).",
     "table": "AP averages over overlap levels 0.50-0.95; AP50 counts a cell found when it overlaps the truth by half.",
 }
+
+TRAIN.update({
+    "advanced": "Show the finer training options (batch size, learning rate, crop size, ...). The defaults suit most data.",
+    "replace_title": "Replace the earlier training?",
+    "replace": (
+        "The output folder {folder} already holds a trained model ({files}).\n\n"
+        "Replace it: the new training overwrites those files.\n"
+        "New folder: train into {new} instead and keep the earlier model.\n"
+        "Cancel: do not start."
+    ),
+    "run_size": "Space the trained models take on disk in the output folder.",
+})
+
+GUI_WORDS = {
+    "(use --amp to force bf16)": "(set mixed precision to 'on' in the advanced options to force bf16)",
+    "or train without AMP": "or set mixed precision to 'off' in the advanced options",
+    "Train with --weights none": "Train without pretrained weights",
+}
+"""Phrases of core messages that name command-line options, in the words of the napari widgets."""
+
+OS_ERRORS = {
+    "ENOENT": "not found",
+    "ENOTDIR": "is not a folder",
+    "EISDIR": "is a folder, not a file",
+    "EACCES": "you have no permission to use it",
+    "EPERM": "you have no permission to use it",
+    "ENOSPC": "the disk is full",
+    "EROFS": "the disk is read-only",
+    "EEXIST": "already exists",
+}
+"""What an operating-system error means, for the status line (by ``errno`` name)."""

@@ -135,6 +135,7 @@ class ExportWidget(Container):
         self.extend([self.source, self.mapping, self.out, self.export_button, self.truth_folder, self.truth_json,
                      self.evaluate_button, self.progress, self.status])
         self.status.native.setWordWrap(True)
+        _gui_session.keep_narrow(self)  # long file names must not widen the dock
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["metric", "value"])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)

@@ -20,7 +20,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, ProgressBar, PushButton
 from napari.layers import Image
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QComboBox, QMessageBox
+from qtpy.QtWidgets import QMessageBox
 
 from . import _gui_session, _gui_stack
 from ._gui_session import Device, ImageResult, path_or_none
@@ -71,9 +71,7 @@ class SegmentWidget(Container):
         self.extend([self.model, self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score,
                      self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
-        for box in (self.image, self.review):  # long file names must not widen the dock
-            box.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-            box.native.setMinimumContentsLength(12)
+        _gui_session.keep_narrow(self)  # long file names must not widen the dock
         self.progress.native.setFormat("idle")
         self.sets: list[Shown] = []  # one per segmented image layer
         self.current: Shown | None = None

@@ -154,6 +154,12 @@ class LRSchedule:
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def scaled_warmup(warmup_steps: int, total_steps: int) -> int:
+    """The warm-up a run of ``total_steps`` gets: at most a tenth of it, so a short run (a quick
+    test, a few epochs on a small dataset) reaches its learning rate instead of ending mid warm-up."""
+    return min(warmup_steps, total_steps // 10)
+
+
 def _model_config(cfg: TrainConfig, class_names: list[str]) -> ModelConfig:
     return ModelConfig(
         arch=cfg.arch,
@@ -236,7 +242,7 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = LRSchedule(cfg.warmup_steps, total_steps)
+    schedule = LRSchedule(scaled_warmup(cfg.warmup_steps, total_steps), total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start_epoch, step, best_ap, history = 0, 0, -1.0, []
     if ckpt is not None:
@@ -407,4 +413,4 @@ def _plain(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
-__all__ = ["TrainConfig", "train", "StepEvent", "EpochEvent", "InfoEvent", "DoneEvent", "Event", "LRSchedule"]
+__all__ = ["TrainConfig", "train", "StepEvent", "EpochEvent", "InfoEvent", "DoneEvent", "Event", "LRSchedule", "scaled_warmup"]

@@ -25,7 +25,7 @@ from qtpy.QtCore import QThreadPool
 from superqt.utils._qthreading import WorkerBase
 
 from conftest import quick, write_tiny_dataset
-from napari_cellseg import engine
+from napari_cellseg import _widget_train, engine
 from napari_cellseg._gui_session import Device, session_for
 from napari_cellseg._widget_segment import SegmentWidget
 from napari_cellseg._widget_train import TrainWidget
@@ -93,6 +93,7 @@ def test_dataset_vanishing_mid_training_is_a_notification_and_a_rerun_works(
             vanished.set()
         return losses
     monkeypatch.setattr(engine, "_train_step", step_then_vanish)
+    monkeypatch.setattr(_widget_train, "ask_replace", lambda *a: "replace")  # the rerun replaces the failed run
 
     errored = start_and_wait(qtbot, widget)
     assert vanished.is_set()
@@ -135,6 +136,7 @@ def test_ten_start_cancel_cycles_leave_no_threads_or_memory(
     models: list[weakref.ref] = []
     real_build = engine.build_model
     monkeypatch.setattr(engine, "build_model", lambda *a, **k: _remember(models, real_build(*a, **k)))
+    monkeypatch.setattr(_widget_train, "ask_replace", lambda *a: "replace")  # each cycle replaces the last
     pool, process = QThreadPool.globalInstance(), psutil.Process()
     threads_before = _python_threads()
     threads, native, rss, steps = [], [], [], []
