@@ -46,6 +46,12 @@ TRAIN = {
         "Where the trained model is saved: last.pt after every epoch (and on cancel), best.pt "
         "whenever the validation score improves."
     ),
+    "init": (
+        "Start from random weights (a new network), or fine-tune a model that already finds cells: the "
+        "built-in 'nuclei' model or a model you trained. Fine-tuning needs far fewer images and steps; "
+        "when your classes differ, only the part that names the classes is learned anew."
+    ),
+    "init_file": "The model file (.pt) to fine-tune, e.g. the best.pt of an earlier run.",
     "resume": "Optional: a last.pt from an earlier run, to continue that training where it stopped.",
     "start": "Start training. While it runs this button cancels; the model trained so far is kept as last.pt.",
     "plot": (

@@ -29,7 +29,11 @@ from ._gui_session import Device, folder_size, gui_words, human_size, path_or_no
 from ._gui_plot import TrainingPlot
 from ._tooltips import TRAIN as TIPS
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train
+from ._segment_jobs import CHECKPOINT_FILE, model_choices, model_file
 from .model import ARCHS
+
+SCRATCH = "random weights"
+"""The Train dock's "start from" choice for a new network; the others fine-tune (``TrainConfig.init``)."""
 
 
 class Amp(Enum):
@@ -77,6 +81,9 @@ class TrainWidget(Container):
         self.synchronous = False  # tests: run the generator in the GUI thread
         self.dataset = FileEdit(mode="d", label="dataset folder", tooltip=TIPS["dataset"])
         self.arch = ComboBox(choices=ARCHS, value=_default_arch(), label="architecture", tooltip=TIPS["arch"])
+        self.init = ComboBox(choices=[SCRATCH, *model_choices()], value=SCRATCH, label="start from",
+                             tooltip=TIPS["init"])
+        self.init_file = FileEdit(mode="r", filter="*.pt", label="weights file", tooltip=TIPS["init_file"])
         self.epochs = SpinBox(value=20, min=1, max=100000, label="epochs", tooltip=TIPS["epochs"])
         self.batch_size = SpinBox(value=2, min=1, max=256, label="batch size", tooltip=TIPS["batch_size"])
         self.lr = FloatSpinBox(value=1e-4, min=1e-6, max=1.0, step=1e-5, label="learning rate", tooltip=TIPS["lr"])
@@ -98,10 +105,13 @@ class TrainWidget(Container):
         self.status = Label(value="", label="status")
         self.run_size = Label(value="nothing yet", label="on disk", tooltip=TIPS["run_size"])
         self.extend([
-            self.dataset, self.arch, self.epochs, self.device, self.out_dir, self.show_advanced, self.advanced,
+            self.dataset, self.init, self.init_file, self.arch, self.epochs, self.device, self.out_dir,
+            self.show_advanced, self.advanced,
             self.start, self.progress, self.status, self.run_size,
         ])
         self.advanced.visible = False
+        self.init_file.visible = False
+        self.init.changed.connect(self._init_changed)
         self.advanced._labeled_widget()._label_widget.visible = False  # its rows have their own names
         self.show_advanced.changed.connect(self._show_advanced)
         self.progress.native.setFormat("idle")
@@ -130,13 +140,19 @@ class TrainWidget(Container):
             out = default_run_folder()
             self.out_dir.value = out
         resume = path_or_none(self.resume)
+        init = None if self.init.value == SCRATCH else str(model_file(self.init.value, path_or_none(self.init_file)))
         return TrainConfig(
             dataset=str(dataset), out_dir=str(out), arch=self.arch.value, epochs=self.epochs.value,
             batch_size=self.batch_size.value, lr=float(self.lr.value), device=self.device.value.value,
             amp=self.amp.value.value, resume=str(resume) if resume else None,
             max_steps=self.max_steps.value or None, crop_size=self.crop_size.value,
-            val_limit=self.val_limit.value or None,
+            val_limit=self.val_limit.value or None, init=init,
         )
+
+    def _init_changed(self, value: str) -> None:
+        """Fine-tuning keeps the starting model's network, so the architecture choice steps aside."""
+        self.init_file.visible = value == CHECKPOINT_FILE
+        self.arch.enabled = value == SCRATCH
 
     def _show_advanced(self, shown: bool) -> None:
         self.advanced.visible = shown

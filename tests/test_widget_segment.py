@@ -210,7 +210,7 @@ def test_the_builtin_model_is_chosen_until_the_user_picks_a_file(make_napari_vie
 
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)
-    assert widget.model.value == "nuclei" and not widget.checkpoint.visible
+    assert widget.model.value == "nuclei" and widget.checkpoint.native.isHidden()
     sample = sorted((SAMPLE_DATASET / "val").iterdir())[0]
     viewer.add_image(images.read_image(sample / "image.tif"), name=sample.name)
     widget.device.value = Device.cpu
@@ -220,6 +220,6 @@ def test_the_builtin_model_is_chosen_until_the_user_picks_a_file(make_napari_vie
     assert int(widget.current.layers[1].data.max()) > 0  # nuclei found before any training
 
     widget.checkpoint.value = untrained  # picking a file switches to it
-    assert widget.model.value == CHECKPOINT_FILE and widget.checkpoint.visible
+    assert widget.model.value == CHECKPOINT_FILE and not widget.checkpoint.native.isHidden()
     widget.model.value = "nuclei"  # and back in one click
-    assert not widget.checkpoint.visible
+    assert widget.checkpoint.native.isHidden()

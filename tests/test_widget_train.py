@@ -36,6 +36,24 @@ def test_config_carries_every_option(make_napari_viewer, tmp_path):
     assert cfg.max_steps is None and cfg.val_limit is None and cfg.resume is None
 
 
+def test_start_from_the_builtin_model_or_a_file(make_napari_viewer, tmp_path):
+    """Fine-tuning from the GUI: the same choice as ``train --init``; the architecture steps aside."""
+    from napari_cellseg._segment_jobs import CHECKPOINT_FILE
+    from napari_cellseg.pretrained import builtin_models
+
+    widget = TrainWidget(make_napari_viewer())
+    quick(widget, tmp_path / "data", tmp_path / "run")
+    assert widget.config().init is None and widget.arch.enabled and widget.init_file.native.isHidden()
+    widget.init.value = "nuclei"
+    assert widget.config().init == str(builtin_models()["nuclei"].path) and not widget.arch.enabled
+    widget.init.value = CHECKPOINT_FILE
+    assert not widget.init_file.native.isHidden()
+    with pytest.raises(ValueError, match="choose a model file"):
+        widget.config()
+    widget.init_file.value = tmp_path / "run" / "best.pt"
+    assert widget.config().init == str(tmp_path / "run" / "best.pt")
+
+
 def test_training_runs_in_a_worker_and_the_gui_stays_responsive(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
     viewer = make_napari_viewer()
     segment = SegmentWidget(viewer)  # opened before training: it must pick the new model up
