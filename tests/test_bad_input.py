@@ -591,9 +591,10 @@ def test_a_hostile_class_name_writes_nothing_outside_out(bad_checkpoints, tiny_d
     """Class names become file names: ``../../outside`` used to write ``<image>_../../outside.tif``."""
     path, _ = bad_checkpoints["class name with ../"]
     out = tmp_path / "a" / "b" / "out"
+    before = sorted(tmp_path.rglob("*"))
     message = cli_error(capsys, "predict", path, tiny_dataset / "test_release", "--out", out, "--device", "cpu")
     assert_names(message, path, "class name")
-    assert not any(p.suffix == ".tif" for p in tmp_path.rglob("*"))
+    assert sorted(tmp_path.rglob("*")) == before  # no label file anywhere, not even the output folder
 
 
 def test_predict_refuses_images_that_would_share_label_files(checkpoint, tmp_path, capsys):

@@ -110,6 +110,7 @@ def test_dataset_vanishing_mid_training_is_a_notification_and_a_rerun_works(
         tiny_dataset.unlink()
     write_tiny_dataset(tiny_dataset)
     widget.max_steps.value = 1
+    widget.out_dir.value = tmp_path / "run2"  # run/ holds last.pt: a fresh run there needs overwrite (issue 12)
     errored = start_and_wait(qtbot, widget)
     assert_no_traceback(notes, errored)
     assert len(error_lines(notes)) == 1  # nothing new
