@@ -150,3 +150,22 @@ OS_ERRORS = {
     "EEXIST": "already exists",
 }
 """What an operating-system error means, for the status line (by ``errno`` name)."""
+
+
+FINETUNE = {
+    "folder": (
+        "A folder for your corrected images (made if new). Each image you add is saved in it as a "
+        "training sample (train/<image>/image.tif + classK.tif), the layout the Train tab reads."
+    ),
+    "add": (
+        "Save the image shown in Segment, with its masks as you corrected them, into the training set. "
+        "Nothing already there is overwritten without asking."
+    ),
+    "steps": "How long to fine-tune. 0 picks about 30 steps per corrected image (60 to 400).",
+    "tune": (
+        "Fine-tune the model Segment uses on the training set (settings for a few images: short, "
+        "gentle, strong augmentation). Progress, plots and Cancel are in the Train tab; then Segment "
+        "uses the new model on this image."
+    ),
+    "replace": "{folder} already holds a sample named {name}. Replace it with the image as it is now?",
+}

@@ -1,4 +1,4 @@
-"""One dock for the whole plugin: Train, Segment and Review & Export as tabs.
+"""One dock for the whole plugin: Train, Segment, Review & Export and Fine-tune as tabs.
 
 Three separate docks stacked on the right needed a window about 1535 px tall and long file names
 widened them until the image canvas had under a third of the window. Here the three widgets share
@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 from . import _gui_session
 from ._gui_session import DOCK_WIDTH
 from ._widget_export import ExportWidget
+from ._widget_finetune import FineTuneWidget
 from ._widget_segment import SegmentWidget
 from ._widget_train import TrainWidget
 
@@ -47,8 +48,11 @@ class CellsegWidget(QWidget):
         self.train = TrainWidget(napari_viewer)
         self.segment = SegmentWidget(napari_viewer)
         self.export = ExportWidget(napari_viewer)
+        self.finetune = FineTuneWidget(napari_viewer, self.segment, self.train, self.show_tab)
         self.tabs = QTabWidget()
-        for title, widget in (("Train", self.train), ("Segment", self.segment), ("Review && Export", self.export)):
+        tabs = (("Train", self.train), ("Segment", self.segment), ("Review && Export", self.export),
+                ("Fine-tune", self.finetune))
+        for title, widget in tabs:
             _gui_session.keep_narrow(widget)
             self.tabs.addTab(scrollable(widget.native), title)
         layout = QVBoxLayout(self)
@@ -63,6 +67,6 @@ class CellsegWidget(QWidget):
         return QSize(min(DOCK_WIDTH, super().minimumSizeHint().width()), 200)
 
     def show_tab(self, title: str) -> None:
-        """Bring the tab called ``title`` (Train, Segment, Review & Export) to the front."""
+        """Bring the tab called ``title`` (Train, Segment, Review & Export, Fine-tune) to the front."""
         titles = [self.tabs.tabText(i).replace("&&", "&") for i in range(self.tabs.count())]
         self.tabs.setCurrentIndex(titles.index(title))

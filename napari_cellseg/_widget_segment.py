@@ -294,6 +294,8 @@ class SegmentWidget(Container):
                 layer.events.data.connect(lambda event, s=shown, k=k: self._on_edit(s, k, None))
             layer.name, layer.metadata = kwargs["name"], kwargs["metadata"]
             live[k] = layer
+        for k in [k for k in live if k > len(result.class_names)]:  # a model of fewer classes (fine-tuned)
+            self.viewer.layers.remove(live.pop(k))
         shown.result, shown.layers = result, live
         shown.edited, shown.kept, shown.model_tables = set(result.reviewed or ()), set(), set()
         self.current = shown

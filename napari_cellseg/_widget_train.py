@@ -130,8 +130,9 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ options -> core
 
-    def config(self) -> TrainConfig:
-        """The core's config from the widgets (the same fields the CLI fills)."""
+    def config(self, **extra) -> TrainConfig:
+        """The core's config from the widgets (the same fields the CLI fills); ``extra`` sets fields
+        the dock shows no box for (the fine-tune tab's strong augmentation, no validation)."""
         dataset = path_or_none(self.dataset)
         if dataset is None:
             raise ValueError("choose the dataset folder first (it holds train/ and optionally val/)")
@@ -146,7 +147,7 @@ class TrainWidget(Container):
             batch_size=self.batch_size.value, lr=float(self.lr.value), device=self.device.value.value,
             amp=self.amp.value.value, resume=str(resume) if resume else None,
             max_steps=self.max_steps.value or None, crop_size=self.crop_size.value,
-            val_limit=self.val_limit.value or None, init=init,
+            val_limit=self.val_limit.value or None, init=init, **extra,
         )
 
     def _init_changed(self, value: str) -> None:
@@ -182,13 +183,13 @@ class TrainWidget(Container):
         else:
             self.start_training()
 
-    def start_training(self) -> None:
+    def start_training(self, **extra) -> None:
         self.set_status("")
         self.run_size.value = "nothing yet"
         self.progress.value = 0
         self.progress.native.setFormat("idle")
         try:
-            cfg = self.config()
+            cfg = self.config(**extra)
         except ValueError as exc:
             message = _gui_session.one_line(exc)
             _gui_session.show_error(message)

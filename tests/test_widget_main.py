@@ -34,12 +34,12 @@ def test_the_main_dock_fits_a_laptop_screen(laptop, qtbot):
     viewer, dock, main = laptop
     window = viewer.window._qt_window
     assert isinstance(main, CellsegWidget)
-    assert [main.tabs.tabText(i) for i in range(main.tabs.count())] == ["Train", "Segment", "Review && Export"]
+    assert [main.tabs.tabText(i) for i in range(main.tabs.count())] == ["Train", "Segment", "Review && Export", "Fine-tune"]
     hint = window.minimumSizeHint()
     assert hint.width() <= SCREEN[0] and hint.height() <= SCREEN[1]  # was 608 x 1535 with three docks
     assert (window.width(), window.height()) == SCREEN
     assert _canvas_width(viewer) >= SCREEN[0] / 2 and dock.width() <= DOCK_WIDTH + 20
-    for index, widget in enumerate((main.train, main.segment, main.export)):
+    for index, widget in enumerate((main.train, main.segment, main.export, main.finetune)):
         main.tabs.setCurrentIndex(index)
         qtbot.wait(10)
         area = main.tabs.currentWidget()
