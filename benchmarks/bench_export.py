@@ -106,7 +106,8 @@ def main() -> None:
                 f"export {name}: {res['images']} images, {res['results_written']} results, "
                 f"{C.fmt_s(res['seconds_per_image_median'])} per image (median), RSS {res['rss_mb_before']} MB "
                 f"before -> max {res['rss_mb_max']:.1f} MB; slope after image {res['slope_from_image']}: "
-                f"{res['slope_mb_per_image']:+.2f} MB/image (growth {res['growth_mb_first_to_last_after_settle']:+.1f} MB; "
+                f"{res['slope_mb_per_image']:+.2f} MB/image "
+                f"(growth {res['growth_mb_first_to_last_after_settle']:+.1f} MB; "
                 f"median last third vs first third {res['median_growth_mb_per_image']:+.3f} MB/image)"
             )
             print("  RSS MB after each image: " + json.dumps(res["rss_mb_after_each"]))

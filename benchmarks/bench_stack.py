@@ -90,7 +90,8 @@ def child(kind: str, planes: int, size: int, detections: int, repeats: int) -> d
         assert labels[1].shape == (planes, size, size)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"kind": kind, "planes": planes if kind != "image" else 1, "size": size, "rss_before_mb": round(before, 1),
-           "peak_mb": round(peak, 1), "added_mb": round(peak - before, 1), "s_per_plane": round(statistics.median(times), 3),
+           "peak_mb": round(peak, 1), "added_mb": round(peak - before, 1),
+           "s_per_plane": round(statistics.median(times), 3),
            "raw_kb": round(raw_bytes / 1024, 1), "instances": instances}
     if kind != "image":
         out["to_stack_labels_s"] = round(label_s, 3)

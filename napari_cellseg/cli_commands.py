@@ -18,6 +18,7 @@ from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, tr
 from .errors import DatasetError
 from .devices import resolve_device
 from .images import write_labels
+from .layout import TEST_FOLDER, default_class_names
 from .metrics import class_agnostic, evaluate as evaluate_results, format_metrics
 from .pretrained import builtin_models
 from .pipeline import export_items, iter_export, samples_ground_truth, image_files, segment_image
@@ -173,7 +174,7 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
     from .stacks import folder_mapping, mapped_items
 
     dataset = Path(args.dataset)
-    if args.mapping is not None or (dataset / "test_release").is_dir() or not dataset.is_dir():
+    if args.mapping is not None or (dataset / TEST_FOLDER).is_dir() or not dataset.is_dir():
         return export_items(dataset, args.mapping, allow_missing=args.allow_missing, absent=absent)
     try:
         files = image_files(dataset)
@@ -188,7 +189,7 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
 
 def evaluate(args: argparse.Namespace) -> int:
     samples = find_samples(args.ground_truth)
-    names = [f"class{k}" for k in range(1, max(dataset_classes(samples), default=1) + 1)]
+    names = default_class_names(max(dataset_classes(samples), default=1))
     gt = samples_ground_truth(samples, names)
     sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
     results = read_results(args.results, num_classes=len(names), image_sizes=sizes)
@@ -217,7 +218,8 @@ def demo(args: argparse.Namespace) -> int:
     metrics = _demo_val(model, config.class_names, out / "val-results.json", device)
     print(f"demo AP50 on the {metrics['num_images']} sample val images (never trained on): {metrics['AP50']:.3f}")
     if args.fine_tune:
-        print(f"fine-tuning {args.model!r} for {args.fine_tune} steps on the {len(find_samples(SAMPLE_DATASET / 'train'))} "
+        count = len(find_samples(SAMPLE_DATASET / "train"))
+        print(f"fine-tuning {args.model!r} for {args.fine_tune} steps on the {count} "
               "sample train images and their classes")
         cfg = TrainConfig(
             dataset=str(SAMPLE_DATASET), out_dir=str(out / "fine-tune"), init=args.model, epochs=args.fine_tune,
@@ -240,7 +242,7 @@ def _demo_val(model, class_names: list[str], out_json: Path, device) -> dict:
     val = find_samples(SAMPLE_DATASET / "val")
     _drain(iter_export(model, export_items(SAMPLE_DATASET / "val"), out_json, device=device, score_thresh=0.05,
                        resume=False), "export val")
-    gt_names = [f"class{k}" for k in range(1, max(dataset_classes(val)) + 1)]
+    gt_names = default_class_names(max(dataset_classes(val)))
     gt, results = samples_ground_truth(val, gt_names), read_results(out_json)
     if len(class_names) == 1:
         gt, results = class_agnostic(gt, results, class_names[0])

@@ -1,14 +1,14 @@
-"""The HW3 dataset layout: finding samples, reading ground truth, targets for torchvision, split, cache.
+"""Training data from a HW3 dataset: finding samples, reading ground truth, targets for torchvision,
+split, cache.
 
-A dataset root holds ``train/<sample>/image.tif`` with optional ``classK.tif`` masks (K = 1, 2, ...;
-uint16 instance ids, 0 = background; a class absent from a sample has no file), optionally
-``val/`` likewise, and ``test_release/*.tif`` for prediction (handled by ``coco.py``).
+The layout itself (``train/<sample>/image.tif`` + ``classK.tif``, ``val/``, ``test_release/``) is
+``layout``'s. A mask holds uint16 instance ids (0 = background); a class absent from a sample has
+no file. Test images are segmented by ``pipeline.export_items``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +21,10 @@ from scipy import ndimage
 from ._torch import torch
 from .errors import DatasetError
 from .images import read_image, read_labels, to_tensor
+from .layout import CLASS_FILE, IMAGE_NAME
 from .model import MAX_CLASSES
 from .transforms import Augment, Labels
 
-IMAGE_NAME = "image.tif"
-_CLASS_FILE = re.compile(r"^class(\d+)\.tiff?$", re.IGNORECASE)
 _MAX_DIRECT_ID = 2**20
 """Above this id, ids are renumbered first: ``find_objects`` allocates one slot per possible id."""
 
@@ -92,7 +91,7 @@ def read_sample_dir(sample_dir: Path) -> Sample:
         )
     masks: dict[int, Path] = {}
     for name, path in sorted(entries.items()):
-        match = _CLASS_FILE.match(name)
+        match = CLASS_FILE.match(name)
         if match and int(match.group(1)) >= 1:
             masks.setdefault(int(match.group(1)), path)
     return Sample(sample_dir.name, entries[IMAGE_NAME], masks)

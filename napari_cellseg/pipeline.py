@@ -1,4 +1,5 @@
-"""Image -> labels -> COCO results: the one path that validation, export, the CLI and the GUI share.
+"""Image -> labels -> COCO results: segmentation and folder export, shared by validation, the CLI,
+the GUI and sharded export (the dataset layout and image ids are ``layout``'s).
 
 Folder export streams image by image (memory does not grow with the folder) and appends each
 finished image to ``<out>.partial.jsonl``, so an interrupted export resumes without redoing
@@ -8,7 +9,6 @@ finished images; the submission itself is written atomically at the end.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,11 @@ from .checkpoint import weights_digest
 from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
 from .errors import DatasetError
-from .images import read_image
 from .inference import predict
 from .metrics import evaluate
 from .postprocess import instance_scores, to_labels
-from .stacks import read_plane
-
-IMAGE_SUFFIXES = (".tif", ".tiff")
+from .layout import IMAGE_SUFFIXES, MAPPING_NAME, TEST_FOLDER, ExportItem
+from .stacks import PLANE_SEPARATOR, item_image, mapped_items
 
 
 def segment_image(
@@ -83,18 +81,6 @@ def validate(
     return evaluate(gt, all_results, max_dets=max_dets)
 
 
-@dataclass(frozen=True)
-class ExportItem:
-    """One image to export: its submission id, name (file name in the mapping), path, expected size;
-    ``plane`` picks one plane of a stack (then ``name`` is ``<file>#<plane>``, see ``stacks``)."""
-
-    image_id: int
-    name: str
-    path: Path
-    shape: tuple[int, int] | None = None
-    plane: int | None = None
-
-
 def sample_items(samples: Sequence[Sample]) -> list[ExportItem]:
     """Ground-truth samples numbered 1..n in order: the ids ``samples_ground_truth`` uses too."""
     return [ExportItem(i, s.name, s.image_path) for i, s in enumerate(samples, start=1)]
@@ -140,14 +126,12 @@ def export_items(
     dataset = Path(dataset)
     if not dataset.is_dir():
         raise DatasetError(f"dataset folder not found: {dataset}")
-    if mapping_path is None and (dataset / "test_release").is_dir():
-        dataset, mapping_path = dataset / "test_release", dataset / "test_image_name_to_ids.json"
+    if mapping_path is None and (dataset / TEST_FOLDER).is_dir():
+        dataset, mapping_path = dataset / TEST_FOLDER, dataset / MAPPING_NAME
     if mapping_path is None:
         return sample_items(find_samples(dataset))
     mapping = load_mapping(mapping_path)
     files = image_files(dataset)
-    from .stacks import PLANE_SEPARATOR, mapped_items  # planes of stacks are listed as <file>#<plane>
-
     present = {f.name for f in files}
 
     def listed_file(key: str) -> str:
@@ -210,7 +194,7 @@ def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, til
             if item.name not in done:
                 if should_stop is not None and should_stop():
                     return None
-                image = read_image(item.path) if item.plane is None else read_plane(item.path, item.plane)
+                image = item_image(item)
                 if item.shape is not None and tuple(image.shape[:2]) != tuple(item.shape):
                     raise DatasetError(
                         f"{item.path} is {image.shape[0]}x{image.shape[1]} but the mapping file says "

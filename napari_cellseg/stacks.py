@@ -30,6 +30,7 @@ from .atomic import atomic_path
 from .errors import DatasetError
 from .images import MAX_CHANNELS, _check_file, _check_size, _is_tiff, read_image, to_rgb_uint8
 from .inference import RawInstances, iter_predict
+from .layout import ExportItem
 from .postprocess import to_labels
 
 PLANE_SEPARATOR = "#"
@@ -301,14 +302,12 @@ def write_stack_labels(path: str | os.PathLike, labels: np.ndarray, axis: str = 
 # ------------------------------------------------------------------------------- export
 
 
-def mapped_items(files: list[Path], mapping: dict[str, dict], mapping_path) -> list:
+def mapped_items(files: list[Path], mapping: dict[str, dict], mapping_path) -> list[ExportItem]:
     """Export items of a folder: ``name`` entries are images, ``name#p`` entries planes of stacks.
 
     Every file must be listed (as itself or by its planes) and every listed size must match the
     header, checked before any image is segmented. Items come in file order, planes in order.
     """
-    from .pipeline import ExportItem
-
     planes: dict[str, list[int]] = {}
     for key in mapping:
         file_name, sep, plane = key.rpartition(PLANE_SEPARATOR)
@@ -356,7 +355,7 @@ def _single(path: Path) -> bool:
         return _file_plane_axis(path, tuple(tif.series[0].shape), tif.series[0].axes) is None
 
 
-def item_image(item) -> np.ndarray:
+def item_image(item: ExportItem) -> np.ndarray:
     """The RGB image of an export item: the file, or one plane of a stack."""
     plane = getattr(item, "plane", None)
     return read_image(item.path) if plane is None else read_plane(item.path, plane)
@@ -364,6 +363,7 @@ def item_image(item) -> np.ndarray:
 
 __all__ = [
     "Stack", "StackInstances", "read_stack", "stack_size", "read_plane", "plane_axis", "plane_name",
-    "iter_predict_stack", "predict_stack", "plane_labels", "link_over_time", "to_stack_labels", "stack_scores", "write_stack_labels", "mapped_items",
+    "iter_predict_stack", "predict_stack", "plane_labels", "link_over_time", "to_stack_labels", "stack_scores",
+    "write_stack_labels", "mapped_items",
     "folder_mapping", "item_image",
 ]

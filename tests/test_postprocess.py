@@ -129,7 +129,8 @@ def _reference(raw: RawInstances, score_thresh: float, mask_thresh: float) -> tu
         for x in range(raw.image_shape[1]):
             for i, (x0, y0, x1, y1) in enumerate(raw.boxes):
                 inside = x0 <= x < x1 and y0 <= y < y1
-                if inside and raw.scores[i] >= score_thresh and raw.masks[i][y - y0, x - x0] >= mask_thresh * 255 - 1e-6:
+                kept = inside and raw.scores[i] >= score_thresh
+                if kept and raw.masks[i][y - y0, x - x0] >= mask_thresh * 255 - 1e-6:
                     owner[y, x] = i + 1
                     break
     cls = np.where(owner > 0, np.concatenate([[0], raw.labels])[owner], 0)

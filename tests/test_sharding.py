@@ -63,7 +63,8 @@ def test_merge_interleaves_shards_in_item_order_and_copies_text(tmp_path):
     out = tmp_path / "out.json"
     assert sharding.merge_shards(out, items, [shard0, shard1]) == 4
     assert out.read_text() == (
-        '[{"image_id":7,"score":0.5},{"image_id":7,"score":1e-05},{"image_id":5,"x":[1, 2]},{"image_id":9,"score":0.25}]'
+        '[{"image_id":7,"score":0.5},{"image_id":7,"score":1e-05},'
+        '{"image_id":5,"x":[1, 2]},{"image_id":9,"score":0.25}]'
     )
 
 
