@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from napari_cellseg.pipeline import ExportItem, export_items, iter_export  # noqa: E402
+from napari_cellseg.progress import drain  # noqa: E402
 
 
 def _median_growth(y: np.ndarray) -> float:
@@ -42,16 +43,12 @@ def _median_growth(y: np.ndarray) -> float:
 
 def export(model, items: list[ExportItem], out: Path, settle: int) -> dict:
     rss, stamps = [C.rss_bytes()], [time.perf_counter()]
-    gen = iter_export(model, items, out, resume=False)
-    written = None
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            written = stop.value
-            break
+
+    def sample(_progress) -> None:
         stamps.append(time.perf_counter())
         rss.append(C.rss_bytes())
+
+    written = drain(iter_export(model, items, out, resume=False), sample)
     per_image = np.diff(stamps)
     y = np.array(rss[1:], float) / 2**20
     x = np.arange(1, len(y) + 1)

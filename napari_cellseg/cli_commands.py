@@ -21,6 +21,7 @@ from .images import write_labels
 from .layout import TEST_FOLDER, default_class_names
 from .metrics import class_agnostic, evaluate as evaluate_results, format_metrics
 from .pretrained import builtin_models
+from .progress import Progress, drain
 from .pipeline import export_items, iter_export, samples_ground_truth, image_files, segment_image
 from .sample_data import SAMPLE_DATASET
 
@@ -288,17 +289,18 @@ def _claim_demo_folder(out: Path) -> None:
 
 
 def _drain(events, desc: str, unit: str = "image", show: bool = True):
-    """Run a (done, total, ...) generator under a progress bar; return its return value."""
+    """``progress.drain`` under a progress bar: run a ``Progress`` generator, return its return value."""
     bar = None
+
+    def show_progress(progress: Progress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=progress.total, desc=desc, unit=unit, disable=not show, leave=unit == "image")
+        bar.n = progress.done
+        bar.refresh()
+
     try:
-        while True:
-            done, total, *_ = next(events)
-            if bar is None:
-                bar = tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=unit == "image")
-            bar.n = done
-            bar.refresh()
-    except StopIteration as stop:
-        return stop.value
+        return drain(events, show_progress)
     finally:
         if bar is not None:
             bar.close()

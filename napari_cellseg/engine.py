@@ -1,8 +1,8 @@
 """Training as a generator of progress events, shared by the CLI, the napari widget and torchrun.
 
 ``train(config)`` yields a ``StepEvent`` after every optimisation step, an ``EpochEvent`` after
-each epoch (with metrics when it was validated), and finally a ``DoneEvent``. The consumer cancels by returning True from
-``should_stop`` (checked every step) or by closing the generator; either way the current state
+each epoch (with metrics when it was validated), and finally a ``DoneEvent``. The consumer cancels
+by returning True from ``should_stop`` (checked every step) or by closing the generator; either way the current state
 is saved as ``last.pt`` first, so nothing trained is lost.
 
 Cut as torchvision's detection references cut it: ``_setup`` (data, model, optimizer, resume or
@@ -30,6 +30,7 @@ from .errors import CellsegError, CheckpointError, TrainingError
 from .layout import class_file, default_class_names
 from .model import ModelConfig, build_model
 from .pipeline import validate
+from .progress import Progress
 from .train_config import TrainConfig, model_config, plain
 from .transforms import train_augment
 
@@ -42,6 +43,11 @@ class StepEvent:
     losses: dict[str, float]
     lr: float
     images_per_s: float
+
+    @property
+    def progress(self) -> Progress:
+        """The step as every long job reports progress (``progress.Progress``)."""
+        return Progress(self.step, self.total_steps, f"epoch {self.epoch}")
 
 
 @dataclass

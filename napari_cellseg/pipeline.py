@@ -9,7 +9,7 @@ finished images; the submission itself is written atomically at the end.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from .errors import DatasetError
 from .inference import predict
 from .metrics import evaluate
 from .postprocess import instance_scores, to_labels
+from .progress import Progress, StopCheck, stopped
 from .layout import IMAGE_SUFFIXES, MAPPING_NAME, TEST_FOLDER, ExportItem
 from .stacks import PLANE_SEPARATOR, item_image, mapped_items
 
@@ -55,7 +56,7 @@ def validate(
     score_thresh: float = 0.05,
     mask_thresh: float = 0.5,
     max_dets: int = 1000,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopCheck | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def validate(
     results: list[dict] = []
     items: list[tuple[int, str, dict[int, np.ndarray]]] = []
     for image_id, sample in list(enumerate(samples, start=1))[rank::world_size]:
-        if should_stop is not None and should_stop():
+        if stopped(should_stop):
             return {}
         image, truth = read_sample(sample)
         truth = truth or _no_cells(image.shape)
@@ -160,12 +161,13 @@ def iter_export(
     tile_size: int = 1024,
     flip: bool = False,
     resume: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-) -> Iterator[tuple[int, int, str]]:
+    should_stop: StopCheck | None = None,
+) -> Iterator[Progress]:
     """Segment every item and write the submission ``out_json``.
 
-    Yields ``(done, total, name)`` after each image. Returns (generator value) the number of
-    results written, or None when stopped early (the partial file keeps finished images).
+    Yields ``Progress(done, total, name)`` after each image (``progress``'s contract). Returns
+    (generator value) the number of results written, or None when stopped early (the partial file
+    keeps finished images).
     """
     out_json = Path(out_json)
     if out_json.is_dir():
@@ -179,7 +181,7 @@ def iter_export(
 
 
 def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, tile_size, flip, resume,
-            should_stop) -> Iterator[tuple[int, int, str]]:
+            should_stop) -> Iterator[Progress]:
     partial = out_json.with_name(out_json.name + ".partial.jsonl")
     # the model's weights are part of the settings: a resume with another model starts afresh
     settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size, "flip": flip,
@@ -192,7 +194,7 @@ def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, til
             log.write(_jsonl({"settings": settings}))
         for n, item in enumerate(items, start=1):
             if item.name not in done:
-                if should_stop is not None and should_stop():
+                if stopped(should_stop):
                     return None
                 image = item_image(item)
                 if item.shape is not None and tuple(image.shape[:2]) != tuple(item.shape):
@@ -207,7 +209,7 @@ def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, til
                 done[item.name] = log.tell()
                 log.write(_jsonl({"name": item.name, "results": labels_to_results(labels, item.image_id, scores)}))
                 log.flush()
-            yield n, len(items), item.name
+            yield Progress(n, len(items), item.name)
     count = _write_submission(out_json, partial, [done[it.name] for it in items])
     partial.unlink(missing_ok=True)
     return count

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from .atomic import atomic_path, write_text_atomic
 from .distributed import Context, barrier, teardown
 from .errors import DatasetError
 from .pipeline import ExportItem, iter_export
+from .progress import Progress, StopCheck
 
 _CHUNK = 1 << 20
 
@@ -55,9 +56,9 @@ def iter_sharded_export(
     tile_size: int = 1024,
     flip: bool = False,
     resume: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-) -> Iterator[tuple[int, int, str]]:
-    """``iter_export`` over this process's share; yields ``(done, share, name)``. Returns the number
+    should_stop: StopCheck | None = None,
+) -> Iterator[Progress]:
+    """``iter_export`` over this process's share; yields ``Progress(done, share, name)``. Returns the number
     of results in the submission on rank 0, 0 on the other ranks, None when stopped early."""
     options = dict(device=device, score_thresh=score_thresh, mask_thresh=mask_thresh, tile_size=tile_size, flip=flip)
     if ctx.world_size <= 1:
@@ -70,7 +71,7 @@ def iter_sharded_export(
     marker = shard.with_name(shard.name + ".done")
     stamp = _stamp(model, mine, options)
     if resume and shard.is_file() and marker.is_file() and marker.read_text(encoding="utf-8") == stamp:
-        yield len(mine), len(mine), "(finished before)"
+        yield Progress(len(mine), len(mine), "(finished before)")
     else:
         marker.unlink(missing_ok=True)
         count = yield from iter_export(model, mine, shard, resume=resume, should_stop=should_stop, **options)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from .images import MAX_CHANNELS, _check_file, _check_size, _is_tiff, read_image
 from .inference import RawInstances, iter_predict
 from .layout import ExportItem
 from .postprocess import to_labels
+from .progress import Progress, StopCheck, drain, stopped
 
 PLANE_SEPARATOR = "#"
 """A plane of a stack is named ``<file>#<plane>`` (0-based) in mapping files and COCO image entries."""
@@ -191,37 +192,27 @@ def iter_predict_stack(
     tile_size: int = 1024,
     overlap: int = 128,
     flip: bool = False,
-    should_stop: Callable[[], bool] | None = None,
-) -> Generator[tuple[int, int], None, StackInstances | None]:
-    """Segment plane by plane, yielding ``(planes_done, planes)``; returns the ``StackInstances``,
-    or None when ``should_stop`` says so (checked before every plane)."""
+    should_stop: StopCheck | None = None,
+) -> Generator[Progress, None, StackInstances | None]:
+    """Segment plane by plane, yielding ``Progress(planes_done, planes, "plane")``; returns the
+    ``StackInstances``, or None when ``should_stop`` says so (checked before every plane and tile)."""
     results: list[RawInstances] = []
     total = len(stack)
     for p in range(total):
-        if should_stop is not None and should_stop():
+        if stopped(should_stop):
             return None
-        steps = iter_predict(model, stack.plane(p), device=device, tile_size=tile_size, overlap=overlap, flip=flip)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                results.append(done.value)
-                break
-            if should_stop is not None and should_stop():
-                steps.close()
-                return None
-        yield p + 1, total
+        raw = drain(iter_predict(model, stack.plane(p), device=device, tile_size=tile_size, overlap=overlap,
+                                 flip=flip, should_stop=should_stop))
+        if raw is None:
+            return None
+        results.append(raw)
+        yield Progress(p + 1, total, "plane")
     return StackInstances(results, stack.axis)
 
 
 def predict_stack(model, stack: Stack, **options) -> StackInstances:
     """``iter_predict_stack`` run to the end, for scripts."""
-    steps = iter_predict_stack(model, stack, **options)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_predict_stack(model, stack, **options))
 
 
 def plane_labels(
