@@ -1,4 +1,8 @@
-"""A small matplotlib canvas for the Train widget: loss terms per step, validation AP per epoch."""
+"""A small matplotlib canvas for the Train widget: loss terms per step, validation AP per epoch.
+
+Its colours follow the napari theme (``set_theme``): matplotlib's white defaults made a white box
+in the dark theme. Fonts stay at 9 pt or more, and the axes count steps and epochs in whole numbers.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections import defaultdict
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from qtpy.QtCore import QTimer
 
 _LOSS_LABELS = {
@@ -17,16 +22,37 @@ _LOSS_LABELS = {
     "loss_rpn_box_reg": "rpn box",
 }
 
+FONT_PT = 9
+"""Smallest font of the plot (ticks, legends); titles are one point larger."""
+
+_FALLBACK = {"background": "#23242b", "text": "#f0f1f2", "grid": "#565f6c"}
+
+
+def theme_colours(theme_name: str) -> dict[str, str]:
+    """Background, text and grid colours of a napari theme (``system`` resolved to dark or light)."""
+    try:
+        from napari.utils.theme import get_system_theme, get_theme
+
+        theme = get_theme(get_system_theme() if theme_name == "system" else theme_name)
+    except (ImportError, KeyError, ValueError):
+        return dict(_FALLBACK)
+    return {
+        "background": theme.background.as_hex(),
+        "text": theme.text.as_hex(),
+        "grid": theme.secondary.as_hex(),
+    }
+
 
 class TrainingPlot(FigureCanvasQTAgg):
     """Two panels that follow training; redraws are coalesced (at most two a second) so fast steps
     cost the GUI thread little."""
 
-    def __init__(self) -> None:
-        figure = Figure(figsize=(4.2, 2.4), dpi=80, layout="constrained")
+    def __init__(self, theme: str = "dark") -> None:
+        figure = Figure(figsize=(3.7, 3.4), dpi=96, layout="constrained")
         super().__init__(figure)
-        self.setMinimumHeight(180)
-        self.loss_ax, self.ap_ax = figure.subplots(1, 2)
+        self.setMinimumHeight(280)
+        self.loss_ax, self.ap_ax = figure.subplots(2, 1)
+        self.colours = theme_colours(theme)
         self.steps: list[int] = []
         self.losses: dict[str, list[float]] = defaultdict(list)
         self.epochs: list[int] = []
@@ -35,6 +61,11 @@ class TrainingPlot(FigureCanvasQTAgg):
         self._timer.setSingleShot(True)
         self._timer.setInterval(500)
         self._timer.timeout.connect(self.redraw)
+        self.redraw()
+
+    def set_theme(self, theme: str) -> None:
+        """Recolour for the napari theme ``theme`` (dark, light or system)."""
+        self.colours = theme_colours(theme)
         self.redraw()
 
     def clear(self) -> None:
@@ -63,21 +94,40 @@ class TrainingPlot(FigureCanvasQTAgg):
     def redraw(self) -> None:
         ax = self.loss_ax
         ax.clear()
-        ax.set_title("loss", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_title("training loss", fontsize=FONT_PT + 1)
+        ax.set_xlabel("step", fontsize=FONT_PT)
         for key, values in self.losses.items():
-            ax.plot(self.steps, values, label=_LOSS_LABELS.get(key, key), lw=1.5 if key == "loss" else 0.8)
+            ax.plot(self.steps, values, label=_LOSS_LABELS.get(key, key), lw=1.8 if key == "loss" else 1.0)
         if self.losses:
-            ax.legend(fontsize=6, loc="upper right")
+            self._legend(ax, "upper right", ncols=2)
         ax = self.ap_ax
         ax.clear()
-        ax.set_title("validation", fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_title("validation", fontsize=FONT_PT + 1)
+        ax.set_xlabel("epoch", fontsize=FONT_PT)
         ax.set_ylim(0, 1)
         for key, values in self.ap.items():
             ax.plot(self.epochs, values, marker="o", label=key)
         if self.ap:
-            ax.legend(fontsize=6, loc="upper left")
-        for ax in (self.loss_ax, self.ap_ax):
-            ax.tick_params(labelsize=7)
+            self._legend(ax, "upper left", ncols=2)
+        self._colour()
         self.draw()  # now, not draw_idle: its unparented timer could fire after the dock is closed
+
+    def _legend(self, ax, loc: str, ncols: int) -> None:
+        legend = ax.legend(fontsize=FONT_PT, loc=loc, ncols=ncols, framealpha=0.7)
+        legend.get_frame().set_facecolor(self.colours["background"])
+        legend.get_frame().set_edgecolor(self.colours["grid"])
+        for text in legend.get_texts():
+            text.set_color(self.colours["text"])
+
+    def _colour(self) -> None:
+        c = self.colours
+        self.figure.set_facecolor(c["background"])
+        for ax in (self.loss_ax, self.ap_ax):
+            ax.set_facecolor(c["background"])
+            ax.tick_params(labelsize=FONT_PT, colors=c["text"])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 1.5, no epoch 0.5
+            ax.title.set_color(c["text"])
+            ax.xaxis.label.set_color(c["text"])
+            ax.grid(True, color=c["grid"], linewidth=0.5, alpha=0.6)
+            for spine in ax.spines.values():
+                spine.set_color(c["grid"])

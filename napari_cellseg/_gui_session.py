@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ from typing import Any
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QEvent, QObject
 from psygnal import evented
 
+from ._tooltips import GUI_WORDS, OS_ERRORS
 from .errors import CellsegError
 
 USER_ERRORS = (CellsegError, ValueError, OSError, MemoryError, RuntimeError)
@@ -80,6 +83,11 @@ class ImageResult:
         return labels, scores
 
 
+def short_name(name: str, width: int = 28) -> str:
+    """A long file name (DSB2018's are 64-character hashes) shortened in the middle for a dock."""
+    return name if len(name) <= width else f"{name[: width // 2 - 1]}...{name[-(width // 2 - 2):]}"
+
+
 def _display_name(path: Path | None) -> str:
     if path is None:
         return "image"
@@ -97,6 +105,7 @@ class Session:
 
     last_checkpoint: Path | None = None
     folder_results: list = field(default_factory=list)  # list[ImageResult]
+    folder_exported: bool = False  # the folder review was exported and not edited since
     score_thresh: float = 0.5
     mask_thresh: float = 0.6
 
@@ -119,12 +128,126 @@ class Failed:
 
 
 def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (the core writes them for the user)."""
+    """The first line of an error's message (the core writes them for the user), in GUI words:
+    an operating-system error says what went wrong with which file, not ``[Errno 2] ...``."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        meaning = OS_ERRORS.get(errno.errorcode.get(exc.errno, ""), (exc.strerror or "").lower())
+        return gui_words(f"{exc.filename}: {meaning}" if exc.filename else meaning or type(exc).__name__)
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
-    if isinstance(exc, CellsegError) and first:
-        return first
-    return first or type(exc).__name__
+    return gui_words(first or type(exc).__name__)
+
+
+def gui_words(message: str) -> str:
+    """``message`` with the command-line options it names replaced by the widgets' own words."""
+    for cli, gui in GUI_WORDS.items():
+        message = message.replace(cli, gui)
+    return message
+
+
+def short_path(path: Path | str | None) -> str:
+    """A path short enough for a narrow dock: its folder and file name (the full path goes in a tooltip)."""
+    if path is None:
+        return "none"
+    path = Path(path)
+    return str(Path(path.parent.name, path.name)) if path.parent.name else str(path)
+
+
+def folder_size(folder: Path | str) -> int:
+    """Bytes the files directly in ``folder`` take (a run folder holds a few checkpoints, no subfolders)."""
+    total = 0
+    for entry in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        try:
+            total += entry.stat().st_size if entry.is_file() else 0
+        except OSError:  # a checkpoint being replaced right now
+            pass
+    return total
+
+
+def human_size(size: int) -> str:
+    """``size`` bytes as a biologist reads it: 390 MB, 1.2 GB."""
+    if size >= 1e9:
+        return f"{size / 1e9:.1f} GB"
+    return next(f"{size / scale:.0f} {unit}" for scale, unit in ((1e6, "MB"), (1e3, "kB"), (1, "bytes")) if size >= scale or scale == 1)
+
+
+DOCK_WIDTH = 310
+"""Preferred width of a dock (px): on a 1366 px laptop screen the image canvas keeps half the window."""
+
+
+def keep_narrow(container) -> None:
+    """Stop long texts from widening a dock: wrapping labels take the width they are given, combo
+    boxes stop sizing to their longest item, and file boxes show the end of a long path (the file
+    name) with the whole path in their tooltip."""
+    from magicgui.widgets import FileEdit
+    from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy
+
+    if container.native.property("cellseg_narrow"):
+        return  # once per widget, whether it is a dock of its own or a tab of the main dock
+    container.native.setProperty("cellseg_narrow", True)
+    labels = container.native.findChildren(QLabel)
+    for label in labels:
+        if label.wordWrap():
+            label.setMinimumWidth(60)  # wraps to the dock instead of widening it
+            policy = label.sizePolicy()
+            policy.setHorizontalPolicy(QSizePolicy.Policy.Expanding)
+            label.setSizePolicy(policy)
+    # magicgui sizes the option names before napari's style sheet enlarges the font ("dataset folde"):
+    # they are sized again when shown, all to the widest so the boxes stay aligned
+    names = [label for label in labels if label.objectName() == "magicgui.QLabel" and not label.wordWrap()]
+    aligner = _AlignNames(names, container.native)
+    for label in names:
+        label.installEventFilter(aligner)
+    for combo in container.native.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(8)
+    for widget in _all_widgets(container):
+        if isinstance(widget, FileEdit):
+            _show_full_path(widget)
+
+
+class _AlignNames(QObject):
+    """Gives the option names of a dock one width, measured in the font they are shown with."""
+
+    def __init__(self, labels: list, parent) -> None:
+        super().__init__(parent)
+        self.labels = labels
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Show:
+            shown = [label for label in self.labels if label.text()]
+            width = max((label.fontMetrics().horizontalAdvance(label.text()) for label in shown), default=0) + 6
+            for label in shown:
+                if label.maximumWidth() != width:
+                    label.setFixedWidth(width)  # a fixed column: a wrapping value beside it gets the rest
+        return False
+
+
+def _all_widgets(container):
+    from magicgui.widgets import Container
+
+    for widget in container:
+        yield widget
+        if isinstance(widget, Container):
+            yield from _all_widgets(widget)
+
+
+def _show_full_path(edit) -> None:
+    """Tooltip of a FileEdit: its help text, then the whole path; the box scrolls to the file name."""
+    help_text = edit.tooltip or ""
+    line = edit.line_edit.native
+    button = edit.choose_btn
+    button.tooltip = f"{button.text} ({help_text})" if help_text else button.text
+    button.text = "Browse..."  # "Choose directory" took a third of a narrow dock
+
+    def update(*_: Any) -> None:
+        text = edit.line_edit.value.strip()
+        line.setToolTip(f"{help_text}\n\n{text}" if text and help_text else text or help_text)
+        if not line.hasFocus():
+            line.setCursorPosition(len(line.text()))
+
+    line.textChanged.connect(update)
+    update()
 
 
 def guarded(factory: Callable[[], Iterator[Any]]) -> Generator[Any, None, Any]:

@@ -46,6 +46,12 @@ TRAIN = {
         "Where the trained model is saved: last.pt after every epoch (and on cancel), best.pt "
         "whenever the validation score improves."
     ),
+    "init": (
+        "Start from random weights (a new network), or fine-tune a model that already finds cells: the "
+        "built-in 'nuclei' model or a model you trained. Fine-tuning needs far fewer images and steps; "
+        "when your classes differ, only the part that names the classes is learned anew."
+    ),
+    "init_file": "The model file (.pt) to fine-tune, e.g. the best.pt of an earlier run.",
     "resume": "Optional: a last.pt from an earlier run, to continue that training where it stopped.",
     "start": "Start training. While it runs this button cancels; the model trained so far is kept as last.pt.",
     "plot": (
@@ -55,6 +61,11 @@ TRAIN = {
 }
 
 SEGMENT = {
+    "model": (
+        "The model that finds the cells. 'nuclei' is built in (trained on the DSB2018 nuclei images, "
+        "fluorescence and stained): it works before any training. Pick 'a checkpoint file...' for a "
+        "model you trained; after training here, your new model is chosen for you."
+    ),
     "checkpoint": (
         "The trained model file (.pt). After training in this window it is filled in with the "
         "model you just trained."
@@ -108,3 +119,34 @@ EXPORT = {
     "evaluate": "Score the segmentation against the ground truth: COCO mask AP (0 = nothing right, 1 = perfect).",
     "table": "AP averages over overlap levels 0.50-0.95; AP50 counts a cell found when it overlaps the truth by half.",
 }
+
+TRAIN.update({
+    "advanced": "Show the finer training options (batch size, learning rate, crop size, ...). The defaults suit most data.",
+    "replace_title": "Replace the earlier training?",
+    "replace": (
+        "The output folder {folder} already holds a trained model ({files}).\n\n"
+        "Replace it: the new training overwrites those files.\n"
+        "New folder: train into {new} instead and keep the earlier model.\n"
+        "Cancel: do not start."
+    ),
+    "run_size": "Space the trained models take on disk in the output folder.",
+})
+
+GUI_WORDS = {
+    "(use --amp to force bf16)": "(set mixed precision to 'on' in the advanced options to force bf16)",
+    "or train without AMP": "or set mixed precision to 'off' in the advanced options",
+    "Train with --weights none": "Train without pretrained weights",
+}
+"""Phrases of core messages that name command-line options, in the words of the napari widgets."""
+
+OS_ERRORS = {
+    "ENOENT": "not found",
+    "ENOTDIR": "is not a folder",
+    "EISDIR": "is a folder, not a file",
+    "EACCES": "you have no permission to use it",
+    "EPERM": "you have no permission to use it",
+    "ENOSPC": "the disk is full",
+    "EROFS": "the disk is read-only",
+    "EEXIST": "already exists",
+}
+"""What an operating-system error means, for the status line (by ``errno`` name)."""

@@ -8,7 +8,7 @@ What is exported, chosen in "source":
 
 Both become results through ``_writer.to_results`` (``coco.labels_to_results``; image ids from
 the mapping file) and are written by ``coco.write_json`` (atomic). Evaluate compares the same
-results with ground truth through ``coco.ground_truth`` and ``metrics.evaluate``.
+results with ground truth by image name through ``evaluation.evaluate`` (the CLI's function too).
 """
 
 from __future__ import annotations
@@ -19,16 +19,32 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_info
-from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QHeaderView, QMessageBox, QTableWidget, QTableWidgetItem
 
 from . import _gui_session
-from ._gui_session import path_or_none
+from ._gui_session import path_or_none, short_name
 from ._reader import GROUND_TRUTH, IMAGE_NAME, PREDICTION, layer_meta, read_json_list
 from ._tooltips import EXPORT as TIPS
-from ._writer import ImageLabels, group_layers, image_id_for, is_sample_image, to_results
+from ._writer import ImageLabels, group_layers, is_sample_image, to_results
 from .errors import DatasetError
 
 LAYERS, FOLDER = "visible layers", "segmented folder"
+
+
+def ask_several(parent, names: list[str]) -> bool:
+    """True when the user means to export the visible layers of several images (tests monkeypatch this)."""
+    text = (f"The visible segmentation layers belong to {len(names)} images: {', '.join(names)}.\n\n"
+            "Export all of them into one results file (Yes), or not now (No: hide the layers of the images "
+            "you do not want, then export again)?")
+    answer = QMessageBox.question(parent, "Export several images?", text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+    return answer == QMessageBox.Yes
+
+
+def covered(groups: list[ImageLabels]) -> str:
+    """'3 images (a.tif, b.tif, c.tif)': which images an export or evaluation covers."""
+    names = [short_name(image_name(g.source)) if g.source is not None else "an unnamed image" for g in groups]
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"{len(names)} image{'s' if len(names) != 1 else ''} ({shown})"
 
 
 # ------------------------------------------------------------------ pure generators (worker side)
@@ -48,50 +64,52 @@ def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None) ->
 
 def evaluate_events(
     groups: list[ImageLabels], class_names: list[str], truth_folder: Path | None, truth_json: Path | None,
-    mapping: Path | None,
 ) -> Iterator[tuple[int, int]]:
-    """COCO mask AP of ``groups`` against the ground truth; returns the metrics dict."""
-    from .metrics import evaluate
+    """COCO mask AP of ``groups`` against the ground truth, matched by image name
+    (``evaluation.evaluate``, as the CLI); returns the metrics dict."""
+    from .coco import labels_to_results
+    from .evaluation import evaluate
 
-    results, ids = [], set()
+    results, names = [], {}
     for n, group in enumerate(groups, start=1):
-        ids.add(image_id_for(group.source, group.shape, mapping))
-        results += to_results([group], mapping)
+        if group.source is None:
+            raise DatasetError("the image of these labels is unknown (not opened from a file); open it from its file")
+        names[n] = image_name(group.source)
+        for k in sorted(group.labels):
+            results += labels_to_results({k: group.labels[k]}, n, group.scores.get(k, {}))
         yield n, len(groups)
     if truth_json is not None:
         gt = read_json_list(truth_json)
         if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
             raise DatasetError(f"{truth_json.name} is not COCO ground truth (needs images, annotations, categories)")
+        label = truth_json.name
     else:
-        gt = sample_truth(groups, class_names, truth_folder)
-    if not ids & {image["id"] for image in gt["images"]}:
-        raise DatasetError("none of the segmented images is in the ground truth")
-    # score only the images that were segmented: the others would count as all cells missed
-    gt = {**gt, "images": [i for i in gt["images"] if i["id"] in ids],
-          "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
-    return evaluate(gt, results)
+        gt, label = sample_truth(groups, class_names, truth_folder)
+    return evaluate(results, names, gt, class_names=class_names, only_matched=True,
+                    results_label="the segmentation", truth_label=label)
 
 
-def sample_truth(groups: list[ImageLabels], class_names: list[str], folder: Path | None) -> dict:
+def image_name(source: Path) -> str:
+    """The name an image has in ground truth: its sample folder's for ``<sample>/image.tif``."""
+    return source.parent.name if is_sample_image(source) else source.name
+
+
+def sample_truth(groups: list[ImageLabels], class_names: list[str], folder: Path | None) -> tuple[dict, str]:
     """Ground truth from HW3 sample folders: ``folder`` (one sample or a folder of them), or else
-    the sample folder each segmented image came from."""
-    from .coco import ground_truth
-    from .data import read_sample_dir, find_samples, read_sample
+    the sample folder each segmented image came from; and how to name it in a message."""
+    from .data import find_samples, read_sample_dir
+    from .evaluation import samples_truth
 
     if folder is not None:
         samples = [read_sample_dir(folder)] if (folder / IMAGE_NAME).is_file() else find_samples(folder)
+        label = f"{folder.name}/"
     else:
         sources = [g.source for g in groups if g.source is not None and is_sample_image(g.source)]
         if not sources:
             raise DatasetError("no ground truth: choose a sample folder or a COCO ground-truth .json")
         samples = [read_sample_dir(s.parent) for s in dict.fromkeys(sources)]
-    items = []
-    for sample in samples:
-        image, truth = read_sample(sample)
-        items.append((image_id_for(sample.image_path, image.shape), sample.name, truth))
-    top = max([len(class_names)] + [max(t, default=0) for _, _, t in items])
-    names = list(class_names) + [f"class{k}" for k in range(len(class_names) + 1, top + 1)]
-    return ground_truth(items, names)
+        label = "the sample folders of the images"
+    return samples_truth(samples, class_names), label
 
 
 # ------------------------------------------------------------------ the widget
@@ -117,6 +135,7 @@ class ExportWidget(Container):
         self.extend([self.source, self.mapping, self.out, self.export_button, self.truth_folder, self.truth_json,
                      self.evaluate_button, self.progress, self.status])
         self.status.native.setWordWrap(True)
+        _gui_session.keep_narrow(self)  # long file names must not widen the dock
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["metric", "value"])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
@@ -160,7 +179,13 @@ class ExportWidget(Container):
 
     # ------------------------------------------------------------------ actions
 
+    def error(self, message: str) -> None:
+        """An error in a notification and in the dock's status line (a toast vanishes)."""
+        self.status.value = f"stopped: {message}"
+        _gui_session.show_error(message)
+
     def export(self) -> None:
+        self.status.value = ""
         try:
             out = path_or_none(self.out)
             if out is None:
@@ -169,26 +194,36 @@ class ExportWidget(Container):
                 out = out.with_suffix(".json")
             groups, _ = self.collect()
         except _gui_session.USER_ERRORS as exc:
-            _gui_session.show_error(_gui_session.one_line(exc))
+            self.error(_gui_session.one_line(exc))
             return
-        mapping = path_or_none(self.mapping)
+        names = [image_name(g.source) if g.source is not None else "an unnamed image" for g in groups]
+        if self.source.value == LAYERS and len(groups) > 1 and not ask_several(self.native, names):
+            self.status.value = f"not exported: the visible layers cover {covered(groups)}"
+            return
+        mapping, folder = path_or_none(self.mapping), self.source.value == FOLDER
+        self.status.value = f"exporting {covered(groups)}"
 
         def written(count) -> None:
             if count is not None:
                 self.written = out
-                self.status.value = f"wrote {count} cells of {len(groups)} image(s) to {out}"
+                self.session.folder_exported = self.session.folder_exported or folder
+                self.status.value = f"wrote {count} cells of {covered(groups)} to {out}"
                 show_info(self.status.value)
 
         self._start(lambda: export_events(groups, out, mapping), written)
 
     def evaluate(self) -> None:
+        self.status.value = ""
+        self.metrics = None
+        self.table.setRowCount(0)  # no figures of an earlier evaluation next to a new message
         try:
             groups, class_names = self.collect()
         except _gui_session.USER_ERRORS as exc:
-            _gui_session.show_error(_gui_session.one_line(exc))
+            self.error(_gui_session.one_line(exc))
             return
-        truth_folder, truth_json, mapping = (path_or_none(w) for w in (self.truth_folder, self.truth_json, self.mapping))
-        self._start(lambda: evaluate_events(groups, class_names, truth_folder, truth_json, mapping), self._show_metrics)
+        truth_folder, truth_json = path_or_none(self.truth_folder), path_or_none(self.truth_json)
+        self.status.value = f"evaluating {covered(groups)}"
+        self._start(lambda: evaluate_events(groups, class_names, truth_folder, truth_json), self._show_metrics)
 
     def _start(self, factory, on_return) -> None:
         if self._worker is not None:
@@ -204,7 +239,7 @@ class ExportWidget(Container):
             self.export_button.enabled = self.evaluate_button.enabled = True
 
         def failed(message: str) -> None:
-            self.status.value = f"failed: {message}"
+            self.status.value = f"stopped: {message}"
 
         self._worker = True
         self._worker = _gui_session.run(
@@ -222,5 +257,5 @@ class ExportWidget(Container):
             self.table.setItem(row, 0, QTableWidgetItem(name))
             text = "n/a (no cells of this class)" if value is None else f"{value:.3f}"
             self.table.setItem(row, 1, QTableWidgetItem(text))
-        images, cells = metrics.get("num_images", 0), metrics.get("num_detections", 0)
-        self.status.value = f"evaluated {images} image(s), {cells} cells"
+        cells = metrics.get("num_detections", 0)
+        self.status.value = f"{self.status.value.replace('evaluating', 'evaluated')}: {cells} cells against their ground truth"

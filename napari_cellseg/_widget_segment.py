@@ -1,126 +1,48 @@
 """Segment widget: run a checkpoint on an image layer or a folder, then threshold live.
 
 Where things go, in one hop:
-- Run -> ``predict_events`` (worker: load the model, ``inference.iter_predict`` tile by tile) ->
-  ``_show`` keeps the ``RawInstances`` and makes one Labels layer per class.
-- Confidence / mask sliders -> ``_rethreshold`` -> ``postprocess.to_labels`` on the cached raw
-  result -> ``layer.data = ...``; the network never runs again.
-- Hand edits (``layer.events.paint`` / ``events.data``) mark a layer edited; the next slider move
-  asks (``ask_discard``) before redrawing it, or leaves it alone. Cells drawn by hand get a
-  features row with score 1.0; the model's cells keep their score.
-- Segment folder -> ``folder_events`` -> one ``ImageResult`` per image in the viewer's session;
-  the review box steps through them and edits stay with their image (the Export widget reads them).
+- Run -> ``_segment_jobs.predict_events`` (worker) -> ``_show``: the image gets one set of Labels
+  layers (one per class) named after it (``Shown``); a re-run on the same image replaces them.
+- Sliders -> ``_slider_moved`` (a drag is throttled by a timer: stale values are dropped)
+  -> ``_rethreshold`` -> ``postprocess.to_labels`` on the cached raw result -> the layers.
+- Hand edits mark a layer edited; the next slider move asks (``ask_discard``) before redrawing
+  it. Cells drawn by hand get score 1.0; the model's cells keep their score.
+- Segment folder -> ``folder_events`` -> one ``ImageResult`` per image in the session; the review
+  box (choices read from the session, so layer changes never empty it) steps through them on one
+  image layer and one set of class layers; edits stay with their image until exported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, ProgressBar, PushButton
-from napari.layers import Image, Labels
+from napari.layers import Image
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QMessageBox
 
 from . import _gui_session, _gui_stack
-from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from ._gui_session import Device, ImageResult, path_or_none
+from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
+from ._segment_jobs import (
+    CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values, predict_events,
+)
+from ._segment_layers import REVIEW, Shown, review_image, update_labels
 from ._tooltips import SEGMENT as TIPS
 from ._writer import scores_from_features
 
-REVIEW_IMAGE = "review image"
+NEW_FOLDER_TEXT = (
+    "You edited {names} in the folder review and have not exported them since. A new folder run "
+    "replaces that review.\n\nDiscard those edits (Yes) or keep reviewing (No)?"
+)
 
 
-def ask_discard(parent, names: list[str]) -> bool:
+def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
     """True when the user agrees to throw away hand edits of ``names`` (tests monkeypatch this)."""
-    text = TIPS["discard"].format(names=", ".join(names))
+    text = (text or TIPS["discard"]).format(names=", ".join(names))
     answer = QMessageBox.question(parent, TIPS["discard_title"], text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
     return answer == QMessageBox.Yes
-
-
-# ------------------------------------------------------------------ pure generators (worker side)
-
-
-def predict_events(loader, image_data, stop, tile_size: int = 1024, flip: bool = False) -> Iterator[tuple[int, int]]:
-    """Yield (tiles done, tiles) while predicting; return (RawInstances, class names) or None if stopped."""
-    from .images import to_rgb_uint8
-    from .inference import iter_predict
-
-    model, config, device = loader()
-    image = to_rgb_uint8(np.asarray(image_data))
-    steps = iter_predict(model, image, device=device, tile_size=tile_size, overlap=_overlap(tile_size), flip=flip)
-    while True:
-        try:
-            yield next(steps)
-        except StopIteration as done:
-            return done.value, list(config.class_names)
-        if stop():
-            steps.close()
-            return None
-
-
-def folder_events(
-    loader, paths: list[Path], stop, tile_size: int = 1024, flip: bool = False
-) -> Iterator[tuple[int, int, ImageResult]]:
-    """Yield (done, total, ImageResult) image by image; a cancel stops between tiles (the image
-    being segmented is dropped, the finished ones are kept)."""
-    from .images import read_image
-    from .inference import iter_predict
-
-    model, config, device = loader()
-    for n, path in enumerate(paths, start=1):
-        if stop():
-            return
-        steps = iter_predict(
-            model, read_image(path), device=device, tile_size=tile_size, overlap=_overlap(tile_size), flip=flip
-        )
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                raw = done.value
-                break
-            if stop():
-                steps.close()
-                return
-        yield n, len(paths), ImageResult(path, raw, list(config.class_names))
-
-
-def _overlap(tile_size: int) -> int:
-    return min(128, tile_size // 4)  # the core's default overlap, smaller for test-sized tiles
-
-
-def folder_images(folder: Path) -> list[Path]:
-    """The images of a folder of TIFF files (test_release/) or of samples (``<sample>/image.tif``)."""
-    from .data import find_samples
-    from .errors import DatasetError
-    from .pipeline import image_files
-
-    try:
-        return image_files(folder)
-    except DatasetError:
-        if not Path(folder).is_dir():
-            raise
-        return [s.image_path for s in find_samples(folder)]
-
-
-# ------------------------------------------------------------------ what is on screen
-
-
-@dataclass(eq=False)
-class Shown:
-    """The result on screen, its layers (class id -> Labels) and their edit state."""
-
-    result: ImageResult
-    image: Image
-    layers: dict[int, Labels]
-    edited: set[int] = field(default_factory=set)  # edited since the last redraw
-    kept: set[int] = field(default_factory=set)  # the user chose to keep these edits
-
-    def alive(self, viewer) -> bool:
-        return all(layer in viewer.layers for layer in self.layers.values())
 
 
 class SegmentWidget(Container):
@@ -132,7 +54,9 @@ class SegmentWidget(Container):
         self.session = _gui_session.session_for(napari_viewer)
         self.synchronous = False
         self.tile_size = 1024  # larger images are segmented tile by tile (inference.iter_predict)
-        self.checkpoint = FileEdit(mode="r", filter="*.pt", label="model", tooltip=TIPS["checkpoint"])
+        self.slider_delay_ms = 30  # a drag redraws at most once per delay, always with the latest value
+        self.model = ComboBox(choices=model_choices(), value=first_model(), label="model", tooltip=TIPS["model"])
+        self.checkpoint = FileEdit(mode="r", filter="*.pt", label="checkpoint", tooltip=TIPS["checkpoint"])
         self.image = ComboBox(choices=self._image_layers, label="image", tooltip=TIPS["image"])
         self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
         self.flip = CheckBox(value=False, text="test-time flips (2x slower)", tooltip=TIPS["flip"])
@@ -142,25 +66,36 @@ class SegmentWidget(Container):
         self.mask = FloatSlider(value=0.6, min=0.0, max=1.0, step=0.01, label="mask threshold", tooltip=TIPS["mask"])
         self.folder = FileEdit(mode="d", label="folder", tooltip=TIPS["folder"])
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
-        self.review = ComboBox(choices=[], label="review", tooltip=TIPS["review"])
+        self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])
         self.status = Label(value="", label="status")
-        self.extend([self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score, self.mask,
-                     self.folder, self.folder_button, self.review, self.progress, self.status])
+        self.extend([self.model, self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score,
+                     self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
+        _gui_session.keep_narrow(self)  # long file names must not widen the dock
         self.progress.native.setFormat("idle")
+        self.sets: list[Shown] = []  # one per segmented image layer
         self.current: Shown | None = None
         self._worker = None
         self._stop = False
         self._redrawing = False
         self._model = None  # (key, model, config, device): reused while the file is unchanged
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._timer_fired)
+        self._due = False
+        self.checkpoint.visible = self.model.value == CHECKPOINT_FILE
+        self.model.changed.connect(lambda value: setattr(self.checkpoint, "visible", value == CHECKPOINT_FILE))
+        self.checkpoint.changed.connect(self._checkpoint_chosen)
         self.run_button.changed.connect(lambda: self._toggle(self.run_button, self.start))
         self.folder_button.changed.connect(lambda: self._toggle(self.folder_button, self.start_folder))
-        self.score.changed.connect(self._rethreshold)
-        self.mask.changed.connect(self._rethreshold)
+        self.score.changed.connect(self._slider_moved)
+        self.mask.changed.connect(self._slider_moved)
         self.review.changed.connect(self._on_review)
         self.session.events.last_checkpoint.connect(self._on_new_checkpoint)
-        for name in ("inserted", "removed", "reordered"):
-            getattr(napari_viewer.layers.events, name).connect(self._layers_changed)  # held weakly
+        events = napari_viewer.layers.events
+        events.inserted.connect(self._layer_inserted)  # held weakly
+        events.removed.connect(self._layers_changed)
+        events.reordered.connect(self._layers_changed)
         if self.session.last_checkpoint is not None:
             self._on_new_checkpoint(self.session.last_checkpoint)
         self.stack_view = _gui_stack.StackView(self)  # stacks: one stacked layer per class
@@ -169,23 +104,41 @@ class SegmentWidget(Container):
 
     def _layers_changed(self, _event=None) -> None:
         self.image.reset_choices()
+        self.review.reset_choices()
+        self.sets = [s for s in self.sets if s.image in self.viewer.layers or s.live(self.viewer)]
+
+    def _layer_inserted(self, event=None) -> None:
+        """A newly opened image becomes the one to segment (not the review's own image layer)."""
+        self._layers_changed()
+        layer = getattr(event, "value", None)
+        if isinstance(layer, Image) and layer_meta(layer).get("role") != REVIEW:
+            self.image.value = layer
 
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _review_choices(self, _widget=None) -> list[tuple[str, int]]:
+        """Read from the session each time, so napari's reset on any layer change keeps them."""
+        results = self.session.folder_results
+        return [(f"{i + 1}/{len(results)}  {_gui_session.short_name(r.name)}", i) for i, r in enumerate(results)]
 
     def _on_new_checkpoint(self, path) -> None:
         if path is not None:
             self.checkpoint.value = Path(path)
             self.status.value = f"using the model just trained: {path}"
 
+    def _checkpoint_chosen(self, _value=None) -> None:
+        """Choosing a file means using it: the model choice follows (a built-in name is one click back)."""
+        if path_or_none(self.checkpoint) is not None:
+            self.model.value = CHECKPOINT_FILE
+
     def _loader(self):
         """A function the worker calls to get (model, config, device); errors name the file."""
         from .checkpoint import load_model
         from .devices import resolve_device
 
-        path, device_name = path_or_none(self.checkpoint), self.device.value.value
-        if path is None:
-            raise ValueError("choose a model file (.pt) first, or train one in the Train widget")
+        device_name = self.device.value.value
+        path = model_file(self.model.value, path_or_none(self.checkpoint))
 
         def load():
             device = resolve_device(device_name)
@@ -196,6 +149,11 @@ class SegmentWidget(Container):
             return self._model[1:]
 
         return load
+
+    def error(self, message: str) -> None:
+        """An error in a notification and in the dock's status line (a toast vanishes)."""
+        self.status.value = f"stopped: {message}"
+        _gui_session.show_error(message)
 
     # ------------------------------------------------------------------ running
 
@@ -218,15 +176,21 @@ class SegmentWidget(Container):
         self.progress.value = 0
         self.progress.native.setFormat("loading the model")
 
+        def fail(message: str) -> None:
+            failed.append(message)
+            self.status.value = f"stopped: {message}"
+
         def done():
             self._worker = None
             self.run_button.text, self.folder_button.text = "Segment image", "Segment folder"
             self.run_button.enabled = self.folder_button.enabled = True
             self.progress.native.setFormat("stopped by an error" if failed else "cancelled" if self._stop else "done")
+            if self._stop and not failed:
+                self.status.value = f"{self.status.value} (cancelled)" if self.status.value else "cancelled"
 
         self._worker = True  # a run is on even when synchronous
         self._worker = _gui_session.run(
-            self, factory, on_yield=on_yield, on_return=on_return, on_done=done, on_error=failed.append
+            self, factory, on_yield=on_yield, on_return=on_return, on_done=done, on_error=fail
         ) or None
 
     def _progress(self, done: int, total: int, what: str) -> None:
@@ -235,18 +199,24 @@ class SegmentWidget(Container):
 
     def start(self) -> None:
         """Segment the chosen image layer."""
+        self.status.value = ""
         layer = self.image.value
         try:
             if layer is None:
                 raise ValueError("open an image first (File > Open, or File > Open Sample)")
             loader = self._loader()
         except ValueError as exc:
-            _gui_session.show_error(_gui_session.one_line(exc))
+            self.error(_gui_session.one_line(exc))
             return
         if _gui_stack.is_stack(layer):
             return self.stack_view.start(layer, loader)
         source = layer_meta(layer).get("source") or layer.source.path
         data = layer.data[0] if layer.multiscale else layer.data  # the full-resolution level
+        note = ""
+        if not layer.visible:
+            layer.visible = True
+            note = f" ('{layer.name}' was hidden: shown now)"
+        self.status.value = f"segmenting '{layer.name}'{note}"
 
         def returned(value) -> None:
             if value is not None:
@@ -258,6 +228,7 @@ class SegmentWidget(Container):
 
     def start_folder(self) -> None:
         """Segment every image of the folder; results arrive one by one for review."""
+        self.status.value = ""
         try:
             loader = self._loader()
             folder = path_or_none(self.folder)
@@ -265,17 +236,23 @@ class SegmentWidget(Container):
                 raise ValueError("choose a folder of images first")
             paths = folder_images(folder)
         except _gui_session.USER_ERRORS as exc:
-            _gui_session.show_error(_gui_session.one_line(exc))
+            self.error(_gui_session.one_line(exc))
+            return
+        edited = [r.name for r in self.session.folder_results if r.reviewed]
+        if edited and not self.session.folder_exported and not ask_discard(self.native, edited, NEW_FOLDER_TEXT):
+            self.status.value = "kept the folder review; export it before segmenting another folder"
             return
         self.session.folder_results = []
-        self.review.choices = []
+        self.session.folder_exported = False
+        self.review.reset_choices()
+        self.status.value = f"segmenting {len(paths)} image(s) of {folder.name}"
 
         def arrived(item) -> None:
             done, total, result = item
             self._progress(done, total, "image")
             self.session.folder_results.append(result)
-            self.review.choices = [(r.name, i) for i, r in enumerate(self.session.folder_results)]
-            if done == 1:
+            self.review.reset_choices()
+            if self.review.value != 0 and done == 1:
                 self.review.value = 0  # shows the first image; the others wait in the review box
 
         self._begin(self.folder_button, lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value), arrived)
@@ -289,117 +266,132 @@ class SegmentWidget(Container):
                 self._show(results[index])
 
     def _show(self, result: ImageResult, image_layer: Image | None = None) -> None:
-        """Put ``result`` on screen: the review (or a re-run on the same image) reuses the layers."""
-        old, folder = self.current, self.session.folder_results
-        reuse = old is not None and old.alive(self.viewer) and (
-            (image_layer is None and any(r is old.result for r in folder)) or old.image is image_layer
-        )
-        if reuse and image_layer is not None and old.edited:  # a re-run would overwrite edits
-            reuse = ask_discard(self.native, [old.layers[k].name for k in sorted(old.edited)])
+        """Put ``result`` on screen in its image's set of layers (made, or reused and renamed);
+        the other images' layers are hidden, so only this image's cells are visible."""
         if image_layer is None:
-            image_layer = self._review_image(result)
-        layers = {}
+            image_layer = review_image(self.viewer, result)
+        shown = next((s for s in self.sets if s.image is image_layer), None)
+        if shown is not None and shown.result is not result:
+            if layer_meta(image_layer).get("role") != REVIEW and shown.edited:  # a re-run on this image
+                live = shown.live(self.viewer)
+                if not ask_discard(self.native, [live[k].name for k in sorted(shown.edited) if k in live]):
+                    self.status.value = f"{image_layer.name}: kept your edits; the new segmentation was not shown"
+                    return
+            self._remember_edits(shown, copy=True)  # the layers will show another result
+        if shown is None:
+            shown = Shown(result, image_layer, {})
+            self.sets.append(shown)
+        live = shown.live(self.viewer)
         for k, name in enumerate(result.class_names, start=1):
-            kwargs = labels_layer_kwargs(k, name, source=result.path, role=PREDICTION)
-            layer = old.layers.get(k) if reuse else None
+            kwargs = labels_layer_kwargs(k, name, source=result.path, role=PREDICTION, name=f"{name} ({result.name})")
+            layer = live.get(k)
             if layer is None:
                 layer = self.viewer.add_labels(
                     np.zeros(result.raw.image_shape, np.int32), scale=image_layer.scale[-2:],
                     translate=image_layer.translate[-2:], **kwargs,
                 )
-                layer.events.paint.connect(partial(self._on_edit, k))
-                layer.events.data.connect(partial(self._on_data, k))
-            layer.metadata = kwargs["metadata"]
-            layers[k] = layer
-        self.current = Shown(result, image_layer, layers, edited=set(result.reviewed or ()))
-        self._redraw(reviewed=result.reviewed)
-        self.status.value = f"{result.name}: the model found {len(result.raw)} cells"
+                layer.events.paint.connect(lambda event, s=shown, k=k: self._on_edit(s, k, event))
+                layer.events.data.connect(lambda event, s=shown, k=k: self._on_edit(s, k, None))
+            layer.name, layer.metadata = kwargs["name"], kwargs["metadata"]
+            live[k] = layer
+        shown.result, shown.layers = result, live
+        shown.edited, shown.kept, shown.model_tables = set(result.reviewed or ()), set(), set()
+        self.current = shown
+        for other in self.sets:  # only this image's layers are visible
+            for layer in [other.image, *other.layers.values()]:
+                if layer in self.viewer.layers:
+                    layer.visible = other is shown
+        self._redraw(shown, reviewed=result.reviewed)
 
-    def _review_image(self, result: ImageResult) -> Image:
-        from ._reader import image_layer as image_tuple
-        from .images import read_image
-
-        data, kwargs, _ = image_tuple(read_image(result.path), result.path, REVIEW_IMAGE)
-        if REVIEW_IMAGE not in self.viewer.layers:
-            return self.viewer.add_image(data, **kwargs)
-        layer = self.viewer.layers[REVIEW_IMAGE]
-        layer.data, layer.metadata = data, kwargs["metadata"]
-        return layer
-
-    def _rethreshold(self, _value=None) -> None:
-        """Slider moved: redraw every layer, except edited ones the user chooses to keep."""
+    def _slider_moved(self, _value=None) -> None:
+        """Throttle a drag: a move redraws at once, then moves within ``slider_delay_ms`` only mark
+        a redraw due, which the timer does with the value of that moment (stale ones are dropped)."""
         self.session.score_thresh, self.session.mask_thresh = self.score.value, self.mask.value
-        shown = self.current
-        if shown is None or not shown.alive(self.viewer):
+        if self._timer.isActive():
+            self._due = True
             return
-        ask = sorted(shown.edited - shown.kept)
+        self._rethreshold()
+        if self.slider_delay_ms > 0:
+            self._timer.start(self.slider_delay_ms)
+
+    def _timer_fired(self) -> None:
+        if self._due:
+            self._due = False
+            self._rethreshold()
+            self._timer.start(self.slider_delay_ms)
+
+    def _rethreshold(self) -> None:
+        """Redraw every layer at the slider values, except edited ones the user chooses to keep."""
+        shown = self.current
+        if shown is None or not shown.live(self.viewer):
+            return
+        live = shown.live(self.viewer)
+        ask = [k for k in sorted(shown.edited - shown.kept) if k in live]
         if ask:
-            if ask_discard(self.native, [shown.layers[k].name for k in ask]):
+            if ask_discard(self.native, [live[k].name for k in ask]):
                 shown.edited -= set(ask)
             else:
                 shown.kept |= set(ask)
-        self._redraw()
+        self._redraw(shown)
 
-    def _redraw(self, reviewed: dict[int, np.ndarray] | None = None) -> None:
+    def _redraw(self, shown: Shown, reviewed: dict[int, np.ndarray] | None = None) -> None:
         """``to_labels`` at the slider values (reviewed classes as the user left them) -> layers."""
         from .postprocess import instance_scores, to_labels
 
-        shown, result = self.current, self.current.result
+        result, live = shown.result, shown.live(self.viewer)
         labels = dict(reviewed or {})
-        todo = [k for k in shown.layers if k not in shown.kept and k not in labels]
+        todo = [k for k in live if k not in shown.kept and k not in labels]
         if todo:
             labels.update(to_labels(result.raw, self.score.value, self.mask.value, classes=todo))
         model_scores = instance_scores(result.raw)
         self._redrawing = True
         try:
             for k, data in labels.items():
-                present = np.flatnonzero(np.bincount(data.ravel(), minlength=1))
-                scores = (result.reviewed_scores or {}).get(k, model_scores) if k in (reviewed or {}) else model_scores
-                shown.layers[k].data = data
-                shown.layers[k].features = features_table(present[present > 0], result.class_names[k - 1], scores)
+                if k not in live:
+                    continue
+                update_labels(live[k], data)
+                if k in (reviewed or {}):  # the user's table: drawn cells have score 1.0
+                    table = (result.reviewed_scores or {}).get(k, model_scores)
+                    live[k].features = features_table(np.array(sorted(table), np.int64), result.class_names[k - 1], table)
+                    shown.model_tables.discard(k)
+                elif k not in shown.model_tables:  # the model's table does not change with the sliders
+                    ids = np.flatnonzero(result.raw.labels == k) + 1
+                    live[k].features = features_table(ids, result.class_names[k - 1], model_scores)
+                    shown.model_tables.add(k)
         finally:
             self._redrawing = False
-        self._remember_edits()
+        self._remember_edits(shown)
+        self.status.value = self._describe(shown)
+
+    def _describe(self, shown: Shown) -> str:
+        text = f"{_gui_session.short_name(shown.result.name)}: the model found {len(shown.result.raw)} cells"
         if shown.kept:
             names = ", ".join(shown.layers[k].name for k in sorted(shown.kept))
-            self.status.value = f"{names}: your edits are kept; the sliders leave them alone until you edit again"
+            text += f"; {names}: your edits are kept, the sliders leave them alone until you edit again"
+        return text
 
-    def _on_edit(self, class_id: int, event) -> None:
+    def _on_edit(self, shown: Shown, class_id: int, event) -> None:
         """A hand edit: remember it, give new cells score 1.0, keep the edit with its image."""
-        shown = self.current
-        if self._redrawing or shown is None or shown.layers.get(class_id) is None:
+        layer = shown.layers.get(class_id)
+        if self._redrawing or layer is None:
             return
-        layer = shown.layers[class_id]
         shown.edited.add(class_id)
         shown.kept.discard(class_id)
+        self.session.folder_exported = False
         if event is not None:
             table = scores_from_features(layer.features)
-            drawn = {v for v in _painted_values(event.value) if v > 0 and v not in table}
+            drawn = {v for v in painted_values(event.value) if v > 0 and v not in table}
             if drawn:
                 table.update(dict.fromkeys(drawn, 1.0))
+                shown.model_tables.discard(class_id)
                 ids = np.array(sorted(table), dtype=np.int64)
                 layer.features = features_table(ids, shown.result.class_names[class_id - 1], table)
-        self._remember_edits()
+        self._remember_edits(shown)
 
-    def _on_data(self, class_id: int, _event) -> None:
-        """``layer.data`` replaced by someone else (a script, another plugin): also an edit."""
-        self._on_edit(class_id, None)
-
-    def _remember_edits(self) -> None:
-        """Edited classes stay with their result (by reference: the layers get new arrays on redraw)."""
-        shown = self.current
-        edited = sorted(shown.edited)
-        shown.result.reviewed = {k: shown.layers[k].data for k in edited} or None
+    def _remember_edits(self, shown: Shown, copy: bool = False) -> None:
+        """Edited classes stay with their result: by reference while shown, copied when the layers
+        move on to another image."""
+        edited = [k for k in sorted(shown.edited) if k in shown.layers]
+        data = {k: shown.layers[k].data for k in edited}
+        shown.result.reviewed = {k: (v.copy() if copy else v) for k, v in data.items()} or None
         shown.result.reviewed_scores = {k: scores_from_features(shown.layers[k].features) for k in edited} or None
-
-
-def _painted_values(history_item) -> set[int]:
-    """Label values written by one napari paint event (mask atoms or (index, old, new) tuples)."""
-    values: set[int] = set()
-    for atom in history_item or ():
-        new = getattr(atom, "new_value", None)
-        if new is None and isinstance(atom, tuple) and len(atom) == 3:
-            new = atom[2]
-        if new is not None:
-            values.update(int(v) for v in np.unique(np.asarray(new)))
-    return values

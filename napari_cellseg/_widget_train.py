@@ -5,6 +5,10 @@ GUI thread (``_on_event``) where they move the progress bar, the plot and the st
 sets a flag that ``engine.train`` checks before every step, so it stops within one step and
 saves ``last.pt``. When training ends the checkpoint goes to the viewer's session, where the
 Segment widget picks it up.
+
+The dock stays narrow (``_gui_session.keep_narrow``): the finer options fold away under
+"advanced options", and every message, errors included, also lands in the status line, which
+each start resets. Before a run would replace the models of an earlier one, ``ask_replace`` asks.
 """
 
 from __future__ import annotations
@@ -14,15 +18,22 @@ from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox,
+)
 from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QMessageBox
 
 from . import _gui_session
-from ._gui_session import Device, path_or_none
+from ._gui_session import Device, folder_size, gui_words, human_size, path_or_none, short_path
 from ._gui_plot import TrainingPlot
 from ._tooltips import TRAIN as TIPS
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train
+from ._segment_jobs import CHECKPOINT_FILE, model_choices, model_file
 from .model import ARCHS
+
+SCRATCH = "random weights"
+"""The Train dock's "start from" choice for a new network; the others fine-tune (``TrainConfig.init``)."""
 
 
 class Amp(Enum):
@@ -33,6 +44,27 @@ class Amp(Enum):
 
 def default_run_folder() -> Path:
     return Path.home() / "napari-cellseg" / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+def next_free_folder(folder: Path) -> Path:
+    """``folder-2``, ``folder-3``, ...: the first sibling of ``folder`` that does not exist yet."""
+    n = 2
+    while folder.with_name(f"{folder.name}-{n}").exists():
+        n += 1
+    return folder.with_name(f"{folder.name}-{n}")
+
+
+def ask_replace(parent, folder: Path, files: list[str], new: Path) -> str:
+    """``replace``, ``new`` (train into ``new``) or ``cancel``: what to do with an earlier run's
+    models in ``folder`` (tests monkeypatch this)."""
+    text = TIPS["replace"].format(folder=folder, files=", ".join(files), new=new)
+    box = QMessageBox(QMessageBox.Icon.Question, TIPS["replace_title"], text, QMessageBox.StandardButton.Cancel, parent)
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    fresh = box.addButton("New folder", QMessageBox.ButtonRole.AcceptRole)
+    box.setDefaultButton(fresh)
+    box.exec()
+    clicked = box.clickedButton()
+    return "replace" if clicked == replace else "new" if clicked == fresh else "cancel"
 
 
 def _eta(seconds: float) -> str:
@@ -49,6 +81,9 @@ class TrainWidget(Container):
         self.synchronous = False  # tests: run the generator in the GUI thread
         self.dataset = FileEdit(mode="d", label="dataset folder", tooltip=TIPS["dataset"])
         self.arch = ComboBox(choices=ARCHS, value=_default_arch(), label="architecture", tooltip=TIPS["arch"])
+        self.init = ComboBox(choices=[SCRATCH, *model_choices()], value=SCRATCH, label="start from",
+                             tooltip=TIPS["init"])
+        self.init_file = FileEdit(mode="r", filter="*.pt", label="weights file", tooltip=TIPS["init_file"])
         self.epochs = SpinBox(value=20, min=1, max=100000, label="epochs", tooltip=TIPS["epochs"])
         self.batch_size = SpinBox(value=2, min=1, max=256, label="batch size", tooltip=TIPS["batch_size"])
         self.lr = FloatSpinBox(value=1e-4, min=1e-6, max=1.0, step=1e-5, label="learning rate", tooltip=TIPS["lr"])
@@ -60,19 +95,33 @@ class TrainWidget(Container):
         self.val_limit = SpinBox(value=0, min=0, max=10**6, label="validation images", tooltip=TIPS["val_limit"])
         self.out_dir = FileEdit(mode="d", label="output folder", tooltip=TIPS["out_dir"])
         self.resume = FileEdit(mode="r", filter="*.pt", label="resume from", tooltip=TIPS["resume"])
+        self.show_advanced = CheckBox(value=False, text="advanced options", tooltip=TIPS["advanced"])
+        self.advanced = Container(labels=True, label="", widgets=[
+            self.batch_size, self.lr, self.amp, self.crop_size, self.max_steps, self.val_limit, self.resume,
+        ])
+        self.advanced.margins = (0, 0, 0, 0)
         self.start = PushButton(text="Start training", tooltip=TIPS["start"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="", label="status")
+        self.run_size = Label(value="nothing yet", label="on disk", tooltip=TIPS["run_size"])
         self.extend([
-            self.dataset, self.arch, self.epochs, self.batch_size, self.lr, self.device, self.amp,
-            self.crop_size, self.max_steps, self.val_limit, self.out_dir, self.resume, self.start, self.progress,
-            self.status,
+            self.dataset, self.init, self.init_file, self.arch, self.epochs, self.device, self.out_dir,
+            self.show_advanced, self.advanced,
+            self.start, self.progress, self.status, self.run_size,
         ])
+        self.advanced.visible = False
+        self.init_file.visible = False
+        self.init.changed.connect(self._init_changed)
+        self.advanced._labeled_widget()._label_widget.visible = False  # its rows have their own names
+        self.show_advanced.changed.connect(self._show_advanced)
         self.progress.native.setFormat("idle")
         self.status.native.setWordWrap(True)
-        self.plot = TrainingPlot()
+        self.run_size.native.setWordWrap(True)
+        self.plot = TrainingPlot(napari_viewer.theme)
         self.plot.setToolTip(TIPS["plot"])
         self.native.layout().addWidget(self.plot)
+        napari_viewer.events.theme.connect(self._follow_theme)
+        _gui_session.keep_narrow(self)
         self.start.changed.connect(self._toggle)
         self._worker = None
         self._stop = False
@@ -91,13 +140,37 @@ class TrainWidget(Container):
             out = default_run_folder()
             self.out_dir.value = out
         resume = path_or_none(self.resume)
+        init = None if self.init.value == SCRATCH else str(model_file(self.init.value, path_or_none(self.init_file)))
         return TrainConfig(
             dataset=str(dataset), out_dir=str(out), arch=self.arch.value, epochs=self.epochs.value,
             batch_size=self.batch_size.value, lr=float(self.lr.value), device=self.device.value.value,
             amp=self.amp.value.value, resume=str(resume) if resume else None,
             max_steps=self.max_steps.value or None, crop_size=self.crop_size.value,
-            val_limit=self.val_limit.value or None,
+            val_limit=self.val_limit.value or None, init=init,
         )
+
+    def _init_changed(self, value: str) -> None:
+        """Fine-tuning keeps the starting model's network, so the architecture choice steps aside."""
+        self.init_file.visible = value == CHECKPOINT_FILE
+        self.arch.enabled = value == SCRATCH
+
+    def _show_advanced(self, shown: bool) -> None:
+        self.advanced.visible = shown
+
+    def _follow_theme(self, event=None) -> None:
+        try:
+            self.plot.set_theme(self.viewer.theme)
+        except RuntimeError:  # the dock was closed: its canvas is gone
+            pass
+
+    def set_status(self, text: str) -> None:
+        """The dock's status line; its tooltip keeps the whole text when a long line is cut."""
+        self.status.value = text
+        self.status.tooltip = text
+
+    def _fail(self, message: str) -> None:
+        """An error, in the dock as well as in the notification that ``_gui_session.run`` shows."""
+        self.set_status(f"not trained: {message}")
 
     @property
     def running(self) -> bool:
@@ -110,26 +183,53 @@ class TrainWidget(Container):
             self.start_training()
 
     def start_training(self) -> None:
+        self.set_status("")
+        self.run_size.value = "nothing yet"
+        self.progress.value = 0
+        self.progress.native.setFormat("idle")
         try:
             cfg = self.config()
         except ValueError as exc:
-            _gui_session.show_error(_gui_session.one_line(exc))
+            message = _gui_session.one_line(exc)
+            _gui_session.show_error(message)
+            self._fail(message)
+            return
+        if not self._may_write(cfg):
+            self.set_status("not started: the earlier model in the output folder is kept")
             return
         self._stop = False
         self._clock = None
         self.done = None
         self.plot.clear()
         self._set_running(True)
-        self.status.value = f"starting: {cfg.arch} on {cfg.dataset}"
+        self.set_status(f"starting: {cfg.arch} on {short_path(cfg.dataset)}, saving into {short_path(cfg.out_dir)}")
         self._worker = _gui_session.run(
-            self, lambda: train(cfg, should_stop=self._should_stop), on_yield=self._on_event, on_done=self._on_done
+            self, lambda: train(cfg, should_stop=self._should_stop), on_yield=self._on_event, on_done=self._on_done,
+            on_error=self._fail,
         )
+
+    def _may_write(self, cfg: TrainConfig) -> bool:
+        """Whether training may write into ``cfg.out_dir``; asks before replacing an earlier run's
+        models (resuming from that folder's own checkpoint is no replacement). Sets ``cfg.overwrite``
+        and, for a new run folder, ``cfg.out_dir``."""
+        out = Path(cfg.out_dir)
+        files = [name for name in ("best.pt", "last.pt") if (out / name).is_file()]
+        if not files or (cfg.resume and Path(cfg.resume).resolve().parent == out.resolve()):
+            cfg.overwrite = bool(files)
+            return True
+        new = next_free_folder(out)
+        answer = ask_replace(self.native, out, files, new)
+        if answer == "new":
+            cfg.out_dir = str(new)
+            self.out_dir.value = new
+        cfg.overwrite = answer == "replace"
+        return answer in ("replace", "new")
 
     def cancel(self) -> None:
         """Ask training to stop before its next step; it saves last.pt and reports DoneEvent."""
         self._stop = True
         self.start.enabled = False
-        self.status.value = "cancelling after this step..."
+        self.set_status("cancelling after this step...")
 
     def _should_stop(self) -> bool:
         return self._stop
@@ -137,8 +237,7 @@ class TrainWidget(Container):
     def _set_running(self, running: bool) -> None:
         self.start.text = "Cancel" if running else "Start training"
         self.start.enabled = True
-        for widget in (self.dataset, self.arch, self.epochs, self.batch_size, self.lr, self.device, self.amp,
-                       self.crop_size, self.max_steps, self.val_limit, self.out_dir, self.resume):
+        for widget in (self.dataset, self.arch, self.epochs, self.device, self.out_dir, self.advanced):
             widget.enabled = not running
 
     # ------------------------------------------------------------------ core events -> GUI
@@ -149,12 +248,13 @@ class TrainWidget(Container):
         elif isinstance(event, EpochEvent):
             self.plot.add_epoch(event.epoch, event.metrics)
             m = event.metrics
-            self.status.value = (
+            self.set_status(
                 f"epoch {event.epoch}/{event.epochs}: AP {m.get('AP', 0):.3f}, AP50 {m.get('AP50', 0):.3f}"
-                f"{' (best so far)' if event.best else ''}; saved {event.checkpoint}"
+                f"{' (best so far)' if event.best else ''}; saved {short_path(event.checkpoint)}"
             )
+            self._show_run_size(Path(event.checkpoint).parent)
         elif isinstance(event, InfoEvent):
-            self.status.value = event.message
+            self.set_status(gui_words(event.message))
         elif isinstance(event, DoneEvent):
             self._on_finished(event)
 
@@ -179,12 +279,20 @@ class TrainWidget(Container):
         if model is not None:
             _gui_session.session_for(self.viewer).last_checkpoint = Path(model)
         what = "cancelled" if event.cancelled else "finished"
-        self.status.value = f"training {what}; last checkpoint: {event.last or 'none written'}" + (
-            f"; best: {event.best}" if event.best else ""
-        )
+        saved = [path for path in (event.last, event.best) if path is not None]
+        self.set_status(f"training {what}: " + (
+            f"saved {' and '.join(path.name for path in saved)} in {saved[0].parent.name}" if saved else "nothing saved"
+        ))
+        self.status.tooltip = f"last checkpoint: {event.last}" + (f"\nbest: {event.best}" if event.best else "")
+        if model is not None:
+            self._show_run_size(Path(model).parent)
         self.progress.native.setFormat(f"{what} at step {self.progress.value}/{self.progress.max}")
         if model is not None:
             show_info(f"Training {what}. The Segment widget now uses {model}")
+
+    def _show_run_size(self, folder: Path) -> None:
+        self.run_size.value = f"{human_size(folder_size(folder))} in {folder.name}"
+        self.run_size.tooltip = f"{TIPS['run_size']}\n{folder}"
 
     def _on_done(self) -> None:
         self._worker = None

@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("results")
     v.add_argument("ground_truth", help="folder of samples with classK.tif (e.g. dataset/val)")
     v.add_argument("--max-dets", type=_positive_int, default=1000, help="detections per image evaluated")
+    v.add_argument("--class-agnostic", action="store_true",
+                   help="merge every class into one: score finding the cells, not naming their class")
+    v.add_argument("--mapping", help="image name -> id file the results were numbered with (default: the "
+                   "samples numbered 1..n by name, as export writes them)")
 
     d = sub.add_parser("demo", help="segment the shipped sample data with the built-in model, export and evaluate")
     d.add_argument("--out", default="cellseg-demo",

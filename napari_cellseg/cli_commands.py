@@ -11,18 +11,18 @@ from tqdm import tqdm
 
 from .atomic import folder_problem
 from .checkpoint import load_model, model_card
-from .coco import read_results
-from .data import dataset_classes, find_samples
+from .data import find_samples
+from .devices import resolve_device
 from .distributed import barrier
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
 from .errors import DatasetError
-from .devices import resolve_device
+from .evaluation import evaluate_file
 from .images import write_labels
-from .layout import TEST_FOLDER, default_class_names
-from .metrics import class_agnostic, evaluate as evaluate_results, format_metrics
+from .layout import TEST_FOLDER
+from .metrics import format_metrics
+from .pipeline import export_items, image_files, iter_export, segment_image
 from .pretrained import builtin_models
 from .progress import Progress, drain
-from .pipeline import export_items, iter_export, samples_ground_truth, image_files, segment_image
 from .sample_data import SAMPLE_DATASET
 
 
@@ -189,19 +189,10 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    samples = find_samples(args.ground_truth)
-    names = default_class_names(max(dataset_classes(samples), default=1))
-    gt = samples_ground_truth(samples, names)
-    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
-    results = read_results(args.results, num_classes=len(names), image_sizes=sizes)
-    known = set(sizes)
-    stray = {r["image_id"] for r in results} - known
-    if stray:
-        raise DatasetError(
-            f"{args.results} has image ids {sorted(stray)[:5]} that {args.ground_truth} does not "
-            f"(its {len(known)} samples are numbered 1..{len(known)} in name order)"
-        )
-    print(format_metrics(evaluate_results(gt, results, max_dets=args.max_dets)))
+    """Results matched to the ground-truth samples by file name (``evaluation.evaluate_file``)."""
+    metrics = evaluate_file(args.results, args.ground_truth, mapping=args.mapping, max_dets=args.max_dets,
+                            class_agnostic=args.class_agnostic)
+    print(format_metrics(metrics))
     return 0
 
 
@@ -240,14 +231,9 @@ def demo(args: argparse.Namespace) -> int:
 def _demo_val(model, class_names: list[str], out_json: Path, device) -> dict:
     """Export the sample val images and print their COCO figures; a one-class model is scored
     class-agnostic (ground truth classes merged), as it cannot tell them apart."""
-    val = find_samples(SAMPLE_DATASET / "val")
     _drain(iter_export(model, export_items(SAMPLE_DATASET / "val"), out_json, device=device, score_thresh=0.05,
                        resume=False), "export val")
-    gt_names = default_class_names(max(dataset_classes(val)))
-    gt, results = samples_ground_truth(val, gt_names), read_results(out_json)
-    if len(class_names) == 1:
-        gt, results = class_agnostic(gt, results, class_names[0])
-    metrics = evaluate_results(gt, results)
+    metrics = evaluate_file(out_json, SAMPLE_DATASET / "val", class_agnostic=len(class_names) == 1)
     print(format_metrics(metrics))
     return metrics
 

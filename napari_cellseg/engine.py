@@ -31,7 +31,7 @@ from .layout import class_file, default_class_names
 from .model import ModelConfig, build_model
 from .pipeline import validate
 from .progress import Progress
-from .train_config import TrainConfig, model_config, plain
+from .train_config import LRSchedule, TrainConfig, model_config, plain, scaled_warmup
 from .transforms import train_augment
 
 
@@ -75,23 +75,6 @@ class DoneEvent:
 
 
 Event = StepEvent | EpochEvent | InfoEvent | DoneEvent
-
-
-class LRSchedule:
-    """Linear warm-up, then cosine decay to 1% of the base rate at step ``total``.
-
-    An object, not a closure: ``total`` is refitted while a time-limited run learns its speed,
-    and LambdaLR saves the object's fields in the checkpoint.
-    """
-
-    def __init__(self, warmup: int, total: int) -> None:
-        self.warmup, self.total = warmup, total
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None) -> Iterator[Event]:
@@ -212,7 +195,7 @@ def _setup(cfg: TrainConfig, ctx: dist.Context) -> Generator[Event, None, _Run]:
         total_steps = min(total_steps, cfg.max_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = LRSchedule(cfg.warmup_steps, total_steps)
+    schedule = LRSchedule(scaled_warmup(cfg.warmup_steps, total_steps), total_steps)
     run = _Run(cfg, ctx, device, model, model_cfg, dataset, sampler, loader, val_samples, params, optimizer,
                schedule, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), total_steps)
@@ -400,4 +383,6 @@ def _headline(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k in ("AP", "AP50", "AP75")}
 
 
-__all__ = ["TrainConfig", "train", "StepEvent", "EpochEvent", "InfoEvent", "DoneEvent", "Event", "LRSchedule"]
+__all__ = [
+    "TrainConfig", "train", "StepEvent", "EpochEvent", "InfoEvent", "DoneEvent", "Event", "LRSchedule", "scaled_warmup",
+]

@@ -22,7 +22,7 @@ from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
 from .errors import DatasetError
 from .inference import predict
-from .metrics import evaluate
+from .evaluation import evaluate as evaluate_by_name
 from .postprocess import instance_scores, to_labels
 from .progress import Progress, StopCheck, stopped
 from .layout import IMAGE_SUFFIXES, MAPPING_NAME, TEST_FOLDER, ExportItem
@@ -79,7 +79,8 @@ def validate(
     if rank != 0:
         return {}
     gt = ground_truth(sorted(all_items, key=lambda item: item[0]), class_names)
-    return evaluate(gt, all_results, max_dets=max_dets)
+    names = {image_id: name for image_id, name, _ in all_items}
+    return evaluate_by_name(all_results, names, gt, class_names=class_names, max_dets=max_dets)
 
 
 def sample_items(samples: Sequence[Sample]) -> list[ExportItem]:

@@ -1,4 +1,5 @@
-"""``TrainConfig``: everything a training run needs, checked before any data is read.
+"""``TrainConfig``: everything a training run needs, checked before any data is read; and the
+learning-rate plan it implies (``LRSchedule``, ``scaled_warmup``).
 
 Its fields are the ``train`` command's options by name (``cli_commands.train_config``) and are saved
 in each checkpoint as ``train_args``; apart from ``engine`` so the config reads on one screen.
@@ -103,3 +104,26 @@ def plain(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["anchor_sizes"] = list(cfg.anchor_sizes)
     return d
+
+
+class LRSchedule:
+    """Linear warm-up, then cosine decay to 1% of the base rate at step ``total``.
+
+    An object, not a closure: ``total`` is refitted while a time-limited run learns its speed,
+    and LambdaLR saves the object's fields in the checkpoint.
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def scaled_warmup(warmup_steps: int, total_steps: int) -> int:
+    """The warm-up a run of ``total_steps`` gets: at most a tenth of it, so a short run (a quick
+    test, a few epochs on a small dataset) reaches its learning rate instead of ending mid warm-up."""
+    return min(warmup_steps, total_steps // 10)

@@ -1,8 +1,8 @@
-"""Screenshot for the README: sample -> model -> segmentation, all three widgets docked.
+"""Screenshot for the README at 1366 x 768: sample -> model -> segmentation in the one-dock plugin.
 
-Run under a virtual display with real rendering (xcb, not offscreen):
+Run under a virtual display of a laptop's size with real rendering (xcb, not offscreen):
 
-    xvfb-run -a -s "-screen 0 2400x1800x24" python scripts/screenshot.py [--checkpoint runs/x/best.pt]
+    xvfb-run -a -s "-screen 0 1366x768x24" python scripts/screenshot.py [--checkpoint runs/x/best.pt] [--tabs DIR]
 
 It first trains the light model for a few steps on the shipped sample data through the Train
 widget (live plot, checkpoint handed to the Segment widget). Such a model segments poorly; give
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="steps of the quick training shown in the Train widget")
     parser.add_argument("--sample", default="fluorescence", choices=["fluorescence", "brightfield"])
     parser.add_argument("--score", type=float, default=0.5, help="confidence slider value to show")
+    parser.add_argument("--tabs", help="also save one screenshot per tab (and the light theme) in this folder")
+    parser.add_argument("--size", default="1366x768", help="window size, WIDTHxHEIGHT")
     args = parser.parse_args(argv)
 
     import napari
@@ -38,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     from napari_cellseg.sample_data import SAMPLE_DATASET
 
     viewer = napari.Viewer(title="napari-cellseg", show=True)
-    viewer.window.resize(2100, 1650)
+    window = viewer.window._qt_window
+    window.resize(*(int(n) for n in args.size.split("x")))
     viewer.open_sample("napari-cellseg", args.sample)
     image, truth = viewer.layers[0], viewer.layers[1]
-    _, train = viewer.window.add_plugin_dock_widget("napari-cellseg", "Train")
-    _, segment = viewer.window.add_plugin_dock_widget("napari-cellseg", "Segment", tabify=False)
-    _, export = viewer.window.add_plugin_dock_widget("napari-cellseg", "Export & Evaluate")
+    _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
+    train, segment, export = main.train, main.segment, main.export
     for widget in (train, segment, export):
         widget.synchronous = True  # a script: wait for each step
     app = QApplication.instance()
@@ -70,17 +72,42 @@ def main(argv: list[str] | None = None) -> int:
     image.contrast_limits = (0, float(np.percentile(image.data, 99.8)))  # dim fluorescence: brighten
     export.evaluate()  # against the sample's own ground truth: fills the AP table
     viewer.layers.selection.active = segment.current.layers[1]
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+    for toast in window.findChildren(NapariQtNotification):
         toast.close()  # e.g. the PyQt5 deprecation notice
-    for _ in range(20):
-        app.processEvents()
+
+    def settle() -> None:
+        for _ in range(20):
+            app.processEvents()
+
+    main.show_tab("Segment")
+    settle()
     viewer.reset_view()  # once the docks have settled the canvas size
-    for _ in range(20):
-        app.processEvents()
+    settle()
+    hint, canvas = window.minimumSizeHint(), viewer.window._qt_viewer.canvas.native.width()
+    print(f"window {window.width()} x {window.height()}, minimum {hint.width()} x {hint.height()}, canvas {canvas} px wide")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(out), canvas_only=False, flash=False)  # composites the OpenGL canvas
     print(f"saved {out} ({segment.status.value})")
+    if args.tabs:
+        folder = Path(args.tabs)
+        folder.mkdir(parents=True, exist_ok=True)
+        shots = [("Train", "dark"), ("Segment", "dark"), ("Review & Export", "dark"), ("Train", "light")]
+        for tab, theme in shots:
+            viewer.theme = theme
+            main.show_tab(tab)
+            train.show_advanced.value = tab == "Train" and theme == "light"  # the folded options, unfolded
+            settle()
+            path = folder / f"{tab.split()[0].lower()}-{theme}.png"
+            viewer.screenshot(str(path), canvas_only=False, flash=False)
+            print(f"saved {path}")
+        train.show_advanced.value = False
+        bar = main.tabs.currentWidget().verticalScrollBar()  # the Train tab, scrolled to its plot
+        settle()
+        bar.setValue(bar.maximum())
+        settle()
+        viewer.screenshot(str(folder / "train-plot-light.png"), canvas_only=False, flash=False)
+        print(f"saved {folder / 'train-plot-light.png'}")
     viewer.close()
     return 0
 

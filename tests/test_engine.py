@@ -122,3 +122,17 @@ def test_lr_warms_up_then_decays():
     f = engine.LRSchedule(10, 100)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(50) < f(10) and f(100) == pytest.approx(0.01)
+
+
+def test_warmup_shrinks_to_a_tenth_of_a_short_run():
+    assert engine.scaled_warmup(100, 10_000) == 100  # a long run keeps the warm-up it asked for
+    assert engine.scaled_warmup(100, 200) == 20
+    assert engine.scaled_warmup(100, 5) == 0 and engine.scaled_warmup(0, 10_000) == 0
+
+
+def test_a_short_run_leaves_the_warmup(tiny_dataset, tmp_path):
+    # the default 100-step warm-up on a 2-step run used to keep the rate at 1-2% of the base
+    events = run(config(tiny_dataset, tmp_path / "run", warmup_steps=100))
+    first = next(e for e in events if isinstance(e, StepEvent))
+    assert first.lr == pytest.approx(1e-3 * engine.LRSchedule(0, 2)(1))
+    assert first.lr > 0.5e-3

@@ -38,11 +38,12 @@ def test_sample_train_segment_edit_export(make_napari_viewer, qtbot, tmp_path):
     segment.run_button.clicked()
     qtbot.waitUntil(lambda: segment._worker is None, timeout=120_000)
     raw = segment.current.result.raw
-    class1 = viewer.layers["class1"]
-    assert class1.data.shape == image.data.shape[:2]
+    class1 = segment.current.layers[1]
+    assert class1.name.startswith("class1 (") and class1.data.shape == image.data.shape[:2]
 
     # both sliders redraw from the cached result
     segment.score.value, segment.mask.value = 0.05, 0.3
+    qtbot.waitUntil(lambda: not segment._timer.isActive(), timeout=5_000)  # the drag's last redraw is done
     assert segment.session.score_thresh == 0.05 and not segment.current.edited
 
     # paint one new instance, as napari's "new label" would number it

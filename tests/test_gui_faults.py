@@ -25,7 +25,7 @@ from qtpy.QtCore import QThreadPool
 from superqt.utils._qthreading import WorkerBase
 
 from conftest import quick, write_tiny_dataset
-from napari_cellseg import engine
+from napari_cellseg import _widget_train, engine
 from napari_cellseg._gui_session import Device, session_for
 from napari_cellseg._widget_segment import SegmentWidget
 from napari_cellseg._widget_train import TrainWidget
@@ -93,6 +93,7 @@ def test_dataset_vanishing_mid_training_is_a_notification_and_a_rerun_works(
             vanished.set()
         return losses
     monkeypatch.setattr(engine, "_train_step", step_then_vanish)
+    monkeypatch.setattr(_widget_train, "ask_replace", lambda *a: "replace")  # the rerun replaces the failed run
 
     errored = start_and_wait(qtbot, widget)
     assert vanished.is_set()
@@ -109,6 +110,7 @@ def test_dataset_vanishing_mid_training_is_a_notification_and_a_rerun_works(
         tiny_dataset.unlink()
     write_tiny_dataset(tiny_dataset)
     widget.max_steps.value = 1
+    widget.out_dir.value = tmp_path / "run2"  # run/ holds last.pt: a fresh run there needs overwrite (issue 12)
     errored = start_and_wait(qtbot, widget)
     assert_no_traceback(notes, errored)
     assert len(error_lines(notes)) == 1  # nothing new
@@ -135,6 +137,7 @@ def test_ten_start_cancel_cycles_leave_no_threads_or_memory(
     models: list[weakref.ref] = []
     real_build = engine.build_model
     monkeypatch.setattr(engine, "build_model", lambda *a, **k: _remember(models, real_build(*a, **k)))
+    monkeypatch.setattr(_widget_train, "ask_replace", lambda *a: "replace")  # each cycle replaces the last
     pool, process = QThreadPool.globalInstance(), psutil.Process()
     threads_before = _python_threads()
     threads, native, rss, steps = [], [], [], []

@@ -127,3 +127,24 @@ def test_cli_predict_with_the_builtin_model(tmp_path, one_thread):
     image = sorted((SAMPLE_DATASET / "test_release").iterdir())[0]
     assert main(["predict", "nuclei", str(image), "--out", str(tmp_path), "--device", "cpu"]) == 0
     assert [p.name for p in tmp_path.iterdir()] == [f"{image.stem}_nucleus.tif"]
+
+
+def test_demo_segments_the_samples_with_the_builtin_model(tmp_path, capsys, one_thread):
+    """The README's first command: no training, a submission and an AP50 on unseen sample images."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "with the built-in model 'nuclei' (no training)" in text and "AP all classes" in text
+    ap50 = float(text.split("(never trained on): ")[1].split()[0])
+    assert 0.0 <= ap50 <= 1.0
+    assert (out / "test-results.json").is_file() and (out / "val-results.json").is_file()
+
+
+def test_evaluate_class_agnostic_merges_the_classes(tmp_path, capsys, one_thread):
+    out = tmp_path / "val.json"
+    assert main(["export", "nuclei", str(SAMPLE_DATASET / "val"), "--out", str(out), "--device", "cpu",
+                 "--score-thresh", "0.05"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(SAMPLE_DATASET / "val"), "--class-agnostic"]) == 0
+    merged = capsys.readouterr().out
+    assert "AP all classes" in merged and "AP class2" not in merged

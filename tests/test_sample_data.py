@@ -40,7 +40,7 @@ def test_open_sample_through_napari(make_napari_viewer):
 
 def check_manifest(manifest: npe2.PluginManifest) -> None:
     contributions = manifest.contributions
-    assert [w.display_name for w in contributions.widgets] == ["Train", "Segment", "Export & Evaluate"]
+    assert [w.display_name for w in contributions.widgets] == ["Cell segmentation", "Train", "Segment", "Export & Evaluate"]
     assert {s.key for s in contributions.sample_data} == {"fluorescence", "brightfield"}
     assert contributions.readers[0].accepts_directories and contributions.writers[0].filename_extensions == [".json"]
     for command in contributions.commands:  # every command points at something that exists
@@ -87,5 +87,5 @@ def test_manifest_and_sample_data_are_in_the_wheel(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     module_file, widgets = out.stdout.split()
-    assert Path(module_file).is_relative_to(tmp_path / "site") and widgets == "3"
+    assert Path(module_file).is_relative_to(tmp_path / "site") and widgets == "4"
     check_manifest(npe2.PluginManifest.from_file(tmp_path / "site" / "napari_cellseg" / "napari.yaml"))

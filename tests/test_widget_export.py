@@ -16,7 +16,7 @@ from napari_cellseg.coco import ground_truth, write_json
 from napari_cellseg.rle import decode_mask
 from napari_cellseg.data import find_samples, read_sample
 from napari_cellseg.images import read_image
-from napari_cellseg.inference import RawInstances
+from napari_cellseg.raw import RawInstances
 
 
 def add_prediction(viewer, source: Path, labels: dict[int, np.ndarray], scores: dict[int, float], role=PREDICTION):
@@ -126,3 +126,38 @@ def test_evaluate_against_sample_folders_and_a_coco_json(make_napari_viewer, tin
     widget.truth_json.value = tiny_dataset / "test_image_name_to_ids.json"
     widget.evaluate()
     assert len(errors) == 1 and "not COCO ground truth" in errors[0] and widget.evaluate_button.enabled
+
+
+def test_a_test_image_is_not_scored_against_val(make_napari_viewer, tiny_dataset, errors):
+    viewer = make_napari_viewer()
+    truth = read_sample(find_samples(tiny_dataset / "val")[0])[1]
+    add_prediction(viewer, tiny_dataset / "test_release" / "test_1.tif", truth, {})  # same size, other image
+    widget = widget_for(viewer)
+    widget.truth_folder.value = tiny_dataset / "val"
+    widget.evaluate()
+    assert len(errors) == 1 and errors[0].startswith("test_1.tif (1 of the 1 images of the segmentation) not in val/")
+    assert widget.status.value == f"stopped: {errors[0]}" and widget.metrics is None
+
+
+def test_export_names_its_images_and_asks_for_several(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch):
+    from napari_cellseg import _widget_export
+
+    viewer = make_napari_viewer()
+    labels = np.zeros((64, 80), np.int32)
+    labels[5:9, 5:9] = 1
+    for name in ("test_0.tif", "test_1.tif"):
+        add_prediction(viewer, tiny_dataset / "test_release" / name, {1: labels}, {1: 0.5})
+    asked = []
+    answer = {"yes": False}
+    monkeypatch.setattr(_widget_export, "ask_several", lambda parent, names: asked.append(names) or answer["yes"])
+    widget = widget_for(viewer)
+    widget.out.value = tmp_path / "out.json"
+    widget.export()
+    assert asked == [["test_0.tif", "test_1.tif"]] and not (tmp_path / "out.json").exists()
+    assert widget.status.value == "not exported: the visible layers cover 2 images (test_0.tif, test_1.tif)"
+    answer["yes"] = True
+    widget.export()
+    assert widget.status.value.startswith("wrote 2 cells of 2 images (test_0.tif, test_1.tif) to")
+    viewer.layers[-1].visible = False  # the second image's layer hidden: one image, no question
+    widget.export()
+    assert len(asked) == 2 and "of 1 image (test_0.tif)" in widget.status.value

@@ -13,7 +13,7 @@ from napari_cellseg._reader import image_layer
 from napari_cellseg._gui_session import Device, ImageResult, session_for
 from napari_cellseg._widget_segment import SegmentWidget
 from napari_cellseg.checkpoint import save_checkpoint
-from napari_cellseg.inference import RawInstances
+from napari_cellseg.raw import RawInstances
 from napari_cellseg.model import ModelConfig, build_model
 from napari_cellseg.postprocess import to_labels
 
@@ -39,6 +39,7 @@ def shown_widget(viewer, source: Path | None = None) -> SegmentWidget:
     layer = viewer.add_image(data, **kwargs)
     widget = SegmentWidget(viewer)
     widget.device.value = Device.cpu
+    widget.slider_delay_ms = 0  # redraw at once (the drag coalescing has its own test)
     widget._show(ImageResult(source, raw_result(), ["class1", "class2"]), image_layer=layer)
     return widget
 
@@ -51,7 +52,7 @@ def test_sliders_rethreshold_from_the_cache_without_the_network(make_napari_view
     viewer = make_napari_viewer()
     widget = shown_widget(viewer, Path("/data/test_release/a.tif"))
     monkeypatch.setattr(inference, "iter_predict", lambda *a, **k: pytest.fail("the network ran again"))
-    class1, class2 = viewer.layers["class1"], viewer.layers["class2"]
+    class1, class2 = viewer.layers["class1 (a.tif)"], viewer.layers["class2 (a.tif)"]
     assert class1.metadata["cellseg"] == {"source": "/data/test_release/a.tif", "class_id": 1, "class_name": "class1", "role": "prediction"}
     for score, mask in [(0.5, 0.6), (0.2, 0.6), (0.2, 0.2), (0.95, 0.2), (0.0, 0.0)]:
         widget.score.value, widget.mask.value = score, mask
@@ -66,10 +67,10 @@ def test_sliders_rethreshold_from_the_cache_without_the_network(make_napari_view
 def test_edits_are_never_silently_overwritten(make_napari_viewer, monkeypatch):
     viewer = make_napari_viewer()
     widget = shown_widget(viewer)
-    class1, class2 = viewer.layers["class1"], viewer.layers["class2"]
+    class1, class2 = viewer.layers["class1 (image)"], viewer.layers["class2 (image)"]
     asked: list[list[str]] = []
     answer = {"discard": False}
-    monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names: asked.append(names) or answer["discard"])
+    monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names, text=None: asked.append(names) or answer["discard"])
 
     class1.paint((60, 75), 9, refresh=True)  # a new cell drawn by hand
     assert class1.data[60, 75] == 9 and widget.current.edited == {1}
@@ -77,19 +78,21 @@ def test_edits_are_never_silently_overwritten(make_napari_viewer, monkeypatch):
     assert table[9] == 1.0 and np.isclose(table[1], 0.9)  # drawn: 1.0; the model's keep theirs
 
     widget.score.value = 0.2  # keep the edits
-    assert asked == [["class1"]]
+    assert asked == [["class1 (image)"]]
     assert class1.data[60, 75] == 9
     np.testing.assert_array_equal(class2.data, expected(widget, 2))  # the unedited layer follows
     widget.mask.value = 0.3
     assert len(asked) == 1  # the answer holds while the user keeps dragging
+    assert "class1 (image): your edits are kept" in widget.status.value
 
     class1.fill((10, 10), 0)  # delete an instance: a new edit, so the next move asks again
     assert not (class1.data == 1).any()
     answer["discard"] = True
     widget.score.value = 0.1
-    assert asked[-1] == ["class1"] and len(asked) == 2
+    assert asked[-1] == ["class1 (image)"] and len(asked) == 2
     np.testing.assert_array_equal(class1.data, expected(widget, 1))
     assert 9 not in set(class1.features["index"]) and not widget.current.edited
+    assert "kept" not in widget.status.value  # after "Discard" the status says so no more
 
     class1.data = np.zeros_like(class1.data)  # replaced by a script or another plugin
     assert widget.current.edited == {1}
@@ -140,16 +143,16 @@ def test_folder_run_and_review_keep_each_images_edits(make_napari_viewer, qtbot,
     widget = SegmentWidget(viewer)
     widget.checkpoint.value, widget.device.value = untrained, Device.cpu
     widget.folder.value = tiny_dataset / "test_release"
-    monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names: pytest.fail("asked while reviewing"))
+    monkeypatch.setattr(_widget_segment, "ask_discard", lambda *a: pytest.fail("asked while reviewing"))
     widget.folder_button.clicked()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     results = session_for(viewer).folder_results
     assert [r.name for r in results] == ["test_0.tif", "test_1.tif"]
-    assert viewer.layers["review image"].metadata["cellseg"]["source"] == str(tiny_dataset / "test_release" / "test_0.tif")
-    class1, new = viewer.layers["class1"], len(results[0].raw) + 1
+    assert viewer.layers["test_0.tif"].metadata["cellseg"]["source"] == str(tiny_dataset / "test_release" / "test_0.tif")
+    class1, new = viewer.layers["class1 (test_0.tif)"], len(results[0].raw) + 1
     class1.paint((2, 2), new)
     widget.review.value = 1
-    assert viewer.layers["class1"] is class1 and class1.data[2, 2] != new
+    assert viewer.layers["class1 (test_1.tif)"] is class1 and class1.data[2, 2] != new
     assert class1.metadata["cellseg"]["source"].endswith("test_1.tif")
     widget.review.value = 0
     assert class1.data[2, 2] == new and results[0].reviewed_scores[1][new] == 1.0
@@ -198,3 +201,25 @@ def test_bad_model_or_folder_is_a_notification(make_napari_viewer, tmp_path, err
     widget.folder.value = tmp_path / "missing"
     widget.start_folder()
     assert "missing" in errors[1] and widget.folder_button.enabled
+
+
+def test_the_builtin_model_is_chosen_until_the_user_picks_a_file(make_napari_viewer, qtbot, untrained):
+    """A new user segments on the first click: 'nuclei' is preselected and finds the sample's nuclei."""
+    from napari_cellseg._segment_jobs import CHECKPOINT_FILE
+    from napari_cellseg.sample_data import SAMPLE_DATASET
+
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    assert widget.model.value == "nuclei" and widget.checkpoint.native.isHidden()
+    sample = sorted((SAMPLE_DATASET / "val").iterdir())[0]
+    viewer.add_image(images.read_image(sample / "image.tif"), name=sample.name)
+    widget.device.value = Device.cpu
+    widget.run_button.clicked()  # a real worker thread
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert widget.current.result.class_names == ["nucleus"]
+    assert int(widget.current.layers[1].data.max()) > 0  # nuclei found before any training
+
+    widget.checkpoint.value = untrained  # picking a file switches to it
+    assert widget.model.value == CHECKPOINT_FILE and not widget.checkpoint.native.isHidden()
+    widget.model.value = "nuclei"  # and back in one click
+    assert widget.checkpoint.native.isHidden()

@@ -1,0 +1,119 @@
+"""The Segment widget's worker side: pure generators (no Qt, no layers) and small helpers.
+
+``predict_events`` segments one image tile by tile, ``folder_events`` a folder image by image;
+both check ``stop()`` between tiles, so Cancel is quick. They run in napari's ``thread_worker``
+through ``_gui_session.run``; the widget turns what they yield into layers in the GUI thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ._gui_session import ImageResult
+
+
+CHECKPOINT_FILE = "a checkpoint file..."
+"""The Segment dock's model choice that uses the file picked below it rather than a built-in model."""
+
+
+def model_choices() -> list[str]:
+    from .pretrained import builtin_models
+
+    return [*builtin_models(), CHECKPOINT_FILE]
+
+
+def first_model() -> str:
+    """The built-in model for a user who has none of their own yet."""
+    from .pretrained import DEFAULT_MODEL, builtin_models
+
+    return DEFAULT_MODEL if DEFAULT_MODEL in builtin_models() else CHECKPOINT_FILE
+
+
+def model_file(choice: str, checkpoint: Path | None) -> Path:
+    """The file behind the dock's model choice; a missing choice is one line for the user."""
+    from .pretrained import builtin_models
+
+    if choice != CHECKPOINT_FILE:
+        return builtin_models()[choice].path
+    if checkpoint is None:
+        raise ValueError("choose a model file (.pt) first, pick the built-in model, or train one in the Train tab")
+    return checkpoint
+
+
+def predict_events(loader, image_data, stop, tile_size: int = 1024, flip: bool = False) -> Iterator[tuple[int, int]]:
+    """Yield (tiles done, tiles) while predicting; return (RawInstances, class names) or None if stopped."""
+    from .images import to_rgb_uint8
+    from .inference import iter_predict
+
+    model, config, device = loader()
+    image = to_rgb_uint8(np.asarray(image_data))
+    steps = iter_predict(model, image, device=device, tile_size=tile_size, overlap=overlap(tile_size), flip=flip)
+    while True:
+        try:
+            yield next(steps)
+        except StopIteration as done:
+            return done.value, list(config.class_names)
+        if stop():
+            steps.close()
+            return None
+
+
+def folder_events(
+    loader, paths: list[Path], stop, tile_size: int = 1024, flip: bool = False
+) -> Iterator[tuple[int, int, ImageResult]]:
+    """Yield (done, total, ImageResult) image by image; a cancel stops between tiles (the image
+    being segmented is dropped, the finished ones are kept)."""
+    from .images import read_image
+    from .inference import iter_predict
+
+    model, config, device = loader()
+    for n, path in enumerate(paths, start=1):
+        if stop():
+            return
+        steps = iter_predict(
+            model, read_image(path), device=device, tile_size=tile_size, overlap=overlap(tile_size), flip=flip
+        )
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                raw = done.value
+                break
+            if stop():
+                steps.close()
+                return
+        yield n, len(paths), ImageResult(path, raw, list(config.class_names))
+
+
+def overlap(tile_size: int) -> int:
+    """The core's default tile overlap, smaller for test-sized tiles."""
+    return min(128, tile_size // 4)
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The images of a folder of TIFF files (test_release/) or of samples (``<sample>/image.tif``)."""
+    from .data import find_samples
+    from .errors import DatasetError
+    from .pipeline import image_files
+
+    try:
+        return image_files(folder)
+    except DatasetError:
+        if not Path(folder).is_dir():
+            raise
+        return [s.image_path for s in find_samples(folder)]
+
+
+def painted_values(history_item) -> set[int]:
+    """Label values written by one napari paint event (mask atoms or (index, old, new) tuples)."""
+    values: set[int] = set()
+    for atom in history_item or ():
+        new = getattr(atom, "new_value", None)
+        if new is None and isinstance(atom, tuple) and len(atom) == 3:
+            new = atom[2]
+        if new is not None:
+            values.update(int(v) for v in np.unique(np.asarray(new)))
+    return values

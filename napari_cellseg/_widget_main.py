@@ -1,0 +1,68 @@
+"""One dock for the whole plugin: Train, Segment and Review & Export as tabs.
+
+Three separate docks stacked on the right needed a window about 1535 px tall and long file names
+widened them until the image canvas had under a third of the window. Here the three widgets share
+one dock of ``DOCK_WIDTH`` px, each tab scrolls, so napari fits a 1366 x 768 laptop screen with the
+canvas keeping at least half the width. The widgets are the same objects the separate docks use
+(``TrainWidget``, ``SegmentWidget``, ``ExportWidget``): they share the viewer's session, so the
+model just trained is what Segment uses, and Segment's results are what Export writes.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+
+from . import _gui_session
+from ._gui_session import DOCK_WIDTH
+from ._widget_export import ExportWidget
+from ._widget_segment import SegmentWidget
+from ._widget_train import TrainWidget
+
+MAX_DOCK_WIDTH = 520
+"""Widest the dock may be dragged (px): on a 1366 px screen the canvas keeps half the window."""
+
+
+def scrollable(widget: QWidget) -> QScrollArea:
+    """``widget`` in a vertical scroll area that never makes the dock wider than the tab."""
+    holder = QWidget()
+    layout = QVBoxLayout(holder)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(widget)
+    layout.addStretch(1)  # a short tab keeps its rows together at the top
+    area = QScrollArea()
+    area.setWidget(holder)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    return area
+
+
+class CellsegWidget(QWidget):
+    """Dock widget: the Train, Segment and Review & Export widgets as tabs of one narrow dock."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.train = TrainWidget(napari_viewer)
+        self.segment = SegmentWidget(napari_viewer)
+        self.export = ExportWidget(napari_viewer)
+        self.tabs = QTabWidget()
+        for title, widget in (("Train", self.train), ("Segment", self.segment), ("Review && Export", self.export)):
+            _gui_session.keep_narrow(widget)
+            self.tabs.addTab(scrollable(widget.native), title)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)
+        self.setMaximumWidth(MAX_DOCK_WIDTH)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        return QSize(DOCK_WIDTH, 600)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        return QSize(min(DOCK_WIDTH, super().minimumSizeHint().width()), 200)
+
+    def show_tab(self, title: str) -> None:
+        """Bring the tab called ``title`` (Train, Segment, Review & Export) to the front."""
+        titles = [self.tabs.tabText(i).replace("&&", "&") for i in range(self.tabs.count())]
+        self.tabs.setCurrentIndex(titles.index(title))

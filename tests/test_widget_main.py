@@ -1,0 +1,93 @@
+"""The one-dock plugin as a user meets it on a 1366 x 768 laptop screen: it fits, every tab is
+usable, and a training run started from the Train tab in a real worker can be cancelled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import quick
+from napari_cellseg import engine
+from napari_cellseg._gui_session import DOCK_WIDTH, session_for
+from napari_cellseg._widget_main import CellsegWidget
+
+SCREEN = (1366, 768)
+
+
+@pytest.fixture
+def laptop(make_napari_viewer, qtbot):
+    """A shown viewer at 1366 x 768 with an image and the plugin's main dock."""
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (64, 80), dtype=np.uint8), name="cells")
+    dock, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
+    window = viewer.window._qt_window
+    window.resize(*SCREEN)
+    qtbot.wait(50)
+    return viewer, dock, main
+
+
+def _canvas_width(viewer) -> int:
+    return viewer.window._qt_viewer.canvas.native.width()
+
+
+def test_the_main_dock_fits_a_laptop_screen(laptop, qtbot):
+    viewer, dock, main = laptop
+    window = viewer.window._qt_window
+    assert isinstance(main, CellsegWidget)
+    assert [main.tabs.tabText(i) for i in range(main.tabs.count())] == ["Train", "Segment", "Review && Export"]
+    hint = window.minimumSizeHint()
+    assert hint.width() <= SCREEN[0] and hint.height() <= SCREEN[1]  # was 608 x 1535 with three docks
+    assert (window.width(), window.height()) == SCREEN
+    assert _canvas_width(viewer) >= SCREEN[0] / 2 and dock.width() <= DOCK_WIDTH + 20
+    for index, widget in enumerate((main.train, main.segment, main.export)):
+        main.tabs.setCurrentIndex(index)
+        qtbot.wait(10)
+        area = main.tabs.currentWidget()
+        # each tab fits the dock's height: what does not fit scrolls, nothing is cut off below the screen
+        assert widget.native.isVisible() and area.height() <= dock.height() <= SCREEN[1]
+        assert area.viewport().width() >= widget.native.minimumSizeHint().width()
+    main.show_tab("Review & Export")
+    assert main.tabs.currentWidget().widget().isAncestorOf(main.export.native)
+    # long names (a layer, a path) leave the canvas its half
+    viewer.add_image(np.zeros((8, 8)), name="a_very_long_image_name_from_the_microscope_" * 4)
+    main.train.dataset.value = "/data/" + "a_very_long_folder_name_" * 8
+    qtbot.wait(50)
+    assert _canvas_width(viewer) >= SCREEN[0] / 2
+
+
+def test_the_tabs_share_one_session_and_training_is_cancelled_from_its_tab(laptop, qtbot, tiny_dataset, tmp_path):
+    viewer, _, main = laptop
+    main.show_tab("Train")
+    train = quick(main.train, tiny_dataset, tmp_path / "run")
+    train.epochs.value = 1000
+    assert not train.synchronous  # a real worker, as in napari
+    steps = []
+
+    def on_event(event):
+        if isinstance(event, engine.StepEvent):
+            steps.append(event.step)
+            if event.step == 1:
+                train.start.clicked()  # the user clicks Cancel
+
+    train.start.clicked()
+    train._worker.yielded.connect(on_event)
+    # the user keeps working meanwhile: opens and closes an image, looks at the Segment tab
+    layer = viewer.add_image(np.zeros((32, 32), np.uint8), name="another image")
+    main.show_tab("Segment")
+    assert any(choice is layer for choice in main.segment.image.choices)
+    viewer.layers.remove(layer)
+    assert not any(choice is layer for choice in main.segment.image.choices)
+    qtbot.waitUntil(lambda: train._worker is None, timeout=120_000)
+    assert train.done is not None and train.done.cancelled and max(steps) <= 2
+    assert "cancelled" in train.status.value and "MB" in train.run_size.value
+    assert (tmp_path / "run" / "last.pt").is_file()
+    # the Segment tab picked the model up through the viewer's session
+    assert main.segment.checkpoint.value == session_for(viewer).last_checkpoint == train.done.last
+    assert train.start.text == "Start training" and train.dataset.enabled
+
+
+def test_the_separate_docks_still_open(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for name in ("Train", "Segment", "Export & Evaluate"):
+        _, widget = viewer.window.add_plugin_dock_widget("napari-cellseg", name)
+        assert widget.status.native is not None
