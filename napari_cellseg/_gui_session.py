@@ -292,12 +292,10 @@ def run(
             on_done()
 
     if getattr(widget, "synchronous", False):
-        gen = guarded(factory)
+        from .progress import drain
+
         try:
-            while True:
-                dispatch(next(gen))
-        except StopIteration as stop:
-            returned(stop.value)
+            returned(drain(guarded(factory), dispatch))
         finally:
             finished()
         return None

@@ -6,14 +6,14 @@ Where things go, in one hop:
   ``StackView._show`` keeps the ``StackInstances`` and makes one ``(planes, H, W)`` Labels layer per class.
 - Confidence / mask sliders -> ``StackView._rethreshold`` -> ``stacks.to_stack_labels`` on the
   cached raw instances of every plane, into the arrays on screen; the network never runs again.
-- A hand edit marks its layer; the next slider move asks (``_widget_segment.ask_discard``) first.
+- A hand edit marks its layer; the next slider move asks (``ask_discard``, given by the widget) first.
 These layers have the role ``stack`` and no class id, so the Export dock (2-D images) leaves them
 out; export stacks with ``napari-cellseg export`` (planes named ``<file>#<plane>``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -55,8 +55,9 @@ class StackShown:
 class StackView:
     """The stack part of a ``SegmentWidget``: runs on stacks and their live thresholds."""
 
-    def __init__(self, widget) -> None:
+    def __init__(self, widget, ask_discard: Callable[[object, list[str]], bool]) -> None:
         self.widget = widget
+        self.ask_discard = ask_discard  # the Segment widget's question: this module never imports the widget
         self.current: StackShown | None = None
         self._redrawing = False
         widget.score.changed.connect(self._rethreshold)
@@ -72,15 +73,13 @@ class StackView:
                 self._show(*value, layer, source)
 
         w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value),
-                 lambda p: w._progress(*p, "plane"), returned)
+                 lambda p: w._progress(p.done, p.total, "plane"), returned)
 
     def _show(self, result, class_names: list[str], image: Image, source) -> None:
         """One stacked Labels layer per class, placed on the image (same planes, scale, offset)."""
         old = self.current
         if old is not None and old.edited:  # a re-run would overwrite hand edits: ask, or add new layers
-            from . import _widget_segment
-
-            if not _widget_segment.ask_discard(self.widget.native, [old.layers[k].name for k in sorted(old.edited)]):
+            if not self.ask_discard(self.widget.native, [old.layers[k].name for k in sorted(old.edited)]):
                 old = None
         layers = {}
         for k, name in enumerate(class_names, start=1):
@@ -110,9 +109,7 @@ class StackView:
             return
         ask = sorted(shown.edited - shown.kept)
         if ask:
-            from . import _widget_segment
-
-            if _widget_segment.ask_discard(self.widget.native, [shown.layers[k].name for k in ask]):
+            if self.ask_discard(self.widget.native, [shown.layers[k].name for k in ask]):
                 shown.edited -= set(ask)
             else:
                 shown.kept |= set(ask)

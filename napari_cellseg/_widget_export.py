@@ -27,6 +27,7 @@ from ._reader import GROUND_TRUTH, IMAGE_NAME, PREDICTION, layer_meta, read_json
 from ._tooltips import EXPORT as TIPS
 from ._writer import ImageLabels, group_layers, is_sample_image, to_results
 from .errors import DatasetError
+from .progress import Progress
 
 LAYERS, FOLDER = "visible layers", "segmented folder"
 
@@ -50,21 +51,21 @@ def covered(groups: list[ImageLabels]) -> str:
 # ------------------------------------------------------------------ pure generators (worker side)
 
 
-def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None) -> Iterator[tuple[int, int]]:
+def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None) -> Iterator[Progress]:
     """Encode every image's labels, then write ``out`` atomically; returns the number of cells."""
     from .coco import write_json
 
     results: list[dict] = []
     for n, group in enumerate(groups, start=1):
         results += to_results([group], mapping)
-        yield n, len(groups)
+        yield Progress(n, len(groups), "image")
     write_json(out, results)
     return len(results)
 
 
 def evaluate_events(
     groups: list[ImageLabels], class_names: list[str], truth_folder: Path | None, truth_json: Path | None,
-) -> Iterator[tuple[int, int]]:
+) -> Iterator[Progress]:
     """COCO mask AP of ``groups`` against the ground truth, matched by image name
     (``evaluation.evaluate``, as the CLI); returns the metrics dict."""
     from .coco import labels_to_results
@@ -77,7 +78,7 @@ def evaluate_events(
         names[n] = image_name(group.source)
         for k in sorted(group.labels):
             results += labels_to_results({k: group.labels[k]}, n, group.scores.get(k, {}))
-        yield n, len(groups)
+        yield Progress(n, len(groups), "image")
     if truth_json is not None:
         gt = read_json_list(truth_json)
         if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
@@ -232,7 +233,7 @@ class ExportWidget(Container):
             button.enabled = False
 
         def progress(item) -> None:
-            self.progress.max, self.progress.value = item[1], item[0]
+            self.progress.max, self.progress.value = item.total, item.done
 
         def done() -> None:
             self._worker = None

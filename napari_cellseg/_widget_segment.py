@@ -98,7 +98,8 @@ class SegmentWidget(Container):
         events.reordered.connect(self._layers_changed)
         if self.session.last_checkpoint is not None:
             self._on_new_checkpoint(self.session.last_checkpoint)
-        self.stack_view = _gui_stack.StackView(self)  # stacks: one stacked layer per class
+        # stacks: one stacked Labels layer per class; asks through this module's ask_discard (tests replace it)
+        self.stack_view = _gui_stack.StackView(self, lambda parent, names: ask_discard(parent, names))
 
     # ------------------------------------------------------------------ inputs
 
@@ -224,7 +225,7 @@ class SegmentWidget(Container):
                 self._show(ImageResult(Path(source) if source else None, raw, names), image_layer=layer)
 
         self._begin(self.run_button, lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value),
-                    lambda p: self._progress(*p, "tile"), returned)
+                    lambda p: self._progress(p.done, p.total, "tile"), returned)
 
     def start_folder(self) -> None:
         """Segment every image of the folder; results arrive one by one for review."""
