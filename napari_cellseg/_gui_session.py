@@ -168,7 +168,8 @@ def human_size(size: int) -> str:
     """``size`` bytes as a biologist reads it: 390 MB, 1.2 GB."""
     if size >= 1e9:
         return f"{size / 1e9:.1f} GB"
-    return next(f"{size / scale:.0f} {unit}" for scale, unit in ((1e6, "MB"), (1e3, "kB"), (1, "bytes")) if size >= scale or scale == 1)
+    units = ((1e6, "MB"), (1e3, "kB"), (1, "bytes"))
+    return next(f"{size / scale:.0f} {unit}" for scale, unit in units if size >= scale or scale == 1)
 
 
 DOCK_WIDTH = 310

@@ -93,6 +93,10 @@ SEGMENT = {
     "run_folder": "Segment every image of the folder. Click again to cancel; finished images are kept.",
     "review": "Step through the segmented folder. Your edits on each image are kept when you move on.",
     "discard_title": "Discard your edits?",
+    "discard_review": (
+        "You edited {names} in the folder review and have not exported them since. A new folder run "
+        "replaces that review.\n\nDiscard those edits (Yes) or keep reviewing (No)?"
+    ),
     "discard": (
         "You edited {names} by hand. Moving the slider redraws the cells from the model and "
         "would throw those edits away.\n\nDiscard the edits (Yes) or keep them and leave "
@@ -121,7 +125,9 @@ EXPORT = {
 }
 
 TRAIN.update({
-    "advanced": "Show the finer training options (batch size, learning rate, crop size, ...). The defaults suit most data.",
+    "advanced": (
+        "Show the finer training options (batch size, learning rate, crop size, ...). The defaults suit most data."
+    ),
     "replace_title": "Replace the earlier training?",
     "replace": (
         "The output folder {folder} already holds a trained model ({files}).\n\n"

@@ -37,7 +37,8 @@ def ask_several(parent, names: list[str]) -> bool:
     text = (f"The visible segmentation layers belong to {len(names)} images: {', '.join(names)}.\n\n"
             "Export all of them into one results file (Yes), or not now (No: hide the layers of the images "
             "you do not want, then export again)?")
-    answer = QMessageBox.question(parent, "Export several images?", text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+    buttons = QMessageBox.Yes | QMessageBox.No
+    answer = QMessageBox.question(parent, "Export several images?", text, buttons, QMessageBox.No)
     return answer == QMessageBox.Yes
 
 
@@ -259,4 +260,5 @@ class ExportWidget(Container):
             text = "n/a (no cells of this class)" if value is None else f"{value:.3f}"
             self.table.setItem(row, 1, QTableWidgetItem(text))
         cells = metrics.get("num_detections", 0)
-        self.status.value = f"{self.status.value.replace('evaluating', 'evaluated')}: {cells} cells against their ground truth"
+        done = self.status.value.replace("evaluating", "evaluated")
+        self.status.value = f"{done}: {cells} cells against their ground truth"

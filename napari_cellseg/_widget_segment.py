@@ -26,17 +26,12 @@ from . import _gui_session, _gui_stack
 from ._gui_session import Device, ImageResult, path_or_none
 from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from ._segment_jobs import (
-    CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values, predict_events,
+    CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values,
+    predict_events,
 )
 from ._segment_layers import REVIEW, Shown, review_image, update_labels
 from ._tooltips import SEGMENT as TIPS
 from ._writer import scores_from_features
-
-NEW_FOLDER_TEXT = (
-    "You edited {names} in the folder review and have not exported them since. A new folder run "
-    "replaces that review.\n\nDiscard those edits (Yes) or keep reviewing (No)?"
-)
-
 
 def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
     """True when the user agrees to throw away hand edits of ``names`` (tests monkeypatch this)."""
@@ -224,7 +219,8 @@ class SegmentWidget(Container):
                 raw, names = value
                 self._show(ImageResult(Path(source) if source else None, raw, names), image_layer=layer)
 
-        self._begin(self.run_button, lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value),
+        self._begin(self.run_button,
+                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value),
                     lambda p: self._progress(p.done, p.total, "tile"), returned)
 
     def start_folder(self) -> None:
@@ -240,7 +236,7 @@ class SegmentWidget(Container):
             self.error(_gui_session.one_line(exc))
             return
         edited = [r.name for r in self.session.folder_results if r.reviewed]
-        if edited and not self.session.folder_exported and not ask_discard(self.native, edited, NEW_FOLDER_TEXT):
+        if edited and not self.session.folder_exported and not ask_discard(self.native, edited, TIPS["discard_review"]):
             self.status.value = "kept the folder review; export it before segmenting another folder"
             return
         self.session.folder_results = []
@@ -256,7 +252,8 @@ class SegmentWidget(Container):
             if self.review.value != 0 and done == 1:
                 self.review.value = 0  # shows the first image; the others wait in the review box
 
-        self._begin(self.folder_button, lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value), arrived)
+        self._begin(self.folder_button,
+                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value), arrived)
 
     # ------------------------------------------------------------------ results -> layers
 
@@ -353,7 +350,8 @@ class SegmentWidget(Container):
                 update_labels(live[k], data)
                 if k in (reviewed or {}):  # the user's table: drawn cells have score 1.0
                     table = (result.reviewed_scores or {}).get(k, model_scores)
-                    live[k].features = features_table(np.array(sorted(table), np.int64), result.class_names[k - 1], table)
+                    ids = np.array(sorted(table), np.int64)
+                    live[k].features = features_table(ids, result.class_names[k - 1], table)
                     shown.model_tables.discard(k)
                 elif k not in shown.model_tables:  # the model's table does not change with the sliders
                     ids = np.flatnonzero(result.raw.labels == k) + 1

@@ -73,7 +73,8 @@ def group_layers(layers: Iterable[tuple[str, np.ndarray, Mapping, object]]) -> l
             raise DatasetError(f"two layers hold class {class_id} of the same image; hide or remove one ('{name}')")
         if data.size and np.issubdtype(data.dtype, np.integer) and int(data.max()) > np.iinfo(np.int32).max:
             raise DatasetError(  # int32 would wrap such an id onto another cell or a negative number
-                f"layer '{name}' holds cell id {int(data.max())}, above the 2**31 - 1 this tool keeps; renumber its cells"
+                f"layer '{name}' holds cell id {int(data.max())}, above the 2**31 - 1 this tool keeps; "
+                "renumber its cells"
             )
         group.labels[class_id] = np.array(data, dtype=np.int32, copy=True)
         group.scores[class_id] = scores_from_features(features)

@@ -39,7 +39,8 @@ def test_messages_name_no_command_line_options():
 
 def test_short_paths_and_sizes(tmp_path):
     assert short_path(Path("/home/me/runs/a/best.pt")) == str(Path("a", "best.pt"))
-    assert [human_size(n) for n in (512, 4_500, 390_000_000, 1_234_000_000)] == ["512 bytes", "4 kB", "390 MB", "1.2 GB"]
+    sizes = (512, 4_500, 390_000_000, 1_234_000_000)
+    assert [human_size(n) for n in sizes] == ["512 bytes", "4 kB", "390 MB", "1.2 GB"]
     (tmp_path / "last.pt").write_bytes(b"x" * 3000)
     (tmp_path / "best.pt").write_bytes(b"x" * 1000)
     assert folder_size(tmp_path) == 4000 and folder_size(tmp_path / "nowhere") == 0
