@@ -27,6 +27,7 @@ from qtpy.QtCore import QEvent, QObject
 from psygnal import evented
 
 from ._tooltips import GUI_WORDS, OS_ERRORS
+from .defaults import MASK_THRESH, SCORE_THRESH
 from .errors import CellsegError
 
 USER_ERRORS = (CellsegError, ValueError, OSError, MemoryError, RuntimeError)
@@ -106,8 +107,8 @@ class Session:
     last_checkpoint: Path | None = None
     folder_results: list = field(default_factory=list)  # list[ImageResult]
     folder_exported: bool = False  # the folder review was exported and not edited since
-    score_thresh: float = 0.5
-    mask_thresh: float = 0.6
+    score_thresh: float = SCORE_THRESH
+    mask_thresh: float = MASK_THRESH
 
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

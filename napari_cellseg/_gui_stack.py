@@ -21,6 +21,8 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ._reader import features_table, labels_layer_kwargs, layer_meta
+from .defaults import TILE_SIZE, overlap_for
+from .progress import Progress
 
 ROLE = "stack"
 
@@ -31,12 +33,12 @@ def is_stack(layer: Image) -> bool:
     return data.ndim == (4 if layer.rgb else 3)
 
 
-def stack_events(loader, data, stop, tile_size: int = 1024, flip: bool = False) -> Iterator[tuple[int, int]]:
+def stack_events(loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False) -> Iterator[Progress]:
     """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped."""
     from .stacks import Stack, iter_predict_stack
 
     model, config, device = loader()
-    overlap = min(128, tile_size // 4)
+    overlap = overlap_for(tile_size)
     steps = iter_predict_stack(model, Stack(data), device=device, tile_size=tile_size, overlap=overlap, flip=flip,
                                should_stop=stop)
     result = yield from steps

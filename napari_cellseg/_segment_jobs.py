@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._gui_session import ImageResult
+from .defaults import TILE_SIZE, overlap_for
 from .progress import Progress, drain
 
 
@@ -45,7 +46,7 @@ def model_file(choice: str, checkpoint: Path | None) -> Path:
     return checkpoint
 
 
-def predict_events(loader, image_data, stop, tile_size: int = 1024, flip: bool = False) -> Iterator[Progress]:
+def predict_events(loader, image_data, stop, tile_size: int = TILE_SIZE, flip: bool = False) -> Iterator[Progress]:
     """Yield ``Progress`` per tile while predicting; return (RawInstances, class names) or None if stopped."""
     from .images import to_rgb_uint8
     from .inference import iter_predict
@@ -58,7 +59,7 @@ def predict_events(loader, image_data, stop, tile_size: int = 1024, flip: bool =
 
 
 def folder_events(
-    loader, paths: list[Path], stop, tile_size: int = 1024, flip: bool = False
+    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False
 ) -> Iterator[tuple[int, int, ImageResult]]:
     """Yield (done, total, ImageResult) image by image; a cancel stops between tiles (the image
     being segmented is dropped, the finished ones are kept)."""
@@ -77,8 +78,8 @@ def folder_events(
 
 
 def overlap(tile_size: int) -> int:
-    """The core's default tile overlap, smaller for test-sized tiles."""
-    return min(128, tile_size // 4)
+    """The core's default tile overlap, smaller for test-sized tiles (``defaults.overlap_for``)."""
+    return overlap_for(tile_size)
 
 
 def folder_images(folder: Path) -> list[Path]:

@@ -80,7 +80,8 @@ SEGMENT = {
     ),
     "score": (
         "Confidence: hide cells the model is less sure about than this. Moving it is instant; "
-        "the model does not run again."
+        "the model does not run again. Below {floor:g} it changes nothing: the model itself "
+        "already drops cells it is less sure about than that."
     ),
     "mask": (
         "Mask threshold: how confident each pixel must be to belong to its cell. Higher gives "

@@ -32,6 +32,7 @@ from ._segment_jobs import (
 from ._segment_layers import REVIEW, Shown, review_image, update_labels
 from ._tooltips import SEGMENT as TIPS
 from ._writer import scores_from_features
+from .defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 
 def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
     """True when the user agrees to throw away hand edits of ``names`` (tests monkeypatch this)."""
@@ -48,7 +49,7 @@ class SegmentWidget(Container):
         self.viewer = napari_viewer
         self.session = _gui_session.session_for(napari_viewer)
         self.synchronous = False
-        self.tile_size = 1024  # larger images are segmented tile by tile (inference.iter_predict)
+        self.tile_size = TILE_SIZE  # larger images are segmented tile by tile (inference.iter_predict)
         self.slider_delay_ms = 30  # a drag redraws at most once per delay, always with the latest value
         self.model = ComboBox(choices=model_choices(), value=first_model(), label="model", tooltip=TIPS["model"])
         self.checkpoint = FileEdit(mode="r", filter="*.pt", label="checkpoint", tooltip=TIPS["checkpoint"])
@@ -57,8 +58,10 @@ class SegmentWidget(Container):
         self.flip = CheckBox(value=False, text="test-time flips (2x slower)", tooltip=TIPS["flip"])
         self.run_button = PushButton(text="Segment image", tooltip=TIPS["run"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.score = FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, label="confidence", tooltip=TIPS["score"])
-        self.mask = FloatSlider(value=0.6, min=0.0, max=1.0, step=0.01, label="mask threshold", tooltip=TIPS["mask"])
+        self.score = FloatSlider(value=SCORE_THRESH, min=0.0, max=1.0, step=0.01, label="confidence",
+                                 tooltip=TIPS["score"].format(floor=DETECTOR_SCORE_FLOOR))
+        self.mask = FloatSlider(value=MASK_THRESH, min=0.0, max=1.0, step=0.01, label="mask threshold",
+                                tooltip=TIPS["mask"])
         self.folder = FileEdit(mode="d", label="folder", tooltip=TIPS["folder"])
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
         self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])

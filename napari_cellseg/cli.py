@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from .defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 from .errors import CellsegError
 
 PROG = "napari-cellseg"
@@ -46,10 +47,12 @@ def _fraction(text: str) -> float:
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--score-thresh", type=_fraction, default=0.5, help="keep instances at least this confident")
-    p.add_argument("--mask-thresh", type=_fraction, default=0.6, help="mask probability that counts as cell")
+    p.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
+                   help=f"keep instances at least this confident (the detector itself drops those below "
+                        f"{DETECTOR_SCORE_FLOOR:g})")
+    p.add_argument("--mask-thresh", type=_fraction, default=MASK_THRESH, help="mask probability that counts as cell")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--tile-size", type=_positive_int, default=1024, help="larger images are segmented in tiles")
+    p.add_argument("--tile-size", type=_positive_int, default=TILE_SIZE, help="larger images are segmented in tiles")
     p.add_argument("--flip-tta", action="store_true",
                    help="also segment the mirror image and average the two (twice the time, a little more AP)")
 

@@ -17,6 +17,7 @@ import numpy as np
 from ._torch import torch
 from .images import to_tensor
 from .devices import resolve_device
+from .defaults import OVERLAP, TILE_SIZE
 from .model import set_detections_per_img
 from .progress import Progress, StopCheck, drain, stopped
 from .raw import RawInstances
@@ -30,8 +31,8 @@ def iter_predict(
     image: np.ndarray,
     *,
     device: str | torch.device | None = None,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    tile_size: int = TILE_SIZE,
+    overlap: int = OVERLAP,
     max_detections: int | None = None,
     flip: bool = False,
     should_stop: StopCheck | None = None,
@@ -82,8 +83,8 @@ def predict(
     image: np.ndarray,
     *,
     device: str | torch.device | None = None,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    tile_size: int = TILE_SIZE,
+    overlap: int = OVERLAP,
     max_detections: int | None = None,
     flip: bool = False,
 ) -> RawInstances:

@@ -20,6 +20,7 @@ from .atomic import atomic_path, folder_problem, open_output, output_lock
 from .checkpoint import weights_digest
 from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
+from .defaults import MASK_THRESH, OVERLAP, SCORE_THRESH, TILE_SIZE
 from .errors import DatasetError
 from .inference import predict
 from .evaluation import evaluate as evaluate_by_name
@@ -34,10 +35,10 @@ def segment_image(
     image: np.ndarray,
     *,
     device=None,
-    score_thresh: float = 0.5,
-    mask_thresh: float = 0.6,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    score_thresh: float = SCORE_THRESH,
+    mask_thresh: float = MASK_THRESH,
+    tile_size: int = TILE_SIZE,
+    overlap: int = OVERLAP,
     flip: bool = False,
 ) -> tuple[dict[int, np.ndarray], dict[int, float]]:
     """Labels for every class of the model (id -> score table alongside) for one RGB uint8 image."""
@@ -157,9 +158,9 @@ def iter_export(
     out_json: str | Path,
     *,
     device=None,
-    score_thresh: float = 0.5,
-    mask_thresh: float = 0.6,
-    tile_size: int = 1024,
+    score_thresh: float = SCORE_THRESH,
+    mask_thresh: float = MASK_THRESH,
+    tile_size: int = TILE_SIZE,
     flip: bool = False,
     resume: bool = True,
     should_stop: StopCheck | None = None,

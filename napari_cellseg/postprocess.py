@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .defaults import MASK_THRESH, SCORE_THRESH
 from .raw import RawInstances
 
 
@@ -32,8 +33,8 @@ def mask_level(mask_thresh: float) -> int:
 
 def to_labels(
     raw: RawInstances,
-    score_thresh: float = 0.5,
-    mask_thresh: float = 0.6,
+    score_thresh: float = SCORE_THRESH,
+    mask_thresh: float = MASK_THRESH,
     classes: Iterable[int] | None = None,
 ) -> dict[int, np.ndarray]:
     """Class id -> H x W int32 label image (instance ``i`` -> label ``i + 1``), no overlaps.

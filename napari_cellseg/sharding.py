@@ -22,6 +22,7 @@ from . import distributed
 from ._torch import torch
 from .atomic import atomic_path, write_text_atomic
 from .distributed import Context, barrier, teardown
+from .defaults import MASK_THRESH, SCORE_THRESH, TILE_SIZE
 from .errors import DatasetError
 from .pipeline import ExportItem, iter_export
 from .progress import Progress, StopCheck
@@ -51,9 +52,9 @@ def iter_sharded_export(
     ctx: Context,
     *,
     device=None,
-    score_thresh: float = 0.5,
-    mask_thresh: float = 0.6,
-    tile_size: int = 1024,
+    score_thresh: float = SCORE_THRESH,
+    mask_thresh: float = MASK_THRESH,
+    tile_size: int = TILE_SIZE,
     flip: bool = False,
     resume: bool = True,
     should_stop: StopCheck | None = None,

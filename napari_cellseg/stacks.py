@@ -27,6 +27,7 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_path
+from .defaults import OVERLAP, TILE_SIZE
 from .errors import DatasetError
 from .images import MAX_CHANNELS, _check_file, _check_size, _is_tiff, read_image, to_rgb_uint8
 from .inference import RawInstances, iter_predict
@@ -189,8 +190,8 @@ def iter_predict_stack(
     stack: Stack,
     *,
     device=None,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    tile_size: int = TILE_SIZE,
+    overlap: int = OVERLAP,
     flip: bool = False,
     should_stop: StopCheck | None = None,
 ) -> Generator[Progress, None, StackInstances | None]:
