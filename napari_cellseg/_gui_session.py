@@ -29,6 +29,7 @@ from psygnal import evented
 from ._tooltips import GUI_WORDS, OS_ERRORS
 from .defaults import MASK_THRESH, SCORE_THRESH
 from .errors import CellsegError
+from .layout import image_name
 
 USER_ERRORS = (CellsegError, ValueError, OSError, MemoryError, RuntimeError)
 """Errors caused by the input or the machine: shown as one line, the widget stays usable."""
@@ -92,7 +93,7 @@ def short_name(name: str, width: int = 28) -> str:
 def _display_name(path: Path | None) -> str:
     if path is None:
         return "image"
-    return path.parent.name if path.name.lower() in ("image.tif", "image.tiff") else path.name
+    return image_name(path)
 
 
 @evented

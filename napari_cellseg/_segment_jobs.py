@@ -86,7 +86,7 @@ def folder_images(folder: Path) -> list[Path]:
     """The images of a folder of TIFF files (test_release/) or of samples (``<sample>/image.tif``)."""
     from .data import find_samples
     from .errors import DatasetError
-    from .pipeline import image_files
+    from .layout import image_files
 
     try:
         return image_files(folder)

@@ -23,10 +23,11 @@ from qtpy.QtWidgets import QHeaderView, QMessageBox, QTableWidget, QTableWidgetI
 
 from . import _gui_session
 from ._gui_session import path_or_none, short_name
-from ._reader import GROUND_TRUTH, IMAGE_NAME, PREDICTION, layer_meta, read_json_list
+from ._reader import GROUND_TRUTH, PREDICTION, layer_meta, read_json_list
 from ._tooltips import EXPORT as TIPS
-from ._writer import ImageLabels, group_layers, is_sample_image, to_results
+from ._writer import ImageLabels, group_layers, to_results
 from .errors import DatasetError
+from .layout import IMAGE_NAME, class_name, image_name, is_sample_image
 from .progress import Progress
 
 LAYERS, FOLDER = "visible layers", "segmented folder"
@@ -89,11 +90,6 @@ def evaluate_events(
         gt, label = sample_truth(groups, class_names, truth_folder)
     return evaluate(results, names, gt, class_names=class_names, only_matched=True,
                     results_label="the segmentation", truth_label=label)
-
-
-def image_name(source: Path) -> str:
-    """The name an image has in ground truth: its sample folder's for ``<sample>/image.tif``."""
-    return source.parent.name if is_sample_image(source) else source.name
 
 
 def sample_truth(groups: list[ImageLabels], class_names: list[str], folder: Path | None) -> tuple[dict, str]:
@@ -176,7 +172,7 @@ class ExportWidget(Container):
         if not layers:
             raise DatasetError("no visible segmentation layers: segment an image first, or open a results file")
         names = {int(layer_meta(la)["class_id"]): layer_meta(la).get("class_name") for la in layers}
-        class_names = [names.get(k) or f"class{k}" for k in range(1, max(names) + 1)]
+        class_names = [names.get(k) or class_name(k) for k in range(1, max(names) + 1)]
         return group_layers([(la.name, la.data, la.metadata, la.features) for la in layers]), class_names
 
     # ------------------------------------------------------------------ actions

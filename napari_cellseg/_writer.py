@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 
-from ._reader import IMAGE_NAME, find_mapping, layer_meta
+from ._reader import layer_meta
 from ._gui_session import USER_ERRORS, one_line
 from .errors import DatasetError
+from .layout import MAPPING_NAME, find_mapping, is_sample_image, sample_image_id
 
 _CLASS_NAME = re.compile(r"class(\d+)", re.IGNORECASE)
 
@@ -81,10 +82,6 @@ def group_layers(layers: Iterable[tuple[str, np.ndarray, Mapping, object]]) -> l
     return list(groups.values())
 
 
-def is_sample_image(source: Path) -> bool:
-    return source.name.lower() == IMAGE_NAME
-
-
 def image_id_for(source: Path | None, shape: tuple[int, ...], mapping_path: Path | None = None) -> int:
     """The submission id of an image (see the module docstring)."""
     from .coco import check_image_in_mapping, load_mapping
@@ -95,12 +92,11 @@ def image_id_for(source: Path | None, shape: tuple[int, ...], mapping_path: Path
             "the image of these labels is unknown (not opened from a file); open the image from its file first"
         )
     if is_sample_image(source):  # a mapping file lists test images, never image.tif of a sample
-        names = [s.name for s in find_samples(source.parent.parent)]
-        return names.index(source.parent.name) + 1
+        return sample_image_id([s.name for s in find_samples(source.parent.parent)], source.parent.name)
     mapping_path = mapping_path or find_mapping(source)
     if mapping_path is None:
         raise DatasetError(
-            f"no mapping file for {source.name}: choose test_image_name_to_ids.json in Export & Evaluate"
+            f"no mapping file for {source.name}: choose {MAPPING_NAME} in Export & Evaluate"
         )
     return check_image_in_mapping(load_mapping(mapping_path), source.name, shape, source=Path(mapping_path).name)
 

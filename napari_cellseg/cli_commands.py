@@ -18,9 +18,9 @@ from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, tr
 from .errors import DatasetError
 from .evaluation import evaluate_file
 from .images import write_labels
-from .layout import TEST_FOLDER
+from .layout import TEST_FOLDER, image_files
 from .metrics import format_metrics
-from .pipeline import export_items, image_files, iter_export, segment_image
+from .pipeline import export_items, iter_export, segment_image
 from .pretrained import builtin_models
 from .progress import Progress, drain
 from .sample_data import SAMPLE_DATASET

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DatasetError
+from .layout import class_name
 
 MAX_CLASS_ID = 1000
 """Class ids above this are refused: no cell dataset has that many classes, a stray file does."""
@@ -122,7 +123,7 @@ def evaluate(
 
 def _names(class_names: Sequence[str] | None, ids, known: Mapping[int, str]) -> list[str]:
     names = list(class_names or ())
-    return [names[k - 1] if k <= len(names) else known.get(k, f"class{k}") for k in ids]
+    return [names[k - 1] if k <= len(names) else known.get(k, class_name(k)) for k in ids]
 
 
 def _present_classes(truth, results, class_names, truth_label: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from .inference import predict
 from .evaluation import evaluate as evaluate_by_name
 from .postprocess import instance_scores, to_labels
 from .progress import Progress, StopCheck, stopped
-from .layout import IMAGE_SUFFIXES, MAPPING_NAME, TEST_FOLDER, ExportItem
+from .layout import MAPPING_NAME, TEST_FOLDER, ExportItem, image_files
 from .stacks import PLANE_SEPARATOR, item_image, mapped_items
 
 
@@ -103,17 +103,6 @@ def _no_cells(shape: tuple[int, ...]) -> dict[int, np.ndarray]:
     """The ground truth of a sample without any classK.tif (a cell-free image, legal in HW3): an empty
     class-1 label image, which carries the image's size and no instance."""
     return {1: np.zeros(shape[:2], np.int32)}
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """The TIFF images directly inside ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DatasetError(f"no .tif images in {folder}")
-    return files
 
 
 def export_items(
