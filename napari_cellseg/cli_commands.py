@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -13,7 +12,7 @@ from .atomic import folder_problem
 from .checkpoint import load_model, model_card
 from .data import find_samples
 from .devices import resolve_device
-from .distributed import barrier
+from .distributed import barrier, env_rank
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
 from .errors import DatasetError
 from .evaluation import evaluate_file
@@ -65,13 +64,9 @@ def run_training(cfg: TrainConfig) -> DoneEvent | None:
     finally:  # closed before any error line, so the bar is never redrawn after it
         if bar is not None:
             bar.close()
-    if done is not None and distributed_rank() == 0:
+    if done is not None and env_rank() == 0:
         print(f"last checkpoint: {done.last}\nbest checkpoint: {done.best}")
     return done
-
-
-def distributed_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -114,7 +109,7 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
             write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
         return
     raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
-                 f"{path.name} planes", unit="plane", show=distributed_rank() == 0)
+                 f"{path.name} planes", unit="plane", show=env_rank() == 0)
     labels = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes)
     if args.link:
         link_over_time(labels)
@@ -183,7 +178,7 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
         return export_items(dataset)  # a folder of samples (or the error that says what is missing)
     entries = folder_mapping(files)  # every process numbers the same headers the same way
     mapping = Path(f"{args.out}.images.json")
-    if distributed_rank() == 0:
+    if env_rank() == 0:
         write_json(mapping, entries)
     return mapped_items(files, {e["file_name"]: e for e in entries}, mapping)
 

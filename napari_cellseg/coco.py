@@ -23,7 +23,6 @@ from .rle import compress, compressed_rle, counts_from_crop, is_int, rle_counts,
 
 Labels = dict[int, np.ndarray]
 
-RESULT_KEYS = ("image_id", "bbox", "score", "category_id", "segmentation")
 _REQUIRED_RESULT_KEYS = ("image_id", "category_id", "score", "segmentation")
 _MAPPING_KEYS = ("file_name", "id", "height", "width")
 _MAX_DIRECT_ID = 2**20

@@ -236,14 +236,13 @@ class CellDataset(torch.utils.data.Dataset):
     """Samples -> (image tensor, torchvision target), with seeded augmentation and a decode cache.
 
     Reproducible whatever the worker count: sample ``i`` in epoch ``e`` is augmented with
-    ``np.random.default_rng((seed, e, i))``. The epoch and the skipped-instance counters live in
-    shared-memory tensors, so ``set_epoch`` reaches persistent DataLoader workers and their counts
-    come back. Decoded ``(image, labels)`` are kept in an LRU cache of at most ``cache_bytes`` per
-    process (each worker has its own; keep workers persistent to benefit); cached arrays are
-    read-only so an augmentation that writes in place fails loudly instead of corrupting the cache.
+    ``np.random.default_rng((seed, e, i))``. The epoch lives in a shared-memory tensor, so
+    ``set_epoch`` reaches persistent DataLoader workers. Instances left with fewer than
+    ``min_pixels`` after augmentation are dropped from the target. Decoded ``(image, labels)`` are
+    kept in an LRU cache of at most ``cache_bytes`` per process (each worker has its own; keep
+    workers persistent to benefit); cached arrays are read-only so an augmentation that writes in
+    place fails loudly instead of corrupting the cache.
     """
-
-    _COUNTER_SLOTS = 257  # slot 0: main process, slot 1 + worker id (mod 256): workers
 
     def __init__(
         self,
@@ -260,7 +259,6 @@ class CellDataset(torch.utils.data.Dataset):
         self.cache_bytes = int(cache_bytes)
         self.min_pixels = int(min_pixels)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._skipped = torch.zeros(self._COUNTER_SLOTS, dtype=torch.int64).share_memory_()
         self._cache: OrderedDict[int, tuple[np.ndarray, Labels]] = OrderedDict()
         self._cached_bytes = 0
 
@@ -275,19 +273,12 @@ class CellDataset(torch.utils.data.Dataset):
         """Call before each epoch so augmentations differ between epochs yet stay reproducible."""
         self._epoch[0] = int(epoch)
 
-    @property
-    def degenerate_skipped(self) -> int:
-        """Instances skipped so far (fewer than ``min_pixels`` after augmentation), all workers."""
-        return int(self._skipped.sum())
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image, labels = self._decoded(i)
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, self.epoch, i))
             image, labels = self.augment(image, labels, rng)
-        masks, classes, boxes, skipped = instance_targets(labels, image.shape, self.min_pixels)
-        if skipped:
-            self._skipped[self._counter_slot()] += skipped
+        masks, classes, boxes, _ = instance_targets(labels, image.shape, self.min_pixels)
         if not image.flags.writeable:  # torch.from_numpy warns on read-only (cached) arrays
             image = image.copy()
         target = {
@@ -324,14 +315,9 @@ class CellDataset(torch.utils.data.Dataset):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A copy (deepcopy, plain pickle) gets counters in shared memory again, for its own workers."""
+        """A copy (deepcopy, plain pickle) gets its epoch in shared memory again, for its own workers."""
         self.__dict__.update(state)
         self._epoch.share_memory_()
-        self._skipped.share_memory_()
-
-    def _counter_slot(self) -> int:
-        info = torch.utils.data.get_worker_info()
-        return 0 if info is None else 1 + info.id % (self._COUNTER_SLOTS - 1)
 
 
 def collate(batch: Sequence[tuple[Any, Any]]) -> tuple[list, list]:

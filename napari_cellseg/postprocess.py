@@ -80,9 +80,4 @@ def instance_scores(raw: RawInstances) -> dict[int, float]:
     return {i + 1: float(s) for i, s in enumerate(raw.scores)}
 
 
-def instance_classes(raw: RawInstances) -> dict[int, int]:
-    """Label id -> class id, so a label found in any image can be traced to its class."""
-    return {i + 1: int(c) for i, c in enumerate(raw.labels)}
-
-
-__all__ = ["to_labels", "mask_level", "instance_scores", "instance_classes"]
+__all__ = ["to_labels", "mask_level", "instance_scores"]

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_cellseg.raw import RawInstances
-from napari_cellseg.postprocess import instance_classes, instance_scores, mask_level, to_labels
+from napari_cellseg.postprocess import instance_scores, mask_level, to_labels
+
+
+def instance_classes(raw) -> dict[int, int]:
+    """Label id -> class id (instance i is label i + 1)."""
+    return {i + 1: int(c) for i, c in enumerate(raw.labels)}
 
 
 def _raw(boxes, scores, labels, masks, shape=(12, 12)) -> RawInstances:
