@@ -114,7 +114,7 @@ def test_package_has_no_import_circle():
 
 def test_core_never_imports_the_gui():
     graph = import_graph()
-    gui = {m for m in graph if m.startswith(("_widget", "_gui", "_reader", "_writer", "_sample_data", "_tooltips"))}
+    gui = {m for m in graph if m.startswith(("_widget", "_gui", "_segment", "_reader", "_writer", "_sample_data", "_tooltips"))}
     core = set(graph) - gui - {"__init__", "__main__"}
     leaks = {m: sorted(graph[m] & gui) for m in core if graph[m] & gui}
     assert not leaks, f"core modules import GUI modules: {leaks}"
