@@ -114,10 +114,20 @@ def test_package_has_no_import_circle():
 
 def test_core_never_imports_the_gui():
     graph = import_graph()
-    gui = {m for m in graph if m.startswith(("_widget", "_gui", "_segment", "_reader", "_writer", "_sample_data", "_tooltips"))}
+    gui_prefixes = ("_widget", "_gui", "_segment", "_reader", "_writer", "_sample_data", "_tooltips")
+    gui = {m for m in graph if m.startswith(gui_prefixes)}
     core = set(graph) - gui - {"__init__", "__main__"}
     leaks = {m: sorted(graph[m] & gui) for m in core if graph[m] & gui}
     assert not leaks, f"core modules import GUI modules: {leaks}"
+
+
+def test_the_faces_never_import_each_other():
+    graph = import_graph()
+    cli = {"cli", "cli_commands", "__main__"}
+    widgets = {m for m in graph if m.startswith("_widget")}
+    crossings = {m: sorted(graph[m] & widgets) for m in cli if graph[m] & widgets}
+    crossings.update({m: sorted(graph[m] & cli) for m in widgets if graph[m] & cli})
+    assert not crossings, f"the CLI and the widgets import each other: {crossings}"
 
 
 def test_slider_path_does_not_import_torch():
