@@ -8,11 +8,16 @@
   (or synchronously when ``widget.synchronous`` is set, for tests). Expected errors (bad folder,
   damaged file, out of memory) become one-line napari notifications, never a traceback; layers
   are touched only in the callbacks, which run in the GUI thread.
+- ``report(exc)``: the user's one line for an error, after logging it (``napari_cellseg`` logger):
+  anything but a ``CellsegError`` with its traceback, so a bug behind a one-line message can be
+  traced; with ``NAPARI_CELLSEG_DEBUG`` set, every error with its traceback.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +38,8 @@ from .layout import image_name
 
 USER_ERRORS = (CellsegError, ValueError, OSError, MemoryError, RuntimeError)
 """Errors caused by the input or the machine: shown as one line, the widget stays usable."""
+
+log = logging.getLogger("napari_cellseg")
 
 
 class Device(Enum):
@@ -138,6 +145,16 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     return gui_words(first or type(exc).__name__)
+
+
+def report(exc: BaseException) -> str:
+    """Log ``exc`` (see the module docstring) and return the one line the user sees."""
+    message = one_line(exc)
+    if os.environ.get("NAPARI_CELLSEG_DEBUG") or not isinstance(exc, CellsegError):
+        log.error("%s (%s)", message, type(exc).__name__, exc_info=exc)
+    else:
+        log.info("%s", message)
+    return message
 
 
 def gui_words(message: str) -> str:
@@ -258,7 +275,7 @@ def guarded(factory: Callable[[], Iterator[Any]]) -> Generator[Any, None, Any]:
     try:
         return (yield from factory())
     except USER_ERRORS as exc:
-        yield Failed(one_line(exc))
+        yield Failed(report(exc))
         return None
 
 

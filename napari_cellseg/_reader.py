@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_error
 
-from ._gui_session import USER_ERRORS, one_line
+from ._gui_session import USER_ERRORS, report
 from .errors import DatasetError
 from .layout import IMAGE_NAME, MAPPING_NAME, TEST_FOLDER, class_name, find_mapping
 
@@ -110,7 +110,7 @@ def _reported(read):
         try:
             return read(path)
         except USER_ERRORS as exc:
-            show_error(one_line(exc))
+            show_error(report(exc))
             return [(None,)]
 
     wrapper.__name__ = read.__name__

@@ -192,7 +192,7 @@ class ExportWidget(Container):
                 out = out.with_suffix(".json")
             groups, _ = self.collect()
         except _gui_session.USER_ERRORS as exc:
-            self.error(_gui_session.one_line(exc))
+            self.error(_gui_session.report(exc))
             return
         names = [image_name(g.source) if g.source is not None else "an unnamed image" for g in groups]
         if self.source.value == LAYERS and len(groups) > 1 and not ask_several(self.native, names):
@@ -217,7 +217,7 @@ class ExportWidget(Container):
         try:
             groups, class_names = self.collect()
         except _gui_session.USER_ERRORS as exc:
-            self.error(_gui_session.one_line(exc))
+            self.error(_gui_session.report(exc))
             return
         truth_folder, truth_json = path_or_none(self.truth_folder), path_or_none(self.truth_json)
         self.status.value = f"evaluating {covered(groups)}"

@@ -205,7 +205,7 @@ class SegmentWidget(Container):
                 raise ValueError("open an image first (File > Open, or File > Open Sample)")
             loader = self._loader()
         except ValueError as exc:
-            self.error(_gui_session.one_line(exc))
+            self.error(_gui_session.report(exc))
             return
         if _gui_stack.is_stack(layer):
             return self.stack_view.start(layer, loader)
@@ -236,7 +236,7 @@ class SegmentWidget(Container):
                 raise ValueError("choose a folder of images first")
             paths = folder_images(folder)
         except _gui_session.USER_ERRORS as exc:
-            self.error(_gui_session.one_line(exc))
+            self.error(_gui_session.report(exc))
             return
         edited = [r.name for r in self.session.folder_results if r.reviewed]
         if edited and not self.session.folder_exported and not ask_discard(self.native, edited, TIPS["discard_review"]):

@@ -22,7 +22,7 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info
 
 from ._reader import layer_meta
-from ._gui_session import USER_ERRORS, one_line
+from ._gui_session import USER_ERRORS, report
 from .errors import DatasetError
 from .layout import MAPPING_NAME, find_mapping, is_sample_image, sample_image_id
 
@@ -125,7 +125,7 @@ def write_coco_results(path: str, layer_data: list[tuple]) -> list[str]:
         results = to_results(group_layers(labels))
         write_json(path, results)
     except USER_ERRORS as exc:
-        show_error(one_line(exc))
+        show_error(report(exc))
         return []
     show_info(f"wrote {len(results)} cells to {path}")
     return [str(path)]
