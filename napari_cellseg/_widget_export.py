@@ -26,7 +26,7 @@ from ._gui_session import path_or_none, short_name
 from ._reader import GROUND_TRUTH, PREDICTION, layer_meta, read_json_list
 from ._tooltips import EXPORT as TIPS
 from ._writer import ImageLabels, group_layers, to_results
-from .errors import DatasetError
+from .errors import DatasetError, LayerError
 from .layout import IMAGE_NAME, class_name, image_name, is_sample_image
 from .progress import Progress
 
@@ -76,7 +76,7 @@ def evaluate_events(
     results, names = [], {}
     for n, group in enumerate(groups, start=1):
         if group.source is None:
-            raise DatasetError("the image of these labels is unknown (not opened from a file); open it from its file")
+            raise LayerError("the image of these labels is unknown (not opened from a file); open it from its file")
         names[n] = image_name(group.source)
         for k in sorted(group.labels):
             results += labels_to_results({k: group.labels[k]}, n, group.scores.get(k, {}))
@@ -162,7 +162,7 @@ class ExportWidget(Container):
         if self.source.value == FOLDER:
             results = list(self.session.folder_results)
             if not results:
-                raise DatasetError("no segmented folder yet: use 'Segment folder' in the Segment widget")
+                raise LayerError("no segmented folder yet: use 'Segment folder' in the Segment widget")
             groups = []
             for result in results:
                 labels, scores = result.labels_and_scores(self.session.score_thresh, self.session.mask_thresh)
@@ -170,7 +170,7 @@ class ExportWidget(Container):
             return groups, list(results[0].class_names)
         layers = self.prediction_layers()
         if not layers:
-            raise DatasetError("no visible segmentation layers: segment an image first, or open a results file")
+            raise LayerError("no visible segmentation layers: segment an image first, or open a results file")
         names = {int(layer_meta(la)["class_id"]): layer_meta(la).get("class_name") for la in layers}
         class_names = [names.get(k) or class_name(k) for k in range(1, max(names) + 1)]
         return group_layers([(la.name, la.data, la.metadata, la.features) for la in layers]), class_names

@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ._reader import layer_meta
 from ._gui_session import USER_ERRORS, report
-from .errors import DatasetError
+from .errors import DatasetError, LayerError
 from .layout import MAPPING_NAME, find_mapping, is_sample_image, sample_image_id
 
 _CLASS_NAME = re.compile(r"class(\d+)", re.IGNORECASE)
@@ -49,7 +49,7 @@ def class_id_of(name: str, metadata: Mapping) -> int:
     match = _CLASS_NAME.search(name or "")
     if match and int(match.group(1)) >= 1:
         return int(match.group(1))
-    raise DatasetError(f"layer '{name}': its cell class is unknown; name it class1, class2, ...")
+    raise LayerError(f"layer '{name}': its cell class is unknown; name it class1, class2, ...")
 
 
 def scores_from_features(features) -> dict[int, float]:
@@ -67,13 +67,13 @@ def group_layers(layers: Iterable[tuple[str, np.ndarray, Mapping, object]]) -> l
         source = layer_meta(metadata).get("source")
         data = np.asarray(data)
         if data.ndim != 2:
-            raise DatasetError(f"layer '{name}' is not a 2-D label image (shape {data.shape})")
+            raise LayerError(f"layer '{name}' is not a 2-D label image (shape {data.shape})")
         class_id = class_id_of(name, metadata)
         group = groups.setdefault(str(source), ImageLabels(Path(source) if source else None))
         if class_id in group.labels:
-            raise DatasetError(f"two layers hold class {class_id} of the same image; hide or remove one ('{name}')")
+            raise LayerError(f"two layers hold class {class_id} of the same image; hide or remove one ('{name}')")
         if data.size and np.issubdtype(data.dtype, np.integer) and int(data.max()) > np.iinfo(np.int32).max:
-            raise DatasetError(  # int32 would wrap such an id onto another cell or a negative number
+            raise LayerError(  # int32 would wrap such an id onto another cell or a negative number
                 f"layer '{name}' holds cell id {int(data.max())}, above the 2**31 - 1 this tool keeps; "
                 "renumber its cells"
             )
@@ -88,7 +88,7 @@ def image_id_for(source: Path | None, shape: tuple[int, ...], mapping_path: Path
     from .data import find_samples
 
     if source is None:
-        raise DatasetError(
+        raise LayerError(
             "the image of these labels is unknown (not opened from a file); open the image from its file first"
         )
     if is_sample_image(source):  # a mapping file lists test images, never image.tif of a sample

@@ -14,7 +14,7 @@ from .data import find_samples
 from .devices import resolve_device
 from .distributed import barrier, env_rank
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
-from .errors import DatasetError
+from .errors import DatasetError, OutputError
 from .evaluation import evaluate_file
 from .images import write_labels
 from .layout import TEST_FOLDER, image_files
@@ -77,7 +77,7 @@ def predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     problem = folder_problem(out)
     if problem:
-        raise DatasetError(f"output folder: {problem}")
+        raise OutputError(f"output folder: {problem}")
     ctx = setup_sharding(args.device)
     try:
         model, config = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
@@ -134,7 +134,7 @@ def _inside(folder: Path, name: str) -> Path:
     at load; this guards the file name once more, as it comes from the image and the model)."""
     path = folder / name
     if Path(name).name != name or name in (".", ".."):
-        raise DatasetError(f"refused to write {path}: the name {name!r} is not a plain file name")
+        raise OutputError(f"refused to write {path}: the name {name!r} is not a plain file name")
     return path
 
 
@@ -260,9 +260,9 @@ def _claim_demo_folder(out: Path) -> None:
     """The demo writes only into a new or empty folder, or an earlier demo's; it never deletes a file."""
     problem = folder_problem(out)
     if problem:
-        raise DatasetError(f"output folder: {problem}")
+        raise OutputError(f"output folder: {problem}")
     if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARK).is_file():
-        raise DatasetError(
+        raise OutputError(
             f"{out} already holds files the demo did not make; give --out a new or empty folder"
         )
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from .checkpoint import weights_digest
 from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
 from .defaults import MASK_THRESH, OVERLAP, SCORE_THRESH, TILE_SIZE
-from .errors import DatasetError
+from .errors import DatasetError, OutputError
 from .inference import predict
 from .evaluation import evaluate as evaluate_by_name
 from .postprocess import instance_scores, to_labels
@@ -162,10 +162,10 @@ def iter_export(
     """
     out_json = Path(out_json)
     if out_json.is_dir():
-        raise DatasetError(f"output {out_json} is a folder; give a file name such as test-results.json")
+        raise OutputError(f"output {out_json} is a folder; give a file name such as test-results.json")
     problem = folder_problem(out_json.parent)
     if problem:
-        raise DatasetError(f"output {out_json}: {problem}")
+        raise OutputError(f"output {out_json}: {problem}")
     with output_lock(out_json):  # a second export to the same file is refused before any work
         return (yield from _export(model, items, out_json, device, score_thresh, mask_thresh, tile_size, flip,
                                    resume, should_stop))

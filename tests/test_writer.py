@@ -67,11 +67,11 @@ def test_layer_ids_beyond_int32_are_refused_not_wrapped():
     import pytest
 
     from napari_cellseg._writer import group_layers
-    from napari_cellseg.errors import DatasetError
+    from napari_cellseg.errors import LayerError
 
     data = np.zeros((16, 16), np.uint64)
     data[2:6, 2:6] = 2**32 + 1  # int32 makes this 1
-    with pytest.raises(DatasetError, match="cell id 4294967297"):
+    with pytest.raises(LayerError, match="cell id 4294967297"):
         group_layers([("class1", data, {}, None)])
     data[2:6, 2:6] = 2**31 - 1
     (group,) = group_layers([("class1", data, {}, None)])
