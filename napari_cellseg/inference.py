@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -78,20 +79,10 @@ def _run_tiles(
     return merge_views(results[0], mirror(results[1]))
 
 
-def predict(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    *,
-    device: str | torch.device | None = None,
-    tile_size: int = TILE_SIZE,
-    overlap: int = OVERLAP,
-    max_detections: int | None = None,
-    flip: bool = False,
-) -> RawInstances:
-    """``iter_predict`` run to the end, for scripts and the CLI."""
-    return drain(iter_predict(
-        model, image, device=device, tile_size=tile_size, overlap=overlap, max_detections=max_detections, flip=flip
-    ))
+def predict(model: torch.nn.Module, image: np.ndarray, **options: Any) -> RawInstances:
+    """``iter_predict`` run to the end, for scripts and the CLI; ``options`` are its keywords
+    (``device``, ``tile_size``, ``overlap``, ``max_detections``, ``flip``)."""
+    return drain(iter_predict(model, image, **options))
 
 
 def paste_masks(
