@@ -8,7 +8,6 @@ Export widget and the writer can find the image id and the class later, after an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -184,11 +183,3 @@ def _find_image(file_name: str, folders: tuple[Path, ...]) -> Path:
             if candidate.is_file():
                 return candidate
     raise DatasetError(f"image {file_name} not found next to the results file or in {TEST_FOLDER}/")
-
-
-def read_json_list(path: Path) -> Any:
-    """A JSON file's content, or DatasetError naming it."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: not a readable JSON file ({exc})") from None

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import QHeaderView, QMessageBox, QTableWidget, QTableWidgetI
 
 from . import _gui_session
 from ._gui_session import path_or_none, short_name
-from ._reader import GROUND_TRUTH, PREDICTION, layer_meta, read_json_list
+from ._reader import GROUND_TRUTH, PREDICTION, layer_meta
 from ._tooltips import EXPORT as TIPS
 from ._writer import ImageLabels, group_layers, to_results
 from .errors import DatasetError, LayerError
@@ -82,7 +82,9 @@ def evaluate_events(
             results += labels_to_results({k: group.labels[k]}, n, group.scores.get(k, {}))
         yield Progress(n, len(groups), "image")
     if truth_json is not None:
-        gt = read_json_list(truth_json)
+        from .coco import load_json
+
+        gt = load_json(truth_json, "Ground-truth file")
         if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
             raise DatasetError(f"{truth_json.name} is not COCO ground truth (needs images, annotations, categories)")
         label = truth_json.name

@@ -16,18 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from ._torch import torch
+from .coco import instances
 from .errors import DatasetError
 from .images import read_image, read_labels, to_tensor
 from .layout import CLASS_FILE, IMAGE_NAME
 from .model import MAX_CLASSES
 from .transforms import Augment, Labels
-
-_MAX_DIRECT_ID = 2**20
-"""Above this id, ids are renumbered first: ``find_objects`` allocates one slot per possible id."""
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -211,22 +207,9 @@ def _labels_shape(labels: Labels, shape: tuple[int, ...] | None) -> tuple[int, i
 
 
 def _instances(label_image: np.ndarray) -> Iterator[tuple[np.ndarray, tuple[int, int, int, int]]]:
-    """Yield (boolean crop, (y0, y1, x0, x1)) per instance id, in id order."""
-    if not label_image.size:
-        return
-    top = int(label_image.max())
-    if top == 0:
-        return
-    if top > _MAX_DIRECT_ID:
-        ids, flat = np.unique(label_image, return_inverse=True)
-        label_image = flat.reshape(label_image.shape).astype(np.int32)
-        if ids[0] != 0:  # no background pixel: every index is an instance, shift them to 1..
-            label_image += 1
-    for index, slices in enumerate(ndimage.find_objects(label_image), start=1):
-        if slices is None:
-            continue
-        ys, xs = slices
-        yield label_image[slices] == index, (ys.start, ys.stop, xs.start, xs.stop)
+    """Yield (boolean crop, (y0, y1, x0, x1)) per instance id, in id order (``coco.instances``)."""
+    for _, (ys, xs), crop in instances(label_image):
+        yield crop, (ys.start, ys.stop, xs.start, xs.stop)
 
 
 # ---------------------------------------------------------------------------------------- dataset
