@@ -19,9 +19,9 @@ from scipy import ndimage
 
 from .atomic import write_text_atomic
 from .errors import DatasetError
+from .raw import Labels
 from .rle import compress, compressed_rle, counts_from_crop, is_int, rle_counts, runs
 
-Labels = dict[int, np.ndarray]
 
 _REQUIRED_RESULT_KEYS = ("image_id", "category_id", "score", "segmentation")
 _MAPPING_KEYS = ("file_name", "id", "height", "width")
