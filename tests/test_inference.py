@@ -106,12 +106,7 @@ def test_iter_predict_reports_each_tile_and_returns_the_result(tiny_model):
     image = _image(80, 90, seed=2)
     steps = iter_predict(tiny_model, image, tile_size=48, overlap=16)
     progress = []
-    while True:
-        try:
-            progress.append(next(steps))
-        except StopIteration as stop:
-            raw = stop.value
-            break
+    raw = drain(steps, progress.append)
     assert [p[:2] for p in progress] == [(k, 6) for k in range(1, 7)]
     assert {p.name for p in progress} == {"tile"}
     _assert_valid(raw, (80, 90))
