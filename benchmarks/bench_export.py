@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from napari_cellseg.pipeline import ExportItem, export_items, iter_export  # noqa: E402
+from napari_cellseg.progress import drain  # noqa: E402
 
 
 def _median_growth(y: np.ndarray) -> float:
@@ -42,16 +43,12 @@ def _median_growth(y: np.ndarray) -> float:
 
 def export(model, items: list[ExportItem], out: Path, settle: int) -> dict:
     rss, stamps = [C.rss_bytes()], [time.perf_counter()]
-    gen = iter_export(model, items, out, resume=False)
-    written = None
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            written = stop.value
-            break
+
+    def sample(_progress) -> None:
         stamps.append(time.perf_counter())
         rss.append(C.rss_bytes())
+
+    written = drain(iter_export(model, items, out, resume=False), sample)
     per_image = np.diff(stamps)
     y = np.array(rss[1:], float) / 2**20
     x = np.arange(1, len(y) + 1)
@@ -106,7 +103,8 @@ def main() -> None:
                 f"export {name}: {res['images']} images, {res['results_written']} results, "
                 f"{C.fmt_s(res['seconds_per_image_median'])} per image (median), RSS {res['rss_mb_before']} MB "
                 f"before -> max {res['rss_mb_max']:.1f} MB; slope after image {res['slope_from_image']}: "
-                f"{res['slope_mb_per_image']:+.2f} MB/image (growth {res['growth_mb_first_to_last_after_settle']:+.1f} MB; "
+                f"{res['slope_mb_per_image']:+.2f} MB/image "
+                f"(growth {res['growth_mb_first_to_last_after_settle']:+.1f} MB; "
                 f"median last third vs first third {res['median_growth_mb_per_image']:+.3f} MB/image)"
             )
             print("  RSS MB after each image: " + json.dumps(res["rss_mb_after_each"]))

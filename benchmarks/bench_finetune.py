@@ -99,7 +99,8 @@ def main() -> None:
                 sys.stdout.write(json.dumps(row) + "\n")
                 sys.stdout.flush()
     sys.stdout.write(f"\nstained val images: {len(held_out)}; stained train pool: {len(train_pool)}\n")
-    sys.stdout.write("| start | N corrected | steps | train min | AP50 | AP | TP/(TP+FP+FN) |\n|---|---|---|---|---|---|---|\n")
+    sys.stdout.write("| start | N corrected | steps | train min | AP50 | AP | TP/(TP+FP+FN) |\n"
+                     "|---|---|---|---|---|---|---|\n")
     for r in rows:
         sys.stdout.write(f"| {r['init']} | {r['n']} | {r['steps']} | {r['train_minutes']:.1f} | {r['AP50']:.3f} | "
                          f"{r['AP']:.3f} | {r['accuracy@0.5']:.3f} |\n")

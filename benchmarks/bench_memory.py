@@ -127,7 +127,7 @@ def main() -> None:
         np.save(small_path, C.mosaic(args.data, small))
         base = {"arch": args.arch}
         runs: dict[str, list[dict]] = {}
-        for r in range(args.repeats):
+        for _ in range(args.repeats):
             # --cap is per 1024 x 1024 px: each grid's cap scales with its tile area (same detections per pixel)
             for name, square in (("tiled", False), ("tiled_square", True)):
                 t = (square_tile_grid if square else tile_grid)(big, 1024, 128)[0]

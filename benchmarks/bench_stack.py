@@ -49,6 +49,7 @@ def child(kind: str, planes: int, size: int, detections: int, repeats: int) -> d
     from napari_cellseg.inference import predict
     from napari_cellseg.model import ModelConfig, build_model
     from napari_cellseg.postprocess import to_labels
+    from napari_cellseg.progress import drain
     from napari_cellseg.stacks import Stack, iter_predict_stack, to_stack_labels
 
     torch.manual_seed(0)
@@ -68,21 +69,18 @@ def child(kind: str, planes: int, size: int, detections: int, repeats: int) -> d
             times.append(time.perf_counter() - t0)
         raw_bytes, instances = raw.nbytes, len(raw)
     else:
-        steps = iter_predict_stack(model, stack)
         single, image = [], stack.plane(0)
-        t0 = time.perf_counter()
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            times.append(time.perf_counter() - t0)
+        clock = [time.perf_counter()]
+
+        def on_plane(_progress) -> None:
+            times.append(time.perf_counter() - clock[0])
             if len(times) % max(1, planes // 10) == 0:  # the baseline in lockstep: one image between planes
                 t1 = time.perf_counter()
                 to_labels(predict(model, image), 0.0, 0.5, classes=[1, 2])
                 single.append(time.perf_counter() - t1)
-            t0 = time.perf_counter()
+            clock[0] = time.perf_counter()
+
+        result = drain(iter_predict_stack(model, stack), on_plane)
         t0 = time.perf_counter()
         labels = to_stack_labels(result, 0.0, 0.5, classes=[1, 2])
         label_s = time.perf_counter() - t0
@@ -90,7 +88,8 @@ def child(kind: str, planes: int, size: int, detections: int, repeats: int) -> d
         assert labels[1].shape == (planes, size, size)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"kind": kind, "planes": planes if kind != "image" else 1, "size": size, "rss_before_mb": round(before, 1),
-           "peak_mb": round(peak, 1), "added_mb": round(peak - before, 1), "s_per_plane": round(statistics.median(times), 3),
+           "peak_mb": round(peak, 1), "added_mb": round(peak - before, 1),
+           "s_per_plane": round(statistics.median(times), 3),
            "raw_kb": round(raw_bytes / 1024, 1), "instances": instances}
     if kind != "image":
         out["to_stack_labels_s"] = round(label_s, 3)

@@ -108,7 +108,8 @@ class DecodeEveryTime(torch.utils.data.Dataset):
         image, labels = read_sample(self.samples[i])
         image, labels = self.augment(image, labels, np.random.default_rng((SEED, self.epoch, i)))  # the engine's crop
         masks, classes, boxes, _ = instance_targets(labels, image.shape)
-        target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(classes), "masks": torch.from_numpy(masks)}
+        target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(classes),
+                  "masks": torch.from_numpy(masks)}
         return to_tensor(image), target
 
 
@@ -121,9 +122,12 @@ def bare_steps(args, device: torch.device, total: int, crop: int):
     model.train()
     dataset = DecodeEveryTime(train_samples, crop)
     # the engine's sample order: a seeded shuffle (DistributedSampler of one replica, epoch 0)
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=SEED, drop_last=True)
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=1, rank=0, shuffle=True, seed=SEED, drop_last=True
+    )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, collate_fn=collate, drop_last=True
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, collate_fn=collate,
+        drop_last=True,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)

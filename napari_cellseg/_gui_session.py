@@ -8,11 +8,16 @@
   (or synchronously when ``widget.synchronous`` is set, for tests). Expected errors (bad folder,
   damaged file, out of memory) become one-line napari notifications, never a traceback; layers
   are touched only in the callbacks, which run in the GUI thread.
+- ``report(exc)``: the user's one line for an error, after logging it (``napari_cellseg`` logger):
+  anything but a ``CellsegError`` with its traceback, so a bug behind a one-line message can be
+  traced; with ``NAPARI_CELLSEG_DEBUG`` set, every error with its traceback.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -27,10 +32,14 @@ from qtpy.QtCore import QEvent, QObject
 from psygnal import evented
 
 from ._tooltips import GUI_WORDS, OS_ERRORS
+from .defaults import MASK_THRESH, SCORE_THRESH
 from .errors import CellsegError
+from .layout import image_name
 
 USER_ERRORS = (CellsegError, ValueError, OSError, MemoryError, RuntimeError)
 """Errors caused by the input or the machine: shown as one line, the widget stays usable."""
+
+log = logging.getLogger("napari_cellseg")
 
 
 class Device(Enum):
@@ -91,7 +100,7 @@ def short_name(name: str, width: int = 28) -> str:
 def _display_name(path: Path | None) -> str:
     if path is None:
         return "image"
-    return path.parent.name if path.name.lower() in ("image.tif", "image.tiff") else path.name
+    return image_name(path)
 
 
 @evented
@@ -106,8 +115,8 @@ class Session:
     last_checkpoint: Path | None = None
     folder_results: list = field(default_factory=list)  # list[ImageResult]
     folder_exported: bool = False  # the folder review was exported and not edited since
-    score_thresh: float = 0.5
-    mask_thresh: float = 0.6
+    score_thresh: float = SCORE_THRESH
+    mask_thresh: float = MASK_THRESH
 
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -136,6 +145,16 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     return gui_words(first or type(exc).__name__)
+
+
+def report(exc: BaseException) -> str:
+    """Log ``exc`` (see the module docstring) and return the one line the user sees."""
+    message = one_line(exc)
+    if os.environ.get("NAPARI_CELLSEG_DEBUG") or not isinstance(exc, CellsegError):
+        log.error("%s (%s)", message, type(exc).__name__, exc_info=exc)
+    else:
+        log.info("%s", message)
+    return message
 
 
 def gui_words(message: str) -> str:
@@ -168,7 +187,8 @@ def human_size(size: int) -> str:
     """``size`` bytes as a biologist reads it: 390 MB, 1.2 GB."""
     if size >= 1e9:
         return f"{size / 1e9:.1f} GB"
-    return next(f"{size / scale:.0f} {unit}" for scale, unit in ((1e6, "MB"), (1e3, "kB"), (1, "bytes")) if size >= scale or scale == 1)
+    units = ((1e6, "MB"), (1e3, "kB"), (1, "bytes"))
+    return next(f"{size / scale:.0f} {unit}" for scale, unit in units if size >= scale or scale == 1)
 
 
 DOCK_WIDTH = 310
@@ -255,7 +275,7 @@ def guarded(factory: Callable[[], Iterator[Any]]) -> Generator[Any, None, Any]:
     try:
         return (yield from factory())
     except USER_ERRORS as exc:
-        yield Failed(one_line(exc))
+        yield Failed(report(exc))
         return None
 
 
@@ -292,12 +312,10 @@ def run(
             on_done()
 
     if getattr(widget, "synchronous", False):
-        gen = guarded(factory)
+        from .progress import drain
+
         try:
-            while True:
-                dispatch(next(gen))
-        except StopIteration as stop:
-            returned(stop.value)
+            returned(drain(guarded(factory), dispatch))
         finally:
             finished()
         return None

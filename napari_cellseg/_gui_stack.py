@@ -6,14 +6,14 @@ Where things go, in one hop:
   ``StackView._show`` keeps the ``StackInstances`` and makes one ``(planes, H, W)`` Labels layer per class.
 - Confidence / mask sliders -> ``StackView._rethreshold`` -> ``stacks.to_stack_labels`` on the
   cached raw instances of every plane, into the arrays on screen; the network never runs again.
-- A hand edit marks its layer; the next slider move asks (``_widget_segment.ask_discard``) first.
+- A hand edit marks its layer; the next slider move asks (``ask_discard``, given by the widget) first.
 These layers have the role ``stack`` and no class id, so the Export dock (2-D images) leaves them
 out; export stacks with ``napari-cellseg export`` (planes named ``<file>#<plane>``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -21,6 +21,8 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ._reader import features_table, labels_layer_kwargs, layer_meta
+from .defaults import TILE_SIZE, overlap_for
+from .progress import Progress
 
 ROLE = "stack"
 
@@ -31,12 +33,12 @@ def is_stack(layer: Image) -> bool:
     return data.ndim == (4 if layer.rgb else 3)
 
 
-def stack_events(loader, data, stop, tile_size: int = 1024, flip: bool = False) -> Iterator[tuple[int, int]]:
+def stack_events(loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False) -> Iterator[Progress]:
     """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped."""
     from .stacks import Stack, iter_predict_stack
 
     model, config, device = loader()
-    overlap = min(128, tile_size // 4)
+    overlap = overlap_for(tile_size)
     steps = iter_predict_stack(model, Stack(data), device=device, tile_size=tile_size, overlap=overlap, flip=flip,
                                should_stop=stop)
     result = yield from steps
@@ -55,8 +57,9 @@ class StackShown:
 class StackView:
     """The stack part of a ``SegmentWidget``: runs on stacks and their live thresholds."""
 
-    def __init__(self, widget) -> None:
+    def __init__(self, widget, ask_discard: Callable[[object, list[str]], bool]) -> None:
         self.widget = widget
+        self.ask_discard = ask_discard  # the Segment widget's question: this module never imports the widget
         self.current: StackShown | None = None
         self._redrawing = False
         widget.score.changed.connect(self._rethreshold)
@@ -72,15 +75,13 @@ class StackView:
                 self._show(*value, layer, source)
 
         w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value),
-                 lambda p: w._progress(*p, "plane"), returned)
+                 lambda p: w._progress(p.done, p.total, "plane"), returned)
 
     def _show(self, result, class_names: list[str], image: Image, source) -> None:
         """One stacked Labels layer per class, placed on the image (same planes, scale, offset)."""
         old = self.current
         if old is not None and old.edited:  # a re-run would overwrite hand edits: ask, or add new layers
-            from . import _widget_segment
-
-            if not _widget_segment.ask_discard(self.widget.native, [old.layers[k].name for k in sorted(old.edited)]):
+            if not self.ask_discard(self.widget.native, [old.layers[k].name for k in sorted(old.edited)]):
                 old = None
         layers = {}
         for k, name in enumerate(class_names, start=1):
@@ -110,9 +111,7 @@ class StackView:
             return
         ask = sorted(shown.edited - shown.kept)
         if ask:
-            from . import _widget_segment
-
-            if _widget_segment.ask_discard(self.widget.native, [shown.layers[k].name for k in ask]):
+            if self.ask_discard(self.widget.native, [shown.layers[k].name for k in ask]):
                 shown.edited -= set(ask)
             else:
                 shown.kept |= set(ask)

@@ -8,7 +8,6 @@ Export widget and the writer can find the image id and the class later, after an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,13 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_error
 
-from ._gui_session import USER_ERRORS, one_line
+from ._gui_session import USER_ERRORS, report
 from .errors import DatasetError
+from .layout import IMAGE_NAME, MAPPING_NAME, TEST_FOLDER, class_name, find_mapping
 
 META = "cellseg"
 PREDICTION = "prediction"
 GROUND_TRUTH = "ground truth"
-MAPPING_NAME = "test_image_name_to_ids.json"
-IMAGE_NAME = "image.tif"
 
 
 # ---------------------------------------------------------------- how our layers look
@@ -77,15 +75,6 @@ def labels_layer_kwargs(
     return kwargs
 
 
-def find_mapping(start: Path) -> Path | None:
-    """``test_image_name_to_ids.json`` next to ``start`` or up to two folders up."""
-    folder = start if start.is_dir() else start.parent
-    for candidate in (folder, folder.parent, folder.parent.parent):
-        if (candidate / MAPPING_NAME).is_file():
-            return candidate / MAPPING_NAME
-    return None
-
-
 # ---------------------------------------------------------------- the reader contribution
 
 
@@ -120,7 +109,7 @@ def _reported(read):
         try:
             return read(path)
         except USER_ERRORS as exc:
-            show_error(one_line(exc))
+            show_error(report(exc))
             return [(None,)]
 
     wrapper.__name__ = read.__name__
@@ -142,7 +131,7 @@ def read_sample_folder(path: str | Path) -> list[tuple]:
 def sample_layers(source: Path, image: np.ndarray, labels: Mapping[int, np.ndarray], name: str) -> list[tuple]:
     layers = [image_layer(image, source, name)]
     for class_id in sorted(labels):
-        kwargs = labels_layer_kwargs(class_id, f"class{class_id}", source=source, role=GROUND_TRUTH)
+        kwargs = labels_layer_kwargs(class_id, class_name(class_id), source=source, role=GROUND_TRUTH)
         layers.append((labels[class_id], kwargs, "labels"))
     return layers
 
@@ -178,8 +167,8 @@ def read_results_json(path: str | Path) -> list[tuple]:
         for class_id, label_image in labels.items():
             ids = np.unique(label_image)
             kwargs = labels_layer_kwargs(
-                class_id, f"class{class_id}", source=image_path, role=PREDICTION,
-                ids=ids[ids > 0], scores=scores, name=f"{prefix}class{class_id}",
+                class_id, class_name(class_id), source=image_path, role=PREDICTION,
+                ids=ids[ids > 0], scores=scores, name=prefix + class_name(class_id),
             )
             group.append((label_image, kwargs, "labels"))
         for _, kwargs, _ in group:
@@ -190,15 +179,7 @@ def read_results_json(path: str | Path) -> list[tuple]:
 
 def _find_image(file_name: str, folders: tuple[Path, ...]) -> Path:
     for folder in folders:
-        for candidate in (folder / file_name, folder / "test_release" / file_name):
+        for candidate in (folder / file_name, folder / TEST_FOLDER / file_name):
             if candidate.is_file():
                 return candidate
-    raise DatasetError(f"image {file_name} not found next to the results file or in test_release/")
-
-
-def read_json_list(path: Path) -> Any:
-    """A JSON file's content, or DatasetError naming it."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: not a readable JSON file ({exc})") from None
+    raise DatasetError(f"image {file_name} not found next to the results file or in {TEST_FOLDER}/")

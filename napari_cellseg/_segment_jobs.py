@@ -1,7 +1,8 @@
 """The Segment widget's worker side: pure generators (no Qt, no layers) and small helpers.
 
 ``predict_events`` segments one image tile by tile, ``folder_events`` a folder image by image;
-both check ``stop()`` between tiles, so Cancel is quick. They run in napari's ``thread_worker``
+both hand ``stop`` to ``inference.iter_predict`` as its ``should_stop`` (``progress``'s contract),
+checked before every tile, so Cancel is quick. They run in napari's ``thread_worker``
 through ``_gui_session.run``; the widget turns what they yield into layers in the GUI thread.
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ._gui_session import ImageResult
+from .defaults import TILE_SIZE, overlap_for
+from .progress import Progress, drain
 
 
 CHECKPOINT_FILE = "a checkpoint file..."
@@ -43,26 +46,20 @@ def model_file(choice: str, checkpoint: Path | None) -> Path:
     return checkpoint
 
 
-def predict_events(loader, image_data, stop, tile_size: int = 1024, flip: bool = False) -> Iterator[tuple[int, int]]:
-    """Yield (tiles done, tiles) while predicting; return (RawInstances, class names) or None if stopped."""
+def predict_events(loader, image_data, stop, tile_size: int = TILE_SIZE, flip: bool = False) -> Iterator[Progress]:
+    """Yield ``Progress`` per tile while predicting; return (RawInstances, class names) or None if stopped."""
     from .images import to_rgb_uint8
     from .inference import iter_predict
 
     model, config, device = loader()
     image = to_rgb_uint8(np.asarray(image_data))
-    steps = iter_predict(model, image, device=device, tile_size=tile_size, overlap=overlap(tile_size), flip=flip)
-    while True:
-        try:
-            yield next(steps)
-        except StopIteration as done:
-            return done.value, list(config.class_names)
-        if stop():
-            steps.close()
-            return None
+    raw = yield from iter_predict(model, image, device=device, tile_size=tile_size, overlap=overlap(tile_size),
+                                  flip=flip, should_stop=stop)
+    return None if raw is None else (raw, list(config.class_names))
 
 
 def folder_events(
-    loader, paths: list[Path], stop, tile_size: int = 1024, flip: bool = False
+    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False
 ) -> Iterator[tuple[int, int, ImageResult]]:
     """Yield (done, total, ImageResult) image by image; a cancel stops between tiles (the image
     being segmented is dropped, the finished ones are kept)."""
@@ -73,31 +70,23 @@ def folder_events(
     for n, path in enumerate(paths, start=1):
         if stop():
             return
-        steps = iter_predict(
-            model, read_image(path), device=device, tile_size=tile_size, overlap=overlap(tile_size), flip=flip
-        )
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                raw = done.value
-                break
-            if stop():
-                steps.close()
-                return
+        raw = drain(iter_predict(model, read_image(path), device=device, tile_size=tile_size,
+                                 overlap=overlap(tile_size), flip=flip, should_stop=stop))
+        if raw is None:
+            return
         yield n, len(paths), ImageResult(path, raw, list(config.class_names))
 
 
 def overlap(tile_size: int) -> int:
-    """The core's default tile overlap, smaller for test-sized tiles."""
-    return min(128, tile_size // 4)
+    """The core's default tile overlap, smaller for test-sized tiles (``defaults.overlap_for``)."""
+    return overlap_for(tile_size)
 
 
 def folder_images(folder: Path) -> list[Path]:
     """The images of a folder of TIFF files (test_release/) or of samples (``<sample>/image.tif``)."""
     from .data import find_samples
     from .errors import DatasetError
-    from .pipeline import image_files
+    from .layout import image_files
 
     try:
         return image_files(folder)

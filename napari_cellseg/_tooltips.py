@@ -80,7 +80,8 @@ SEGMENT = {
     ),
     "score": (
         "Confidence: hide cells the model is less sure about than this. Moving it is instant; "
-        "the model does not run again."
+        "the model does not run again. Below {floor:g} it changes nothing: the model itself "
+        "already drops cells it is less sure about than that."
     ),
     "mask": (
         "Mask threshold: how confident each pixel must be to belong to its cell. Higher gives "
@@ -93,6 +94,10 @@ SEGMENT = {
     "run_folder": "Segment every image of the folder. Click again to cancel; finished images are kept.",
     "review": "Step through the segmented folder. Your edits on each image are kept when you move on.",
     "discard_title": "Discard your edits?",
+    "discard_review": (
+        "You edited {names} in the folder review and have not exported them since. A new folder run "
+        "replaces that review.\n\nDiscard those edits (Yes) or keep reviewing (No)?"
+    ),
     "discard": (
         "You edited {names} by hand. Moving the slider redraws the cells from the model and "
         "would throw those edits away.\n\nDiscard the edits (Yes) or keep them and leave "
@@ -121,7 +126,9 @@ EXPORT = {
 }
 
 TRAIN.update({
-    "advanced": "Show the finer training options (batch size, learning rate, crop size, ...). The defaults suit most data.",
+    "advanced": (
+        "Show the finer training options (batch size, learning rate, crop size, ...). The defaults suit most data."
+    ),
     "replace_title": "Replace the earlier training?",
     "replace": (
         "The output folder {folder} already holds a trained model ({files}).\n\n"

@@ -23,10 +23,12 @@ from qtpy.QtWidgets import QHeaderView, QMessageBox, QTableWidget, QTableWidgetI
 
 from . import _gui_session
 from ._gui_session import path_or_none, short_name
-from ._reader import GROUND_TRUTH, IMAGE_NAME, PREDICTION, layer_meta, read_json_list
+from ._reader import GROUND_TRUTH, PREDICTION, layer_meta
 from ._tooltips import EXPORT as TIPS
-from ._writer import ImageLabels, group_layers, is_sample_image, to_results
-from .errors import DatasetError
+from ._writer import ImageLabels, group_layers, to_results
+from .errors import DatasetError, LayerError
+from .layout import IMAGE_NAME, class_name, image_name, is_sample_image
+from .progress import Progress
 
 LAYERS, FOLDER = "visible layers", "segmented folder"
 
@@ -36,7 +38,8 @@ def ask_several(parent, names: list[str]) -> bool:
     text = (f"The visible segmentation layers belong to {len(names)} images: {', '.join(names)}.\n\n"
             "Export all of them into one results file (Yes), or not now (No: hide the layers of the images "
             "you do not want, then export again)?")
-    answer = QMessageBox.question(parent, "Export several images?", text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+    buttons = QMessageBox.Yes | QMessageBox.No
+    answer = QMessageBox.question(parent, "Export several images?", text, buttons, QMessageBox.No)
     return answer == QMessageBox.Yes
 
 
@@ -50,21 +53,21 @@ def covered(groups: list[ImageLabels]) -> str:
 # ------------------------------------------------------------------ pure generators (worker side)
 
 
-def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None) -> Iterator[tuple[int, int]]:
+def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None) -> Iterator[Progress]:
     """Encode every image's labels, then write ``out`` atomically; returns the number of cells."""
     from .coco import write_json
 
     results: list[dict] = []
     for n, group in enumerate(groups, start=1):
         results += to_results([group], mapping)
-        yield n, len(groups)
+        yield Progress(n, len(groups), "image")
     write_json(out, results)
     return len(results)
 
 
 def evaluate_events(
     groups: list[ImageLabels], class_names: list[str], truth_folder: Path | None, truth_json: Path | None,
-) -> Iterator[tuple[int, int]]:
+) -> Iterator[Progress]:
     """COCO mask AP of ``groups`` against the ground truth, matched by image name
     (``evaluation.evaluate``, as the CLI); returns the metrics dict."""
     from .coco import labels_to_results
@@ -73,13 +76,15 @@ def evaluate_events(
     results, names = [], {}
     for n, group in enumerate(groups, start=1):
         if group.source is None:
-            raise DatasetError("the image of these labels is unknown (not opened from a file); open it from its file")
+            raise LayerError("the image of these labels is unknown (not opened from a file); open it from its file")
         names[n] = image_name(group.source)
         for k in sorted(group.labels):
             results += labels_to_results({k: group.labels[k]}, n, group.scores.get(k, {}))
-        yield n, len(groups)
+        yield Progress(n, len(groups), "image")
     if truth_json is not None:
-        gt = read_json_list(truth_json)
+        from .coco import load_json
+
+        gt = load_json(truth_json, "Ground-truth file")
         if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
             raise DatasetError(f"{truth_json.name} is not COCO ground truth (needs images, annotations, categories)")
         label = truth_json.name
@@ -87,11 +92,6 @@ def evaluate_events(
         gt, label = sample_truth(groups, class_names, truth_folder)
     return evaluate(results, names, gt, class_names=class_names, only_matched=True,
                     results_label="the segmentation", truth_label=label)
-
-
-def image_name(source: Path) -> str:
-    """The name an image has in ground truth: its sample folder's for ``<sample>/image.tif``."""
-    return source.parent.name if is_sample_image(source) else source.name
 
 
 def sample_truth(groups: list[ImageLabels], class_names: list[str], folder: Path | None) -> tuple[dict, str]:
@@ -164,7 +164,7 @@ class ExportWidget(Container):
         if self.source.value == FOLDER:
             results = list(self.session.folder_results)
             if not results:
-                raise DatasetError("no segmented folder yet: use 'Segment folder' in the Segment widget")
+                raise LayerError("no segmented folder yet: use 'Segment folder' in the Segment widget")
             groups = []
             for result in results:
                 labels, scores = result.labels_and_scores(self.session.score_thresh, self.session.mask_thresh)
@@ -172,9 +172,9 @@ class ExportWidget(Container):
             return groups, list(results[0].class_names)
         layers = self.prediction_layers()
         if not layers:
-            raise DatasetError("no visible segmentation layers: segment an image first, or open a results file")
+            raise LayerError("no visible segmentation layers: segment an image first, or open a results file")
         names = {int(layer_meta(la)["class_id"]): layer_meta(la).get("class_name") for la in layers}
-        class_names = [names.get(k) or f"class{k}" for k in range(1, max(names) + 1)]
+        class_names = [names.get(k) or class_name(k) for k in range(1, max(names) + 1)]
         return group_layers([(la.name, la.data, la.metadata, la.features) for la in layers]), class_names
 
     # ------------------------------------------------------------------ actions
@@ -194,7 +194,7 @@ class ExportWidget(Container):
                 out = out.with_suffix(".json")
             groups, _ = self.collect()
         except _gui_session.USER_ERRORS as exc:
-            self.error(_gui_session.one_line(exc))
+            self.error(_gui_session.report(exc))
             return
         names = [image_name(g.source) if g.source is not None else "an unnamed image" for g in groups]
         if self.source.value == LAYERS and len(groups) > 1 and not ask_several(self.native, names):
@@ -219,7 +219,7 @@ class ExportWidget(Container):
         try:
             groups, class_names = self.collect()
         except _gui_session.USER_ERRORS as exc:
-            self.error(_gui_session.one_line(exc))
+            self.error(_gui_session.report(exc))
             return
         truth_folder, truth_json = path_or_none(self.truth_folder), path_or_none(self.truth_json)
         self.status.value = f"evaluating {covered(groups)}"
@@ -232,7 +232,7 @@ class ExportWidget(Container):
             button.enabled = False
 
         def progress(item) -> None:
-            self.progress.max, self.progress.value = item[1], item[0]
+            self.progress.max, self.progress.value = item.total, item.done
 
         def done() -> None:
             self._worker = None
@@ -258,4 +258,5 @@ class ExportWidget(Container):
             text = "n/a (no cells of this class)" if value is None else f"{value:.3f}"
             self.table.setItem(row, 1, QTableWidgetItem(text))
         cells = metrics.get("num_detections", 0)
-        self.status.value = f"{self.status.value.replace('evaluating', 'evaluated')}: {cells} cells against their ground truth"
+        done = self.status.value.replace("evaluating", "evaluated")
+        self.status.value = f"{done}: {cells} cells against their ground truth"

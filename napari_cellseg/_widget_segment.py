@@ -26,17 +26,13 @@ from . import _gui_session, _gui_stack
 from ._gui_session import Device, ImageResult, path_or_none
 from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from ._segment_jobs import (
-    CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values, predict_events,
+    CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values,
+    predict_events,
 )
 from ._segment_layers import REVIEW, Shown, review_image, update_labels
 from ._tooltips import SEGMENT as TIPS
 from ._writer import scores_from_features
-
-NEW_FOLDER_TEXT = (
-    "You edited {names} in the folder review and have not exported them since. A new folder run "
-    "replaces that review.\n\nDiscard those edits (Yes) or keep reviewing (No)?"
-)
-
+from .defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 
 def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
     """True when the user agrees to throw away hand edits of ``names`` (tests monkeypatch this)."""
@@ -53,7 +49,7 @@ class SegmentWidget(Container):
         self.viewer = napari_viewer
         self.session = _gui_session.session_for(napari_viewer)
         self.synchronous = False
-        self.tile_size = 1024  # larger images are segmented tile by tile (inference.iter_predict)
+        self.tile_size = TILE_SIZE  # larger images are segmented tile by tile (inference.iter_predict)
         self.slider_delay_ms = 30  # a drag redraws at most once per delay, always with the latest value
         self.model = ComboBox(choices=model_choices(), value=first_model(), label="model", tooltip=TIPS["model"])
         self.checkpoint = FileEdit(mode="r", filter="*.pt", label="checkpoint", tooltip=TIPS["checkpoint"])
@@ -62,8 +58,10 @@ class SegmentWidget(Container):
         self.flip = CheckBox(value=False, text="test-time flips (2x slower)", tooltip=TIPS["flip"])
         self.run_button = PushButton(text="Segment image", tooltip=TIPS["run"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.score = FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, label="confidence", tooltip=TIPS["score"])
-        self.mask = FloatSlider(value=0.6, min=0.0, max=1.0, step=0.01, label="mask threshold", tooltip=TIPS["mask"])
+        self.score = FloatSlider(value=SCORE_THRESH, min=0.0, max=1.0, step=0.01, label="confidence",
+                                 tooltip=TIPS["score"].format(floor=DETECTOR_SCORE_FLOOR))
+        self.mask = FloatSlider(value=MASK_THRESH, min=0.0, max=1.0, step=0.01, label="mask threshold",
+                                tooltip=TIPS["mask"])
         self.folder = FileEdit(mode="d", label="folder", tooltip=TIPS["folder"])
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
         self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])
@@ -98,7 +96,8 @@ class SegmentWidget(Container):
         events.reordered.connect(self._layers_changed)
         if self.session.last_checkpoint is not None:
             self._on_new_checkpoint(self.session.last_checkpoint)
-        self.stack_view = _gui_stack.StackView(self)  # stacks: one stacked layer per class
+        # stacks: one stacked Labels layer per class; asks through this module's ask_discard (tests replace it)
+        self.stack_view = _gui_stack.StackView(self, lambda parent, names: ask_discard(parent, names))
 
     # ------------------------------------------------------------------ inputs
 
@@ -206,7 +205,7 @@ class SegmentWidget(Container):
                 raise ValueError("open an image first (File > Open, or File > Open Sample)")
             loader = self._loader()
         except ValueError as exc:
-            self.error(_gui_session.one_line(exc))
+            self.error(_gui_session.report(exc))
             return
         if _gui_stack.is_stack(layer):
             return self.stack_view.start(layer, loader)
@@ -223,8 +222,9 @@ class SegmentWidget(Container):
                 raw, names = value
                 self._show(ImageResult(Path(source) if source else None, raw, names), image_layer=layer)
 
-        self._begin(self.run_button, lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value),
-                    lambda p: self._progress(*p, "tile"), returned)
+        self._begin(self.run_button,
+                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value),
+                    lambda p: self._progress(p.done, p.total, "tile"), returned)
 
     def start_folder(self) -> None:
         """Segment every image of the folder; results arrive one by one for review."""
@@ -236,10 +236,10 @@ class SegmentWidget(Container):
                 raise ValueError("choose a folder of images first")
             paths = folder_images(folder)
         except _gui_session.USER_ERRORS as exc:
-            self.error(_gui_session.one_line(exc))
+            self.error(_gui_session.report(exc))
             return
         edited = [r.name for r in self.session.folder_results if r.reviewed]
-        if edited and not self.session.folder_exported and not ask_discard(self.native, edited, NEW_FOLDER_TEXT):
+        if edited and not self.session.folder_exported and not ask_discard(self.native, edited, TIPS["discard_review"]):
             self.status.value = "kept the folder review; export it before segmenting another folder"
             return
         self.session.folder_results = []
@@ -255,7 +255,8 @@ class SegmentWidget(Container):
             if self.review.value != 0 and done == 1:
                 self.review.value = 0  # shows the first image; the others wait in the review box
 
-        self._begin(self.folder_button, lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value), arrived)
+        self._begin(self.folder_button,
+                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value), arrived)
 
     # ------------------------------------------------------------------ results -> layers
 
@@ -354,7 +355,8 @@ class SegmentWidget(Container):
                 update_labels(live[k], data)
                 if k in (reviewed or {}):  # the user's table: drawn cells have score 1.0
                     table = (result.reviewed_scores or {}).get(k, model_scores)
-                    live[k].features = features_table(np.array(sorted(table), np.int64), result.class_names[k - 1], table)
+                    ids = np.array(sorted(table), np.int64)
+                    live[k].features = features_table(ids, result.class_names[k - 1], table)
                     shown.model_tables.discard(k)
                 elif k not in shown.model_tables:  # the model's table does not change with the sliders
                     ids = np.flatnonzero(result.raw.labels == k) + 1

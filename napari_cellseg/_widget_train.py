@@ -191,7 +191,7 @@ class TrainWidget(Container):
         try:
             cfg = self.config(**extra)
         except ValueError as exc:
-            message = _gui_session.one_line(exc)
+            message = _gui_session.report(exc)
             _gui_session.show_error(message)
             self._fail(message)
             return

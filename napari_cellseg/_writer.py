@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 
-from ._reader import IMAGE_NAME, find_mapping, layer_meta
-from ._gui_session import USER_ERRORS, one_line
-from .errors import DatasetError
+from ._reader import layer_meta
+from ._gui_session import USER_ERRORS, report
+from .errors import DatasetError, LayerError
+from .layout import MAPPING_NAME, find_mapping, is_sample_image, sample_image_id
 
 _CLASS_NAME = re.compile(r"class(\d+)", re.IGNORECASE)
 
@@ -48,7 +49,7 @@ def class_id_of(name: str, metadata: Mapping) -> int:
     match = _CLASS_NAME.search(name or "")
     if match and int(match.group(1)) >= 1:
         return int(match.group(1))
-    raise DatasetError(f"layer '{name}': its cell class is unknown; name it class1, class2, ...")
+    raise LayerError(f"layer '{name}': its cell class is unknown; name it class1, class2, ...")
 
 
 def scores_from_features(features) -> dict[int, float]:
@@ -66,22 +67,19 @@ def group_layers(layers: Iterable[tuple[str, np.ndarray, Mapping, object]]) -> l
         source = layer_meta(metadata).get("source")
         data = np.asarray(data)
         if data.ndim != 2:
-            raise DatasetError(f"layer '{name}' is not a 2-D label image (shape {data.shape})")
+            raise LayerError(f"layer '{name}' is not a 2-D label image (shape {data.shape})")
         class_id = class_id_of(name, metadata)
         group = groups.setdefault(str(source), ImageLabels(Path(source) if source else None))
         if class_id in group.labels:
-            raise DatasetError(f"two layers hold class {class_id} of the same image; hide or remove one ('{name}')")
+            raise LayerError(f"two layers hold class {class_id} of the same image; hide or remove one ('{name}')")
         if data.size and np.issubdtype(data.dtype, np.integer) and int(data.max()) > np.iinfo(np.int32).max:
-            raise DatasetError(  # int32 would wrap such an id onto another cell or a negative number
-                f"layer '{name}' holds cell id {int(data.max())}, above the 2**31 - 1 this tool keeps; renumber its cells"
+            raise LayerError(  # int32 would wrap such an id onto another cell or a negative number
+                f"layer '{name}' holds cell id {int(data.max())}, above the 2**31 - 1 this tool keeps; "
+                "renumber its cells"
             )
         group.labels[class_id] = np.array(data, dtype=np.int32, copy=True)
         group.scores[class_id] = scores_from_features(features)
     return list(groups.values())
-
-
-def is_sample_image(source: Path) -> bool:
-    return source.name.lower() == IMAGE_NAME
 
 
 def image_id_for(source: Path | None, shape: tuple[int, ...], mapping_path: Path | None = None) -> int:
@@ -90,16 +88,15 @@ def image_id_for(source: Path | None, shape: tuple[int, ...], mapping_path: Path
     from .data import find_samples
 
     if source is None:
-        raise DatasetError(
+        raise LayerError(
             "the image of these labels is unknown (not opened from a file); open the image from its file first"
         )
     if is_sample_image(source):  # a mapping file lists test images, never image.tif of a sample
-        names = [s.name for s in find_samples(source.parent.parent)]
-        return names.index(source.parent.name) + 1
+        return sample_image_id([s.name for s in find_samples(source.parent.parent)], source.parent.name)
     mapping_path = mapping_path or find_mapping(source)
     if mapping_path is None:
         raise DatasetError(
-            f"no mapping file for {source.name}: choose test_image_name_to_ids.json in Export & Evaluate"
+            f"no mapping file for {source.name}: choose {MAPPING_NAME} in Export & Evaluate"
         )
     return check_image_in_mapping(load_mapping(mapping_path), source.name, shape, source=Path(mapping_path).name)
 
@@ -128,7 +125,7 @@ def write_coco_results(path: str, layer_data: list[tuple]) -> list[str]:
         results = to_results(group_layers(labels))
         write_json(path, results)
     except USER_ERRORS as exc:
-        show_error(one_line(exc))
+        show_error(report(exc))
         return []
     show_info(f"wrote {len(results)} cells to {path}")
     return [str(path)]

@@ -82,9 +82,13 @@ def open_output(path: str | os.PathLike, mode: str) -> IO[bytes]:
         fd = os.open(path, (flags & ~os.O_TRUNC) | _NOFOLLOW | _NONBLOCK | _BINARY, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise CellsegError(f"{path} is a symbolic link; refused to write through it (remove it and run again)") from None
+            raise CellsegError(
+                f"{path} is a symbolic link; refused to write through it (remove it and run again)"
+            ) from None
         if exc.errno == errno.ENXIO:  # a FIFO or socket with nobody at the other end
-            raise CellsegError(f"{path} is not a plain file; refused to write to it (remove it and run again)") from None
+            raise CellsegError(
+                f"{path} is not a plain file; refused to write to it (remove it and run again)"
+            ) from None
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -56,7 +56,8 @@ def _write_failure(path: Path, exc: Exception) -> str:
         nearly_full = shutil.disk_usage(path.parent).free < 64 * 2**20
     except OSError:
         nearly_full = False
-    if nearly_full or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))):
+    full_errnos = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    if nearly_full or (isinstance(exc, OSError) and exc.errno in full_errnos):
         return (f"could not save the checkpoint {path}: the disk is full (or your quota is used up); "
                 "free some space, then resume from the last checkpoint that was saved")
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from .defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 from .errors import CellsegError
 
 PROG = "napari-cellseg"
@@ -46,10 +47,12 @@ def _fraction(text: str) -> float:
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--score-thresh", type=_fraction, default=0.5, help="keep instances at least this confident")
-    p.add_argument("--mask-thresh", type=_fraction, default=0.6, help="mask probability that counts as cell")
+    p.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
+                   help=f"keep instances at least this confident (the detector itself drops those below "
+                        f"{DETECTOR_SCORE_FLOOR:g})")
+    p.add_argument("--mask-thresh", type=_fraction, default=MASK_THRESH, help="mask probability that counts as cell")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--tile-size", type=_positive_int, default=1024, help="larger images are segmented in tiles")
+    p.add_argument("--tile-size", type=_positive_int, default=TILE_SIZE, help="larger images are segmented in tiles")
     p.add_argument("--flip-tta", action="store_true",
                    help="also segment the mirror image and average the two (twice the time, a little more AP)")
 
@@ -87,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=_positive_int, default=1, help="validate every N epochs (and after the last)")
     t.add_argument("--warmup-steps", type=int, default=100, help="steps of linear learning-rate warm-up")
     t.add_argument("--clip-grad", type=float, default=10.0, help="gradient norm clipping")
-    t.add_argument("--detections", type=_positive_int, default=200, help="detections per image (dense images need more)")
+    t.add_argument("--detections", type=_positive_int, default=200,
+                   help="detections per image (dense images need more)")
     t.add_argument("--image-scale", type=float, default=1.0, help="resize factor inside the model (1 = none)")
     t.add_argument("--roi-samples", type=_positive_int, default=512,
                    help="regions sampled per image to train the heads (128 trains about 2x faster on a CPU)")

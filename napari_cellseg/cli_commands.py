@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -13,14 +12,16 @@ from .atomic import folder_problem
 from .checkpoint import load_model, model_card
 from .data import find_samples
 from .devices import resolve_device
-from .distributed import barrier
+from .distributed import barrier, env_rank
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
-from .errors import DatasetError
+from .errors import DatasetError, OutputError
 from .evaluation import evaluate_file
 from .images import write_labels
+from .layout import TEST_FOLDER, image_files
 from .metrics import format_metrics
-from .pipeline import export_items, image_files, iter_export, segment_image
+from .pipeline import export_items, iter_export, segment_image
 from .pretrained import builtin_models
+from .progress import Progress, drain
 from .sample_data import SAMPLE_DATASET
 
 
@@ -63,13 +64,9 @@ def run_training(cfg: TrainConfig) -> DoneEvent | None:
     finally:  # closed before any error line, so the bar is never redrawn after it
         if bar is not None:
             bar.close()
-    if done is not None and distributed_rank() == 0:
+    if done is not None and env_rank() == 0:
         print(f"last checkpoint: {done.last}\nbest checkpoint: {done.best}")
     return done
-
-
-def distributed_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -80,7 +77,7 @@ def predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     problem = folder_problem(out)
     if problem:
-        raise DatasetError(f"output folder: {problem}")
+        raise OutputError(f"output folder: {problem}")
     ctx = setup_sharding(args.device)
     try:
         model, config = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
@@ -112,7 +109,7 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
             write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
         return
     raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
-                 f"{path.name} planes", unit="plane", show=distributed_rank() == 0)
+                 f"{path.name} planes", unit="plane", show=env_rank() == 0)
     labels = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes)
     if args.link:
         link_over_time(labels)
@@ -137,7 +134,7 @@ def _inside(folder: Path, name: str) -> Path:
     at load; this guards the file name once more, as it comes from the image and the model)."""
     path = folder / name
     if Path(name).name != name or name in (".", ".."):
-        raise DatasetError(f"refused to write {path}: the name {name!r} is not a plain file name")
+        raise OutputError(f"refused to write {path}: the name {name!r} is not a plain file name")
     return path
 
 
@@ -173,7 +170,7 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
     from .stacks import folder_mapping, mapped_items
 
     dataset = Path(args.dataset)
-    if args.mapping is not None or (dataset / "test_release").is_dir() or not dataset.is_dir():
+    if args.mapping is not None or (dataset / TEST_FOLDER).is_dir() or not dataset.is_dir():
         return export_items(dataset, args.mapping, allow_missing=args.allow_missing, absent=absent)
     try:
         files = image_files(dataset)
@@ -181,7 +178,7 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
         return export_items(dataset)  # a folder of samples (or the error that says what is missing)
     entries = folder_mapping(files)  # every process numbers the same headers the same way
     mapping = Path(f"{args.out}.images.json")
-    if distributed_rank() == 0:
+    if env_rank() == 0:
         write_json(mapping, entries)
     return mapped_items(files, {e["file_name"]: e for e in entries}, mapping)
 
@@ -208,7 +205,8 @@ def demo(args: argparse.Namespace) -> int:
     metrics = _demo_val(model, config.class_names, out / "val-results.json", device)
     print(f"demo AP50 on the {metrics['num_images']} sample val images (never trained on): {metrics['AP50']:.3f}")
     if args.fine_tune:
-        print(f"fine-tuning {args.model!r} for {args.fine_tune} steps on the {len(find_samples(SAMPLE_DATASET / 'train'))} "
+        count = len(find_samples(SAMPLE_DATASET / "train"))
+        print(f"fine-tuning {args.model!r} for {args.fine_tune} steps on the {count} "
               "sample train images and their classes")
         cfg = TrainConfig(
             dataset=str(SAMPLE_DATASET), out_dir=str(out / "fine-tune"), init=args.model, epochs=args.fine_tune,
@@ -262,9 +260,9 @@ def _claim_demo_folder(out: Path) -> None:
     """The demo writes only into a new or empty folder, or an earlier demo's; it never deletes a file."""
     problem = folder_problem(out)
     if problem:
-        raise DatasetError(f"output folder: {problem}")
+        raise OutputError(f"output folder: {problem}")
     if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARK).is_file():
-        raise DatasetError(
+        raise OutputError(
             f"{out} already holds files the demo did not make; give --out a new or empty folder"
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -272,17 +270,18 @@ def _claim_demo_folder(out: Path) -> None:
 
 
 def _drain(events, desc: str, unit: str = "image", show: bool = True):
-    """Run a (done, total, ...) generator under a progress bar; return its return value."""
+    """``progress.drain`` under a progress bar: run a ``Progress`` generator, return its return value."""
     bar = None
+
+    def show_progress(progress: Progress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=progress.total, desc=desc, unit=unit, disable=not show, leave=unit == "image")
+        bar.n = progress.done
+        bar.refresh()
+
     try:
-        while True:
-            done, total, *_ = next(events)
-            if bar is None:
-                bar = tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=unit == "image")
-            bar.n = done
-            bar.refresh()
-    except StopIteration as stop:
-        return stop.value
+        return drain(events, show_progress)
     finally:
         if bar is not None:
             bar.close()

@@ -19,11 +19,10 @@ from scipy import ndimage
 
 from .atomic import write_text_atomic
 from .errors import DatasetError
+from .raw import Labels
 from .rle import compress, compressed_rle, counts_from_crop, is_int, rle_counts, runs
 
-Labels = dict[int, np.ndarray]
 
-RESULT_KEYS = ("image_id", "bbox", "score", "category_id", "segmentation")
 _REQUIRED_RESULT_KEYS = ("image_id", "category_id", "score", "segmentation")
 _MAPPING_KEYS = ("file_name", "id", "height", "width")
 _MAX_DIRECT_ID = 2**20
@@ -33,8 +32,9 @@ _MAX_DIRECT_ID = 2**20
 # ---------------------------------------------------------------- labels <-> results
 
 
-def _instances(instance_image: np.ndarray) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray]]:
-    """(id, bounding slices, crop mask) of each instance; one pass over the image in total."""
+def instances(instance_image: np.ndarray) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray]]:
+    """(id, bounding slices, crop mask) of each instance in id order; one pass over the image in
+    total, and huge ids renumbered first. Export and training targets both read instances here."""
     image = np.asarray(instance_image)
     if image.ndim != 2:
         raise ValueError(f"a label image must be H x W, got shape {image.shape}")
@@ -62,7 +62,7 @@ def _encode_instances(instance_image: np.ndarray) -> list[tuple[int, dict, list[
     """(id, compressed RLE, bbox [x, y, w, h], area) per instance, each from its crop only."""
     height, width = np.shape(instance_image)
     ids, counts, boxes, areas = [], [], [], []
-    for instance_id, (rows, cols), crop in _instances(instance_image):
+    for instance_id, (rows, cols), crop in instances(instance_image):
         ids.append(instance_id)
         counts.append(counts_from_crop(crop, rows.start, cols.start, height, width))
         boxes.append(
@@ -136,7 +136,8 @@ def results_to_labels(
 # ---------------------------------------------------------------- mapping file
 
 
-def _load_json(path: str | os.PathLike, what: str) -> Any:
+def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A JSON file's content; a missing or malformed file is one line naming it as ``what``."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{what} {path} does not exist.")
@@ -152,7 +153,7 @@ def load_mapping(path: str | os.PathLike) -> dict[str, dict]:
     Duplicates are errors, not last-one-wins: a submission with two images under one id would be
     scored against the wrong ground truth without anyone noticing.
     """
-    entries = _load_json(path, "Mapping file")
+    entries = load_json(path, "Mapping file")
     if not isinstance(entries, list):
         raise DatasetError(f"Mapping file {path} must hold a list of images.")
     mapping: dict[str, dict] = {}
@@ -286,7 +287,7 @@ def read_results(
     width, e.g. from the mapping file) also against its image's size. Ids missing from
     ``image_sizes`` are left to ``mapping_ids`` or the caller.
     """
-    results = _load_json(path, "Results file")
+    results = load_json(path, "Results file")
     if not isinstance(results, list):
         raise DatasetError(f"Results file {path} must hold a list of results.")
     checked = []

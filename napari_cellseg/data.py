@@ -1,14 +1,14 @@
-"""The HW3 dataset layout: finding samples, reading ground truth, targets for torchvision, split, cache.
+"""Training data from a HW3 dataset: finding samples, reading ground truth, targets for torchvision,
+split, cache.
 
-A dataset root holds ``train/<sample>/image.tif`` with optional ``classK.tif`` masks (K = 1, 2, ...;
-uint16 instance ids, 0 = background; a class absent from a sample has no file), optionally
-``val/`` likewise, and ``test_release/*.tif`` for prediction (handled by ``coco.py``).
+The layout itself (``train/<sample>/image.tif`` + ``classK.tif``, ``val/``, ``test_release/``) is
+``layout``'s. A mask holds uint16 instance ids (0 = background); a class absent from a sample has
+no file. Test images are segmented by ``pipeline.export_items``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,19 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from ._torch import torch
+from .coco import instances
 from .errors import DatasetError
 from .images import read_image, read_labels, to_tensor
+from .layout import CLASS_FILE, IMAGE_NAME
 from .model import MAX_CLASSES
 from .transforms import Augment, Labels
-
-IMAGE_NAME = "image.tif"
-_CLASS_FILE = re.compile(r"^class(\d+)\.tiff?$", re.IGNORECASE)
-_MAX_DIRECT_ID = 2**20
-"""Above this id, ids are renumbered first: ``find_objects`` allocates one slot per possible id."""
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -92,7 +87,7 @@ def read_sample_dir(sample_dir: Path) -> Sample:
         )
     masks: dict[int, Path] = {}
     for name, path in sorted(entries.items()):
-        match = _CLASS_FILE.match(name)
+        match = CLASS_FILE.match(name)
         if match and int(match.group(1)) >= 1:
             masks.setdefault(int(match.group(1)), path)
     return Sample(sample_dir.name, entries[IMAGE_NAME], masks)
@@ -212,22 +207,9 @@ def _labels_shape(labels: Labels, shape: tuple[int, ...] | None) -> tuple[int, i
 
 
 def _instances(label_image: np.ndarray) -> Iterator[tuple[np.ndarray, tuple[int, int, int, int]]]:
-    """Yield (boolean crop, (y0, y1, x0, x1)) per instance id, in id order."""
-    if not label_image.size:
-        return
-    top = int(label_image.max())
-    if top == 0:
-        return
-    if top > _MAX_DIRECT_ID:
-        ids, flat = np.unique(label_image, return_inverse=True)
-        label_image = flat.reshape(label_image.shape).astype(np.int32)
-        if ids[0] != 0:  # no background pixel: every index is an instance, shift them to 1..
-            label_image += 1
-    for index, slices in enumerate(ndimage.find_objects(label_image), start=1):
-        if slices is None:
-            continue
-        ys, xs = slices
-        yield label_image[slices] == index, (ys.start, ys.stop, xs.start, xs.stop)
+    """Yield (boolean crop, (y0, y1, x0, x1)) per instance id, in id order (``coco.instances``)."""
+    for _, (ys, xs), crop in instances(label_image):
+        yield crop, (ys.start, ys.stop, xs.start, xs.stop)
 
 
 # ---------------------------------------------------------------------------------------- dataset
@@ -237,14 +219,13 @@ class CellDataset(torch.utils.data.Dataset):
     """Samples -> (image tensor, torchvision target), with seeded augmentation and a decode cache.
 
     Reproducible whatever the worker count: sample ``i`` in epoch ``e`` is augmented with
-    ``np.random.default_rng((seed, e, i))``. The epoch and the skipped-instance counters live in
-    shared-memory tensors, so ``set_epoch`` reaches persistent DataLoader workers and their counts
-    come back. Decoded ``(image, labels)`` are kept in an LRU cache of at most ``cache_bytes`` per
-    process (each worker has its own; keep workers persistent to benefit); cached arrays are
-    read-only so an augmentation that writes in place fails loudly instead of corrupting the cache.
+    ``np.random.default_rng((seed, e, i))``. The epoch lives in a shared-memory tensor, so
+    ``set_epoch`` reaches persistent DataLoader workers. Instances left with fewer than
+    ``min_pixels`` after augmentation are dropped from the target. Decoded ``(image, labels)`` are
+    kept in an LRU cache of at most ``cache_bytes`` per process (each worker has its own; keep
+    workers persistent to benefit); cached arrays are read-only so an augmentation that writes in
+    place fails loudly instead of corrupting the cache.
     """
-
-    _COUNTER_SLOTS = 257  # slot 0: main process, slot 1 + worker id (mod 256): workers
 
     def __init__(
         self,
@@ -261,7 +242,6 @@ class CellDataset(torch.utils.data.Dataset):
         self.cache_bytes = int(cache_bytes)
         self.min_pixels = int(min_pixels)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._skipped = torch.zeros(self._COUNTER_SLOTS, dtype=torch.int64).share_memory_()
         self._cache: OrderedDict[int, tuple[np.ndarray, Labels]] = OrderedDict()
         self._cached_bytes = 0
 
@@ -276,19 +256,12 @@ class CellDataset(torch.utils.data.Dataset):
         """Call before each epoch so augmentations differ between epochs yet stay reproducible."""
         self._epoch[0] = int(epoch)
 
-    @property
-    def degenerate_skipped(self) -> int:
-        """Instances skipped so far (fewer than ``min_pixels`` after augmentation), all workers."""
-        return int(self._skipped.sum())
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image, labels = self._decoded(i)
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, self.epoch, i))
             image, labels = self.augment(image, labels, rng)
-        masks, classes, boxes, skipped = instance_targets(labels, image.shape, self.min_pixels)
-        if skipped:
-            self._skipped[self._counter_slot()] += skipped
+        masks, classes, boxes, _ = instance_targets(labels, image.shape, self.min_pixels)
         if not image.flags.writeable:  # torch.from_numpy warns on read-only (cached) arrays
             image = image.copy()
         target = {
@@ -325,14 +298,9 @@ class CellDataset(torch.utils.data.Dataset):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A copy (deepcopy, plain pickle) gets counters in shared memory again, for its own workers."""
+        """A copy (deepcopy, plain pickle) gets its epoch in shared memory again, for its own workers."""
         self.__dict__.update(state)
         self._epoch.share_memory_()
-        self._skipped.share_memory_()
-
-    def _counter_slot(self) -> int:
-        info = torch.utils.data.get_worker_info()
-        return 0 if info is None else 1 + info.id % (self._COUNTER_SLOTS - 1)
 
 
 def collate(batch: Sequence[tuple[Any, Any]]) -> tuple[list, list]:

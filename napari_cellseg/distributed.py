@@ -25,6 +25,11 @@ class Context:
         return self.rank == 0
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun sets it (0 outside torchrun), before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str = "auto") -> Context:
     """Join the process group that torchrun describes in the environment, if any (also a world
     of one under torchrun, so a single-GPU torchrun job runs the same NCCL/DDP path as many)."""

@@ -15,3 +15,13 @@ class CheckpointError(CellsegError):
 
 class TrainingError(CellsegError):
     """Training cannot go on (non-finite loss, out of memory); the last good checkpoint is kept."""
+
+
+class OutputError(CellsegError):
+    """An output file or folder cannot be written as asked (a folder where a file was meant, no
+    permission, an earlier run's files, a name that is not a plain file name)."""
+
+
+class LayerError(CellsegError):
+    """What napari shows cannot be used as asked: no segmentation layer, a layer whose image or
+    cell class is unknown, two layers for one class, or nothing segmented yet."""

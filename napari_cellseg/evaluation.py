@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DatasetError
+from .layout import class_name
 
 MAX_CLASS_ID = 1000
 """Class ids above this are refused: no cell dataset has that many classes, a stray file does."""
@@ -90,7 +91,8 @@ def evaluate(
         raise DatasetError(f"{results_label} hold image id {unnamed[0]}, which is not one of its images' numbers")
     foreign = [result_names[i] for i in ids if name_key(result_names[i]) not in images]
     if foreign:
-        shown = ", ".join(_short(n) for n in foreign[:2]) + (f" and {len(foreign) - 2} more" if len(foreign) > 2 else "")
+        more = f" and {len(foreign) - 2} more" if len(foreign) > 2 else ""
+        shown = ", ".join(_short(n) for n in foreign[:2]) + more
         raise DatasetError(
             f"{shown} ({len(foreign)} of the {len(ids)} images of {results_label}) not in {truth_label}: these results "
             f"were made for other images (a test-set prediction against val/?); evaluate against the ground truth "
@@ -103,8 +105,9 @@ def evaluate(
         size = list(result["segmentation"]["size"])
         if size != [image["height"], image["width"]]:
             raise DatasetError(
-                f"{results_label}, entry {n}: the mask for {result_names[int(result['image_id'])]} is {size[0]} x {size[1]} but "
-                f"that image in {truth_label} is {image['height']} x {image['width']}; the results were made for other images"
+                f"{results_label}, entry {n}: the mask for {result_names[int(result['image_id'])]} is "
+                f"{size[0]} x {size[1]} but that image in {truth_label} is {image['height']} x {image['width']}; "
+                "the results were made for other images"
             )
         check_class_id(result["category_id"], f"{results_label}, entry {n}")
         moved.append({**result, "image_id": image["id"]})
@@ -120,7 +123,7 @@ def evaluate(
 
 def _names(class_names: Sequence[str] | None, ids, known: Mapping[int, str]) -> list[str]:
     names = list(class_names or ())
-    return [names[k - 1] if k <= len(names) else known.get(k, f"class{k}") for k in ids]
+    return [names[k - 1] if k <= len(names) else known.get(k, class_name(k)) for k in ids]
 
 
 def _present_classes(truth, results, class_names, truth_label: str) -> dict[str, Any]:
@@ -154,7 +157,8 @@ def evaluate_file(
     else:
         names = {i: s.name for i, s in enumerate(samples, start=1)}
         _refuse_test_numbering(results, gt, truth_folder, results_path)
-    return evaluate(results, names, gt, max_dets=max_dets, class_agnostic=class_agnostic, results_label=str(results_path),
+    return evaluate(results, names, gt, max_dets=max_dets, class_agnostic=class_agnostic,
+                    results_label=str(results_path),
                     truth_label=f"{truth_folder} ({len(samples)} samples, numbered 1..{len(samples)} by name)")
 
 
@@ -172,7 +176,8 @@ def _refuse_test_numbering(results, gt, truth_folder: Path, results_path: Path) 
         return
     sizes = {image["id"]: [image["height"], image["width"]] for image in gt["images"]}
     wrong = [r for r in results if sizes.get(int(r["image_id"])) != list(r["segmentation"]["size"])]
-    if wrong and all(tests.get(int(r["image_id"]), (None, None))[1] == list(r["segmentation"]["size"]) for r in results):
+    sizes_fit = all(tests.get(int(r["image_id"]), (None, None))[1] == list(r["segmentation"]["size"]) for r in results)
+    if wrong and sizes_fit:
         name = tests[int(wrong[0]["image_id"])][0]
         raise DatasetError(
             f"{results_path} is numbered like the test images of {path.name} (e.g. {name}), not like the samples "

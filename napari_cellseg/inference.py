@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterator
+from typing import Any
 
 import numpy as np
 
 from ._torch import torch
 from .images import to_tensor
 from .devices import resolve_device
+from .defaults import OVERLAP, TILE_SIZE
 from .model import set_detections_per_img
+from .progress import Progress, StopCheck, drain, stopped
 from .raw import RawInstances
 from .tiling import Tile, in_core, tile_grid
 
@@ -29,15 +32,17 @@ def iter_predict(
     image: np.ndarray,
     *,
     device: str | torch.device | None = None,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    tile_size: int = TILE_SIZE,
+    overlap: int = OVERLAP,
     max_detections: int | None = None,
     flip: bool = False,
-) -> Generator[tuple[int, int], None, RawInstances]:
-    """Predict tile by tile, yielding ``(tiles_done, tiles_total)``; returns the ``RawInstances``.
+    should_stop: StopCheck | None = None,
+) -> Generator[Progress, None, RawInstances | None]:
+    """Predict tile by tile, yielding ``Progress(tiles_done, tiles, "tile")``; returns the
+    ``RawInstances``, or None when ``should_stop`` says so (checked before every tile).
 
-    A generator so the GUI can show progress and cancel between tiles; arguments are checked when
-    it is called, before the first tile. Only one tile's network output is alive at a time.
+    A generator so the GUI can show progress and cancel between tiles (``progress``'s contract);
+    arguments are checked when it is called, before the first tile. Only one tile's network output is alive at a time.
     ``max_detections`` raises the model's cap per tile for dense images. An image no larger than
     ``tile_size`` is one tile: exactly the untiled result. ``flip`` also segments the mirror image
     and merges the two views (``tta.merge_views``): twice the time, a little more AP.
@@ -47,13 +52,13 @@ def iter_predict(
         raise ValueError("max_detections must be at least 1")
     tiles = tile_grid((image.shape[0], image.shape[1]), tile_size, overlap)
     device = _model_device(model) if device is None else _as_device(device)
-    return _run_tiles(model, image, tiles, device, max_detections, flip)
+    return _run_tiles(model, image, tiles, device, max_detections, flip, should_stop)
 
 
 def _run_tiles(
     model: torch.nn.Module, image: np.ndarray, tiles: list[Tile], device: torch.device, max_detections: int | None,
-    flip: bool,
-) -> Generator[tuple[int, int], None, RawInstances]:
+    flip: bool, should_stop: StopCheck | None,
+) -> Generator[Progress, None, RawInstances | None]:
     """The generator behind ``iter_predict`` (which checks its arguments before the first step)."""
     shape = (image.shape[0], image.shape[1])
     views = [image, np.ascontiguousarray(image[:, ::-1])] if flip else [image]
@@ -62,8 +67,10 @@ def _run_tiles(
         for v, view in enumerate(views):
             parts = []
             for done, tile in enumerate(tiles, start=1):
+                if stopped(should_stop):
+                    return None
                 parts.append(_predict_tile(model, view, tile, device))
-                yield v * len(tiles) + done, total
+                yield Progress(v * len(tiles) + done, total, "tile")
             results.append(RawInstances.concatenate(parts, shape))
     if not flip:
         return results[0]
@@ -72,25 +79,10 @@ def _run_tiles(
     return merge_views(results[0], mirror(results[1]))
 
 
-def predict(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    *,
-    device: str | torch.device | None = None,
-    tile_size: int = 1024,
-    overlap: int = 128,
-    max_detections: int | None = None,
-    flip: bool = False,
-) -> RawInstances:
-    """``iter_predict`` run to the end, for scripts and the CLI."""
-    steps = iter_predict(
-        model, image, device=device, tile_size=tile_size, overlap=overlap, max_detections=max_detections, flip=flip
-    )
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+def predict(model: torch.nn.Module, image: np.ndarray, **options: Any) -> RawInstances:
+    """``iter_predict`` run to the end, for scripts and the CLI; ``options`` are its keywords
+    (``device``, ``tile_size``, ``overlap``, ``max_detections``, ``flip``)."""
+    return drain(iter_predict(model, image, **options))
 
 
 def paste_masks(

@@ -128,7 +128,9 @@ def evaluate(
     }
 
 
-def class_agnostic(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], name: str = "object") -> tuple[dict, list]:
+def class_agnostic(
+    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], name: str = "object"
+) -> tuple[dict, list]:
     """Ground truth and results with every class merged into one (id 1): scores finding the
     objects, not telling their classes apart (how a one-class model such as ``nuclei`` is judged)."""
     merged = dict(gt, categories=[{"id": 1, "name": name}],

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._torch import torch, torchvision
+from .defaults import DETECTOR_SCORE_FLOOR
 from .errors import CheckpointError
 
 from torch import nn  # noqa: E402
@@ -63,7 +64,8 @@ class ModelConfig:
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     detections_per_img: int = 200
     box_nms_thresh: float = 0.3
-    box_score_thresh: float = 0.05
+    box_score_thresh: float = DETECTOR_SCORE_FLOOR
+    """The detector drops cells below this score itself; the confidence slider works above it."""
     image_scale: float = 1.0
     roi_samples: int = 512
     """RoIs sampled per image to train the box and mask heads; 128 trains ~2x faster on a CPU."""

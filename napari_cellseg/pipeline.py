@@ -1,4 +1,5 @@
-"""Image -> labels -> COCO results: the one path that validation, export, the CLI and the GUI share.
+"""Image -> labels -> COCO results: segmentation and folder export, shared by validation, the CLI,
+the GUI and sharded export (the dataset layout and image ids are ``layout``'s).
 
 Folder export streams image by image (memory does not grow with the folder) and appends each
 finished image to ``<out>.partial.jsonl``, so an interrupted export resumes without redoing
@@ -8,8 +9,7 @@ finished images; the submission itself is written atomically at the end.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,14 @@ from .atomic import atomic_path, folder_problem, open_output, output_lock
 from .checkpoint import weights_digest
 from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
-from .errors import DatasetError
-from .images import read_image
+from .defaults import MASK_THRESH, OVERLAP, SCORE_THRESH, TILE_SIZE
+from .errors import DatasetError, OutputError
 from .inference import predict
 from .evaluation import evaluate as evaluate_by_name
 from .postprocess import instance_scores, to_labels
-from .stacks import read_plane
-
-IMAGE_SUFFIXES = (".tif", ".tiff")
+from .progress import Progress, StopCheck, stopped
+from .layout import MAPPING_NAME, TEST_FOLDER, ExportItem, image_files
+from .stacks import PLANE_SEPARATOR, item_image, mapped_items
 
 
 def segment_image(
@@ -35,10 +35,10 @@ def segment_image(
     image: np.ndarray,
     *,
     device=None,
-    score_thresh: float = 0.5,
-    mask_thresh: float = 0.6,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    score_thresh: float = SCORE_THRESH,
+    mask_thresh: float = MASK_THRESH,
+    tile_size: int = TILE_SIZE,
+    overlap: int = OVERLAP,
     flip: bool = False,
 ) -> tuple[dict[int, np.ndarray], dict[int, float]]:
     """Labels for every class of the model (id -> score table alongside) for one RGB uint8 image."""
@@ -57,7 +57,7 @@ def validate(
     score_thresh: float = 0.05,
     mask_thresh: float = 0.5,
     max_dets: int = 1000,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopCheck | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def validate(
     results: list[dict] = []
     items: list[tuple[int, str, dict[int, np.ndarray]]] = []
     for image_id, sample in list(enumerate(samples, start=1))[rank::world_size]:
-        if should_stop is not None and should_stop():
+        if stopped(should_stop):
             return {}
         image, truth = read_sample(sample)
         truth = truth or _no_cells(image.shape)
@@ -82,18 +82,6 @@ def validate(
     gt = ground_truth(sorted(all_items, key=lambda item: item[0]), class_names)
     names = {image_id: name for image_id, name, _ in all_items}
     return evaluate_by_name(all_results, names, gt, class_names=class_names, max_dets=max_dets)
-
-
-@dataclass(frozen=True)
-class ExportItem:
-    """One image to export: its submission id, name (file name in the mapping), path, expected size;
-    ``plane`` picks one plane of a stack (then ``name`` is ``<file>#<plane>``, see ``stacks``)."""
-
-    image_id: int
-    name: str
-    path: Path
-    shape: tuple[int, int] | None = None
-    plane: int | None = None
 
 
 def sample_items(samples: Sequence[Sample]) -> list[ExportItem]:
@@ -117,17 +105,6 @@ def _no_cells(shape: tuple[int, ...]) -> dict[int, np.ndarray]:
     return {1: np.zeros(shape[:2], np.int32)}
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """The TIFF images directly inside ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DatasetError(f"no .tif images in {folder}")
-    return files
-
-
 def export_items(
     dataset: str | Path, mapping_path: str | Path | None = None, *, allow_missing: bool = False,
     absent: list[str] | None = None,
@@ -141,14 +118,12 @@ def export_items(
     dataset = Path(dataset)
     if not dataset.is_dir():
         raise DatasetError(f"dataset folder not found: {dataset}")
-    if mapping_path is None and (dataset / "test_release").is_dir():
-        dataset, mapping_path = dataset / "test_release", dataset / "test_image_name_to_ids.json"
+    if mapping_path is None and (dataset / TEST_FOLDER).is_dir():
+        dataset, mapping_path = dataset / TEST_FOLDER, dataset / MAPPING_NAME
     if mapping_path is None:
         return sample_items(find_samples(dataset))
     mapping = load_mapping(mapping_path)
     files = image_files(dataset)
-    from .stacks import PLANE_SEPARATOR, mapped_items  # planes of stacks are listed as <file>#<plane>
-
     present = {f.name for f in files}
 
     def listed_file(key: str) -> str:
@@ -172,31 +147,32 @@ def iter_export(
     out_json: str | Path,
     *,
     device=None,
-    score_thresh: float = 0.5,
-    mask_thresh: float = 0.6,
-    tile_size: int = 1024,
+    score_thresh: float = SCORE_THRESH,
+    mask_thresh: float = MASK_THRESH,
+    tile_size: int = TILE_SIZE,
     flip: bool = False,
     resume: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-) -> Iterator[tuple[int, int, str]]:
+    should_stop: StopCheck | None = None,
+) -> Iterator[Progress]:
     """Segment every item and write the submission ``out_json``.
 
-    Yields ``(done, total, name)`` after each image. Returns (generator value) the number of
-    results written, or None when stopped early (the partial file keeps finished images).
+    Yields ``Progress(done, total, name)`` after each image (``progress``'s contract). Returns
+    (generator value) the number of results written, or None when stopped early (the partial file
+    keeps finished images).
     """
     out_json = Path(out_json)
     if out_json.is_dir():
-        raise DatasetError(f"output {out_json} is a folder; give a file name such as test-results.json")
+        raise OutputError(f"output {out_json} is a folder; give a file name such as test-results.json")
     problem = folder_problem(out_json.parent)
     if problem:
-        raise DatasetError(f"output {out_json}: {problem}")
+        raise OutputError(f"output {out_json}: {problem}")
     with output_lock(out_json):  # a second export to the same file is refused before any work
         return (yield from _export(model, items, out_json, device, score_thresh, mask_thresh, tile_size, flip,
                                    resume, should_stop))
 
 
 def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, tile_size, flip, resume,
-            should_stop) -> Iterator[tuple[int, int, str]]:
+            should_stop) -> Iterator[Progress]:
     partial = out_json.with_name(out_json.name + ".partial.jsonl")
     # the model's weights are part of the settings: a resume with another model starts afresh
     settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size, "flip": flip,
@@ -209,9 +185,9 @@ def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, til
             log.write(_jsonl({"settings": settings}))
         for n, item in enumerate(items, start=1):
             if item.name not in done:
-                if should_stop is not None and should_stop():
+                if stopped(should_stop):
                     return None
-                image = read_image(item.path) if item.plane is None else read_plane(item.path, item.plane)
+                image = item_image(item)
                 if item.shape is not None and tuple(image.shape[:2]) != tuple(item.shape):
                     raise DatasetError(
                         f"{item.path} is {image.shape[0]}x{image.shape[1]} but the mapping file says "
@@ -224,7 +200,7 @@ def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, til
                 done[item.name] = log.tell()
                 log.write(_jsonl({"name": item.name, "results": labels_to_results(labels, item.image_id, scores)}))
                 log.flush()
-            yield n, len(items), item.name
+            yield Progress(n, len(items), item.name)
     count = _write_submission(out_json, partial, [done[it.name] for it in items])
     partial.unlink(missing_ok=True)
     return count

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .defaults import MASK_THRESH, SCORE_THRESH
 from .raw import RawInstances
 
 
@@ -32,8 +33,8 @@ def mask_level(mask_thresh: float) -> int:
 
 def to_labels(
     raw: RawInstances,
-    score_thresh: float = 0.5,
-    mask_thresh: float = 0.6,
+    score_thresh: float = SCORE_THRESH,
+    mask_thresh: float = MASK_THRESH,
     classes: Iterable[int] | None = None,
 ) -> dict[int, np.ndarray]:
     """Class id -> H x W int32 label image (instance ``i`` -> label ``i + 1``), no overlaps.
@@ -79,9 +80,4 @@ def instance_scores(raw: RawInstances) -> dict[int, float]:
     return {i + 1: float(s) for i, s in enumerate(raw.scores)}
 
 
-def instance_classes(raw: RawInstances) -> dict[int, int]:
-    """Label id -> class id, so a label found in any image can be traced to its class."""
-    return {i + 1: int(c) for i, c in enumerate(raw.labels)}
-
-
-__all__ = ["to_labels", "mask_level", "instance_scores", "instance_classes"]
+__all__ = ["to_labels", "mask_level", "instance_scores"]

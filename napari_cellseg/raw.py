@@ -1,4 +1,5 @@
-"""``RawInstances``: what the network found in one image, kept compact for re-thresholding.
+"""``RawInstances``: what the network found in one image, kept compact for re-thresholding; and
+``Labels``, the labels convention every module shares.
 
 numpy only, on purpose: the slider path (``postprocess.to_labels``) and the GUI session hold raw
 instances without importing torch, so moving a slider never loads the deep-learning stack.
@@ -10,6 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+Labels = dict[int, np.ndarray]
+"""Class id (1..K) -> H x W int32 instance image (0 = background): what a sample holds, what
+``postprocess.to_labels`` returns and napari shows, one convention everywhere."""
 
 
 @dataclass

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .data import IMAGE_NAME, find_samples
+from .data import find_samples
 from .errors import DatasetError
 from .images import write_labels
+from .layout import IMAGE_NAME, class_file
 
 _UNSAFE = re.compile(r"[\x00-\x1f/\\:*?\"<>|]")
 
@@ -61,7 +62,9 @@ def save_sample(
         raise ValueError(f"the image must be H x W x 3 uint8, got {image.dtype} of shape {image.shape}")
     for class_id, label_image in labels.items():
         if int(class_id) < 1 or np.shape(label_image) != image.shape[:2]:
-            raise ValueError(f"class {class_id}: labels must be a class id >= 1 with the image's size {image.shape[:2]}")
+            raise ValueError(
+                f"class {class_id}: labels must be a class id >= 1 with the image's size {image.shape[:2]}"
+            )
     folder = Path(folder)
     target = folder / sample_name(name)
     if target.exists() and not replace:
@@ -72,7 +75,7 @@ def save_sample(
         tifffile.imwrite(staging / IMAGE_NAME, image, compression="lzw", photometric="rgb")
         for class_id, label_image in sorted(labels.items()):
             if np.any(label_image):
-                write_labels(staging / f"class{int(class_id)}.tif", label_image)
+                write_labels(staging / class_file(class_id), label_image)
         os.chmod(staging, 0o777 & ~_umask())
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=folder))

@@ -12,18 +12,19 @@ resumes from its partial file. A different N starts over.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import distributed
-from ._torch import torch
 from .atomic import atomic_path, write_text_atomic
 from .distributed import Context, barrier, teardown
+from .checkpoint import weights_digest
+from .defaults import MASK_THRESH, SCORE_THRESH, TILE_SIZE
 from .errors import DatasetError
 from .pipeline import ExportItem, iter_export
+from .progress import Progress, StopCheck
 
 _CHUNK = 1 << 20
 
@@ -38,6 +39,10 @@ def my_share(items: Sequence, ctx: Context) -> list:
     return list(items[ctx.rank :: ctx.world_size])
 
 
+_EXPORT_DEFAULTS = {"score_thresh": SCORE_THRESH, "mask_thresh": MASK_THRESH, "tile_size": TILE_SIZE, "flip": False}
+"""``iter_export``'s settings when not given, so a shard's stamp names every setting it was made with."""
+
+
 def shard_path(out_json: str | Path, rank: int, world_size: int) -> Path:
     out_json = Path(out_json)
     return out_json.with_name(f"{out_json.name}.rank{rank}-of-{world_size}.json")
@@ -49,17 +54,13 @@ def iter_sharded_export(
     out_json: str | Path,
     ctx: Context,
     *,
-    device=None,
-    score_thresh: float = 0.5,
-    mask_thresh: float = 0.6,
-    tile_size: int = 1024,
-    flip: bool = False,
     resume: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-) -> Iterator[tuple[int, int, str]]:
-    """``iter_export`` over this process's share; yields ``(done, share, name)``. Returns the number
-    of results in the submission on rank 0, 0 on the other ranks, None when stopped early."""
-    options = dict(device=device, score_thresh=score_thresh, mask_thresh=mask_thresh, tile_size=tile_size, flip=flip)
+    should_stop: StopCheck | None = None,
+    **options: Any,
+) -> Iterator[Progress]:
+    """``iter_export`` over this process's share (``options``: its ``device``, ``score_thresh``,
+    ``mask_thresh``, ``tile_size``, ``flip``); yields ``Progress(done, share, name)``. Returns the
+    number of results in the submission on rank 0, 0 on the other ranks, None when stopped early."""
     if ctx.world_size <= 1:
         return (yield from iter_export(model, items, out_json, resume=resume, should_stop=should_stop, **options))
     ids = [it.image_id for it in items]
@@ -70,7 +71,7 @@ def iter_sharded_export(
     marker = shard.with_name(shard.name + ".done")
     stamp = _stamp(model, mine, options)
     if resume and shard.is_file() and marker.is_file() and marker.read_text(encoding="utf-8") == stamp:
-        yield len(mine), len(mine), "(finished before)"
+        yield Progress(len(mine), len(mine), "(finished before)")
     else:
         marker.unlink(missing_ok=True)
         count = yield from iter_export(model, mine, shard, resume=resume, should_stop=should_stop, **options)
@@ -147,12 +148,8 @@ def _result_texts(path: Path) -> Iterator[tuple[int, str]]:
 
 def _stamp(model, items: Sequence[ExportItem], options: dict[str, Any]) -> str:
     """What a finished shard was made from: its images, the settings and the weights' digest."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    settings = {k: v for k, v in options.items() if k != "device"}
-    return json.dumps({"items": [[it.image_id, it.name] for it in items], **settings, "weights": digest.hexdigest()})
+    settings = {k: v for k, v in {**_EXPORT_DEFAULTS, **options}.items() if k != "device"}
+    return json.dumps({"items": [[it.image_id, it.name] for it in items], **settings, "weights": weights_digest(model)})
 
 
 __all__ = ["setup_sharding", "my_share", "shard_path", "iter_sharded_export", "merge_shards", "teardown"]

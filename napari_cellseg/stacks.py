@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +27,13 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_path
+from .defaults import OVERLAP, TILE_SIZE
 from .errors import DatasetError
 from .images import MAX_CHANNELS, _check_file, _check_size, _is_tiff, read_image, to_rgb_uint8
 from .inference import RawInstances, iter_predict
+from .layout import ExportItem
 from .postprocess import to_labels
+from .progress import Progress, StopCheck, drain, stopped
 
 PLANE_SEPARATOR = "#"
 """A plane of a stack is named ``<file>#<plane>`` (0-based) in mapping files and COCO image entries."""
@@ -187,40 +190,30 @@ def iter_predict_stack(
     stack: Stack,
     *,
     device=None,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    tile_size: int = TILE_SIZE,
+    overlap: int = OVERLAP,
     flip: bool = False,
-    should_stop: Callable[[], bool] | None = None,
-) -> Generator[tuple[int, int], None, StackInstances | None]:
-    """Segment plane by plane, yielding ``(planes_done, planes)``; returns the ``StackInstances``,
-    or None when ``should_stop`` says so (checked before every plane)."""
+    should_stop: StopCheck | None = None,
+) -> Generator[Progress, None, StackInstances | None]:
+    """Segment plane by plane, yielding ``Progress(planes_done, planes, "plane")``; returns the
+    ``StackInstances``, or None when ``should_stop`` says so (checked before every plane and tile)."""
     results: list[RawInstances] = []
     total = len(stack)
     for p in range(total):
-        if should_stop is not None and should_stop():
+        if stopped(should_stop):
             return None
-        steps = iter_predict(model, stack.plane(p), device=device, tile_size=tile_size, overlap=overlap, flip=flip)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                results.append(done.value)
-                break
-            if should_stop is not None and should_stop():
-                steps.close()
-                return None
-        yield p + 1, total
+        raw = drain(iter_predict(model, stack.plane(p), device=device, tile_size=tile_size, overlap=overlap,
+                                 flip=flip, should_stop=should_stop))
+        if raw is None:
+            return None
+        results.append(raw)
+        yield Progress(p + 1, total, "plane")
     return StackInstances(results, stack.axis)
 
 
 def predict_stack(model, stack: Stack, **options) -> StackInstances:
     """``iter_predict_stack`` run to the end, for scripts."""
-    steps = iter_predict_stack(model, stack, **options)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_predict_stack(model, stack, **options))
 
 
 def plane_labels(
@@ -301,14 +294,12 @@ def write_stack_labels(path: str | os.PathLike, labels: np.ndarray, axis: str = 
 # ------------------------------------------------------------------------------- export
 
 
-def mapped_items(files: list[Path], mapping: dict[str, dict], mapping_path) -> list:
+def mapped_items(files: list[Path], mapping: dict[str, dict], mapping_path) -> list[ExportItem]:
     """Export items of a folder: ``name`` entries are images, ``name#p`` entries planes of stacks.
 
     Every file must be listed (as itself or by its planes) and every listed size must match the
     header, checked before any image is segmented. Items come in file order, planes in order.
     """
-    from .pipeline import ExportItem
-
     planes: dict[str, list[int]] = {}
     for key in mapping:
         file_name, sep, plane = key.rpartition(PLANE_SEPARATOR)
@@ -356,7 +347,7 @@ def _single(path: Path) -> bool:
         return _file_plane_axis(path, tuple(tif.series[0].shape), tif.series[0].axes) is None
 
 
-def item_image(item) -> np.ndarray:
+def item_image(item: ExportItem) -> np.ndarray:
     """The RGB image of an export item: the file, or one plane of a stack."""
     plane = getattr(item, "plane", None)
     return read_image(item.path) if plane is None else read_plane(item.path, plane)
@@ -364,6 +355,7 @@ def item_image(item) -> np.ndarray:
 
 __all__ = [
     "Stack", "StackInstances", "read_stack", "stack_size", "read_plane", "plane_axis", "plane_name",
-    "iter_predict_stack", "predict_stack", "plane_labels", "link_over_time", "to_stack_labels", "stack_scores", "write_stack_labels", "mapped_items",
+    "iter_predict_stack", "predict_stack", "plane_labels", "link_over_time", "to_stack_labels", "stack_scores",
+    "write_stack_labels", "mapped_items",
     "folder_mapping", "item_image",
 ]

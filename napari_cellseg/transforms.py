@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ._torch import torch
+from .raw import Labels
 
-Labels = dict[int, np.ndarray]
 Augment = Callable[[np.ndarray, Labels, np.random.Generator], tuple[np.ndarray, Labels]]
 
 

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     viewer.reset_view()  # once the docks have settled the canvas size
     settle()
     hint, canvas = window.minimumSizeHint(), viewer.window._qt_viewer.canvas.native.width()
-    print(f"window {window.width()} x {window.height()}, minimum {hint.width()} x {hint.height()}, canvas {canvas} px wide")
+    print(f"window {window.width()} x {window.height()}, minimum {hint.width()} x {hint.height()}, "
+          f"canvas {canvas} px wide")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(out), canvas_only=False, flash=False)  # composites the OpenGL canvas

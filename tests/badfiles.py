@@ -125,7 +125,8 @@ def two_channel(path: Path) -> Path:
 
 def two_channel_last(path: Path) -> Path:
     """Two channels stored interleaved (Y X S), as some scripts write them."""
-    return _tiff(path, _rng().integers(0, 256, (*SHAPE, 2), dtype=np.uint8), photometric="minisblack", planarconfig="contig")
+    pixels = _rng().integers(0, 256, (*SHAPE, 2), dtype=np.uint8)
+    return _tiff(path, pixels, photometric="minisblack", planarconfig="contig")
 
 
 def huge_header(path: Path) -> Path:

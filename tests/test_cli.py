@@ -28,7 +28,8 @@ def trained(tmp_path_factory, request):
 def test_export_writes_the_exact_submission_format(trained, tmp_path, extra):
     root, ckpt = trained
     out = tmp_path / "test-results.json"
-    assert main(["export", str(ckpt), str(root), "--out", str(out), "--score-thresh", "0.0", "--device", "cpu", *extra]) == 0
+    args = ["export", str(ckpt), str(root), "--out", str(out), "--score-thresh", "0.0", "--device", "cpu", *extra]
+    assert main(args) == 0
     results = json.loads(out.read_text())
     mapping = {e["file_name"]: e for e in json.loads((root / "test_image_name_to_ids.json").read_text())}
     assert {r["image_id"] for r in results} <= {e["id"] for e in mapping.values()}

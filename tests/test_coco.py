@@ -100,7 +100,7 @@ def test_labels_to_results_format_scores_and_boxes() -> None:
     labels[1][5, 0] = 7  # one pixel in a corner
     labels[2][0:6, 1] = 9
     results = coco.labels_to_results(labels, image_id=3, scores={4: 0.25})
-    assert [tuple(r) for r in results] == [coco.RESULT_KEYS] * 3
+    assert [tuple(r) for r in results] == [("image_id", "bbox", "score", "category_id", "segmentation")] * 3
     assert [(r["category_id"], r["score"]) for r in results] == [(1, 0.25), (1, 1.0), (2, 1.0)]
     for result, (k, i) in zip(results, [(1, 4), (1, 7), (2, 9)]):
         mask = labels[k] == i

@@ -136,3 +136,10 @@ def test_a_short_run_leaves_the_warmup(tiny_dataset, tmp_path):
     first = next(e for e in events if isinstance(e, StepEvent))
     assert first.lr == pytest.approx(1e-3 * engine.LRSchedule(0, 2)(1))
     assert first.lr > 0.5e-3
+
+
+def test_a_training_step_reports_progress_like_every_long_job():
+    from napari_cellseg.progress import Progress
+
+    event = engine.StepEvent(epoch=2, step=7, total_steps=40, losses={"loss": 1.0}, lr=1e-4, images_per_s=3.0)
+    assert event.progress == Progress(7, 40, "epoch 2")

@@ -126,7 +126,10 @@ def _remember(models: list, model):
 
 
 def _python_threads() -> list[str]:
-    return sorted(f"{t.name}{' (dummy)' if isinstance(t, threading._DummyThread) else ''}" for t in threading.enumerate())
+    def label(t: threading.Thread) -> str:
+        return f"{t.name}{' (dummy)' if isinstance(t, threading._DummyThread) else ''}"
+
+    return sorted(label(t) for t in threading.enumerate())
 
 
 def test_ten_start_cancel_cycles_leave_no_threads_or_memory(

@@ -34,7 +34,9 @@ def visible_names(viewer) -> set[str]:
     return {layer.name for layer in viewer.layers if layer.visible}
 
 
-def test_folder_review_survives_layers_added_and_removed(make_napari_viewer, qtbot, tiny_dataset, untrained, errors, monkeypatch):
+def test_folder_review_survives_layers_added_and_removed(
+    make_napari_viewer, qtbot, tiny_dataset, untrained, errors, monkeypatch
+):
     viewer = make_napari_viewer()
     widget = docked(viewer, untrained)
     folder = tiny_dataset / "test_release"
@@ -43,7 +45,9 @@ def test_folder_review_survives_layers_added_and_removed(make_napari_viewer, qtb
     monkeypatch.setattr(_widget_segment, "ask_discard", lambda *a: pytest.fail("asked while reviewing"))
     widget.folder_button.clicked()
     added = []
-    widget._worker.yielded.connect(lambda _item: added.append(viewer.add_points(np.zeros((1, 2)), name=f"points {len(added)}")))
+    widget._worker.yielded.connect(
+        lambda _item: added.append(viewer.add_points(np.zeros((1, 2)), name=f"points {len(added)}"))
+    )
     qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
     assert not errors and widget.progress.native.format() == "done"
     assert [r.name for r in session_for(viewer).folder_results] == ["test_0.tif", "test_1.tif", "test_2.tif"]
@@ -115,7 +119,9 @@ def test_a_drag_draws_only_the_latest_value(make_napari_viewer, qtbot, untrained
     widget.start()
     drawn = []
     redraw = widget._redraw
-    monkeypatch.setattr(widget, "_redraw", lambda shown, reviewed=None: drawn.append(widget.score.value) or redraw(shown))
+    monkeypatch.setattr(
+        widget, "_redraw", lambda shown, reviewed=None: drawn.append(widget.score.value) or redraw(shown)
+    )
     widget.slider_delay_ms = 50
     for value in np.linspace(0.1, 0.9, 20):  # twenty moves faster than one redraw
         widget.score.value = float(value)
@@ -127,7 +133,9 @@ def test_a_drag_draws_only_the_latest_value(make_napari_viewer, qtbot, untrained
     assert widget.current.layers[1].data.max() <= np.flatnonzero(expected).size
 
 
-def test_a_new_folder_run_asks_before_dropping_unexported_edits(make_napari_viewer, tiny_dataset, untrained, monkeypatch):
+def test_a_new_folder_run_asks_before_dropping_unexported_edits(
+    make_napari_viewer, tiny_dataset, untrained, monkeypatch
+):
     from napari_cellseg._gui_session import ImageResult
     from napari_cellseg.inference import RawInstances
 
@@ -135,7 +143,9 @@ def test_a_new_folder_run_asks_before_dropping_unexported_edits(make_napari_view
     widget = docked(viewer, untrained)
     session = session_for(viewer)
     raw = RawInstances(np.zeros((0, 4)), [], [], [], (64, 80))
-    edited = ImageResult(tiny_dataset / "test_release" / "test_0.tif", raw, ["class1"], {1: np.ones((64, 80), np.int32)})
+    edited = ImageResult(
+        tiny_dataset / "test_release" / "test_0.tif", raw, ["class1"], {1: np.ones((64, 80), np.int32)}
+    )
     session.folder_results = [edited]
     asked = []
     monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names, text=None: asked.append(names) or False)

@@ -39,7 +39,8 @@ def test_messages_name_no_command_line_options():
 
 def test_short_paths_and_sizes(tmp_path):
     assert short_path(Path("/home/me/runs/a/best.pt")) == str(Path("a", "best.pt"))
-    assert [human_size(n) for n in (512, 4_500, 390_000_000, 1_234_000_000)] == ["512 bytes", "4 kB", "390 MB", "1.2 GB"]
+    sizes = (512, 4_500, 390_000_000, 1_234_000_000)
+    assert [human_size(n) for n in sizes] == ["512 bytes", "4 kB", "390 MB", "1.2 GB"]
     (tmp_path / "last.pt").write_bytes(b"x" * 3000)
     (tmp_path / "best.pt").write_bytes(b"x" * 1000)
     assert folder_size(tmp_path) == 4000 and folder_size(tmp_path / "nowhere") == 0
@@ -60,3 +61,26 @@ def test_long_names_do_not_widen_a_dock(make_napari_viewer, qtbot, tmp_path):
     assert str(tmp_path / long) in train.dataset.line_edit.native.toolTip()
     keep_narrow(train)  # a second call (the main dock narrows its tabs too) changes nothing
     assert train.native.minimumSizeHint().width() < DOCK_WIDTH
+
+
+def test_report_logs_unexpected_errors_with_their_traceback(caplog, monkeypatch):
+    import logging
+
+    from napari_cellseg._gui_session import report
+    from napari_cellseg.errors import DatasetError
+
+    monkeypatch.delenv("NAPARI_CELLSEG_DEBUG", raising=False)
+    caplog.set_level(logging.INFO, logger="napari_cellseg")
+    try:
+        raise RuntimeError("CUDA error: an illegal memory access\nlong details")
+    except RuntimeError as exc:
+        assert report(exc) == "CUDA error: an illegal memory access"  # the user sees one line
+    [bug] = caplog.records
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None  # the log keeps the traceback
+    caplog.clear()
+    assert report(DatasetError("train/: folder not found")) == "train/: folder not found"
+    assert [r.levelno for r in caplog.records] == [logging.INFO] and caplog.records[0].exc_info is None
+    caplog.clear()
+    monkeypatch.setenv("NAPARI_CELLSEG_DEBUG", "1")  # every error with its traceback
+    report(DatasetError("train/: folder not found"))
+    assert caplog.records[0].levelno == logging.ERROR and caplog.records[0].exc_info is not None

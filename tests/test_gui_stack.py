@@ -61,7 +61,7 @@ def test_stack_layer_gives_stacked_labels_and_sliders_redraw_every_plane(make_na
     widget.run_button.clicked()  # a real worker thread
     widget._worker.yielded.connect(seen.append)
     qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
-    assert widget.progress.native.format() == "done" and seen[-1] == (5, 5)
+    assert widget.progress.native.format() == "done" and seen[-1][:2] == (5, 5)
     shown = widget.stack_view.current
     assert len(shown.result.planes) == 5
     for k in (1, 2):
@@ -110,4 +110,4 @@ def test_cancel_stops_between_planes(make_napari_viewer, untrained):
     calls.append(next(events))
     with pytest.raises(StopIteration) as stopped:
         next(events)
-    assert calls == [(1, 4)] and stopped.value.value is None
+    assert calls == [(1, 4, "plane")] and stopped.value.value is None

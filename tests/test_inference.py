@@ -11,6 +11,7 @@ from skimage.measure import label as connected_components
 
 from napari_cellseg._torch import torch
 from napari_cellseg.images import to_tensor
+from napari_cellseg.progress import drain
 from napari_cellseg.devices import resolve_device
 from napari_cellseg.inference import iter_predict, paste_masks, predict
 from napari_cellseg.raw import RawInstances
@@ -105,15 +106,21 @@ def test_iter_predict_reports_each_tile_and_returns_the_result(tiny_model):
     image = _image(80, 90, seed=2)
     steps = iter_predict(tiny_model, image, tile_size=48, overlap=16)
     progress = []
-    while True:
-        try:
-            progress.append(next(steps))
-        except StopIteration as stop:
-            raw = stop.value
-            break
-    assert progress == [(k, 6) for k in range(1, 7)]
+    raw = drain(steps, progress.append)
+    assert [p[:2] for p in progress] == [(k, 6) for k in range(1, 7)]
+    assert {p.name for p in progress} == {"tile"}
     _assert_valid(raw, (80, 90))
     assert 0 < len(raw) <= 6 * 10
+
+
+def test_iter_predict_stops_between_tiles_when_asked(tiny_model):
+    calls = []
+    steps = iter_predict(tiny_model, _image(80, 90, seed=2), tile_size=48, overlap=16,
+                         should_stop=lambda: calls.append(1) or len(calls) > 2)
+    seen = []
+    assert drain(steps, seen.append) is None  # stopped: no result
+    assert [p.done for p in seen] == [1, 2]  # checked before every tile: the third is never run
+    assert len(calls) == 3
 
 
 def test_max_detections_caps_each_tile_and_settings_come_back(tiny_model):
@@ -131,7 +138,7 @@ def test_cancelling_between_tiles_restores_the_model(tiny_model):
     tiny_model.train()
     try:
         steps = iter_predict(tiny_model, _image(64, 100), tile_size=64, overlap=16, max_detections=2)
-        assert next(steps) == (1, 2)
+        assert next(steps)[:2] == (1, 2)
         assert not tiny_model.training and tiny_model.roi_heads.detections_per_img == 2
         steps.close()
         assert tiny_model.training and tiny_model.roi_heads.detections_per_img == 10

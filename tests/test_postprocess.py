@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_cellseg.raw import RawInstances
-from napari_cellseg.postprocess import instance_classes, instance_scores, mask_level, to_labels
+from napari_cellseg.postprocess import instance_scores, mask_level, to_labels
+
+
+def instance_classes(raw) -> dict[int, int]:
+    """Label id -> class id (instance i is label i + 1)."""
+    return {i + 1: int(c) for i, c in enumerate(raw.labels)}
 
 
 def _raw(boxes, scores, labels, masks, shape=(12, 12)) -> RawInstances:
@@ -129,7 +134,8 @@ def _reference(raw: RawInstances, score_thresh: float, mask_thresh: float) -> tu
         for x in range(raw.image_shape[1]):
             for i, (x0, y0, x1, y1) in enumerate(raw.boxes):
                 inside = x0 <= x < x1 and y0 <= y < y1
-                if inside and raw.scores[i] >= score_thresh and raw.masks[i][y - y0, x - x0] >= mask_thresh * 255 - 1e-6:
+                kept = inside and raw.scores[i] >= score_thresh
+                if kept and raw.masks[i][y - y0, x - x0] >= mask_thresh * 255 - 1e-6:
                     owner[y, x] = i + 1
                     break
     cls = np.where(owner > 0, np.concatenate([[0], raw.labels])[owner], 0)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import CLASS_SPECIFIC, init_model, load_checkpoint, load_model, model_card, save_checkpoint
+from napari_cellseg.checkpoint import (
+    CLASS_SPECIFIC, init_model, load_checkpoint, load_model, model_card, save_checkpoint,
+)
 from napari_cellseg.cli import main
 from napari_cellseg.engine import DoneEvent, InfoEvent, TrainConfig, train
 from napari_cellseg.errors import CheckpointError

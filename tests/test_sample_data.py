@@ -40,7 +40,8 @@ def test_open_sample_through_napari(make_napari_viewer):
 
 def check_manifest(manifest: npe2.PluginManifest) -> None:
     contributions = manifest.contributions
-    assert [w.display_name for w in contributions.widgets] == ["Cell segmentation", "Train", "Segment", "Export & Evaluate"]
+    names = [w.display_name for w in contributions.widgets]
+    assert names == ["Cell segmentation", "Train", "Segment", "Export & Evaluate"]
     assert {s.key for s in contributions.sample_data} == {"fluorescence", "brightfield"}
     assert contributions.readers[0].accepts_directories and contributions.writers[0].filename_extensions == [".json"]
     for command in contributions.commands:  # every command points at something that exists
@@ -63,7 +64,8 @@ def test_manifest_and_sample_data_are_in_the_wheel(tmp_path):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, source / name)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "whl"), str(source)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "whl"), str(source)],
         capture_output=True, text=True, timeout=300,
     )
     assert build.returncode == 0, build.stderr
@@ -73,7 +75,8 @@ def test_manifest_and_sample_data_are_in_the_wheel(tmp_path):
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
         zf.extractall(tmp_path / "site")
     assert "napari_cellseg/napari.yaml" in names
-    shipped = {str(p.relative_to(SAMPLE_DATASET.parents[1]).as_posix()) for p in SAMPLE_DATASET.rglob("*") if p.is_file()}
+    root = SAMPLE_DATASET.parents[1]
+    shipped = {str(p.relative_to(root).as_posix()) for p in SAMPLE_DATASET.rglob("*") if p.is_file()}
     assert {f"napari_cellseg/{p}" for p in shipped} <= names and len(shipped) > 30
     assert "napari-cellseg = napari_cellseg:napari.yaml" in entry_points
     # npe2 reads the manifest of the unpacked wheel (not of the editable checkout)
@@ -84,7 +87,9 @@ def test_manifest_and_sample_data_are_in_the_wheel(tmp_path):
         "print(napari_cellseg.__file__); print(len(m.contributions.widgets))"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     module_file, widgets = out.stdout.split()
     assert Path(module_file).is_relative_to(tmp_path / "site") and widgets == "4"

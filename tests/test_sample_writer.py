@@ -25,7 +25,8 @@ def _image_and_labels(seed: int = 0):
 def test_saved_sample_reads_back_as_a_training_sample(tmp_path):
     image, labels = _image_and_labels()
     path = save_sample(image, labels, tmp_path / "corrected", "cells_01.tif")
-    assert path.name == "cells_01.tif" and sorted(p.name for p in path.iterdir()) == ["class1.tif", "class2.tif", "image.tif"]
+    assert path.name == "cells_01.tif"
+    assert sorted(p.name for p in path.iterdir()) == ["class1.tif", "class2.tif", "image.tif"]
     [sample] = find_samples(tmp_path / "corrected")
     back_image, back_labels = read_sample(sample)
     assert np.array_equal(back_image, image)

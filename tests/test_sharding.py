@@ -15,6 +15,7 @@ from napari_cellseg.cli import main
 from napari_cellseg.distributed import Context
 from napari_cellseg.model import ModelConfig, build_model
 from napari_cellseg.pipeline import ExportItem
+from napari_cellseg.progress import drain
 
 CONFIG = dict(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0, detections_per_img=10)
 
@@ -48,11 +49,7 @@ def _items(folder):
 
 
 def _run(events):
-    while True:
-        try:
-            next(events)
-        except StopIteration as stop:
-            return stop.value
+    return drain(events)
 
 
 def test_merge_interleaves_shards_in_item_order_and_copies_text(tmp_path):
@@ -63,7 +60,8 @@ def test_merge_interleaves_shards_in_item_order_and_copies_text(tmp_path):
     out = tmp_path / "out.json"
     assert sharding.merge_shards(out, items, [shard0, shard1]) == 4
     assert out.read_text() == (
-        '[{"image_id":7,"score":0.5},{"image_id":7,"score":1e-05},{"image_id":5,"x":[1, 2]},{"image_id":9,"score":0.25}]'
+        '[{"image_id":7,"score":0.5},{"image_id":7,"score":1e-05},'
+        '{"image_id":5,"x":[1, 2]},{"image_id":9,"score":0.25}]'
     )
 
 

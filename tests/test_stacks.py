@@ -13,6 +13,7 @@ from napari_cellseg.images import read_image
 from napari_cellseg.inference import predict
 from napari_cellseg.model import ModelConfig, build_model
 from napari_cellseg.postprocess import to_labels
+from napari_cellseg.progress import drain
 
 SHAPE = (40, 48)
 
@@ -71,13 +72,8 @@ def test_planes_are_segmented_alone_and_ids_are_unique_across_the_stack(tmp_path
     stack = stacks.read_stack(tmp_path / "movie.tif")
     steps = stacks.iter_predict_stack(model, stack)
     progress = []
-    while True:
-        try:
-            progress.append(next(steps))
-        except StopIteration as stop:
-            result = stop.value
-            break
-    assert progress == [(1, 3), (2, 3), (3, 3)]
+    result = drain(steps, progress.append)
+    assert [(p.done, p.total) for p in progress] == [(1, 3), (2, 3), (3, 3)]
     labels = stacks.to_stack_labels(result, 0.0, 0.3, classes=[1, 2])
     assert labels[1].shape == (3, *SHAPE) and labels[1].dtype == np.int32
     seen = [set(np.unique(labels[k][p])) - {0} for p in range(3) for k in (1, 2)]
@@ -107,7 +103,7 @@ def test_cancel_stops_between_planes(tmp_path, model):
         return len(calls) > 2  # before plane 1, during plane 1 (one tile), then stop
 
     steps = stacks.iter_predict_stack(model, stacks.read_stack(tmp_path / "movie.tif"), should_stop=stop)
-    assert next(steps) == (1, 3)
+    assert next(steps)[:2] == (1, 3)
     with pytest.raises(StopIteration) as stopped:
         next(steps)
     assert stopped.value.value is None

@@ -40,7 +40,8 @@ def test_an_object_seen_in_both_views_is_one_instance_with_averaged_mask_and_sco
 
 def test_objects_seen_in_one_view_only_keep_their_mask_at_half_the_score():
     a = RawInstances([[0, 0, 4, 4]], [0.8], [1], [np.full((4, 4), 255, np.uint8)], (10, 10))
-    b = RawInstances([[0, 0, 4, 4], [6, 6, 9, 9]], [0.6, 0.5], [2, 1], [np.ones((4, 4), np.uint8), np.ones((3, 3), np.uint8)],
+    b = RawInstances([[0, 0, 4, 4], [6, 6, 9, 9]], [0.6, 0.5], [2, 1],
+                     [np.ones((4, 4), np.uint8), np.ones((3, 3), np.uint8)],
                      (10, 10))  # same box as a but another class: not the same object
     m = merge_views(a, b)
     np.testing.assert_allclose(m.scores, [0.4, 0.3, 0.25])  # sorted by score

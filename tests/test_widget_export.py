@@ -95,7 +95,9 @@ def test_export_a_reviewed_folder_to_one_file(make_napari_viewer, tiny_dataset, 
     assert sorted((r["image_id"], r["category_id"], r["score"]) for r in results) == [
         (1, 1, pytest.approx(0.9)), (2, 1, 1.0)]
     coco_gt = COCO()
-    coco_gt.dataset = ground_truth([(1, "test_0.tif", {1: edited}), (2, "test_1.tif", {1: edited})], ["class1", "class2"])
+    coco_gt.dataset = ground_truth(
+        [(1, "test_0.tif", {1: edited}), (2, "test_1.tif", {1: edited})], ["class1", "class2"]
+    )
     coco_gt.createIndex()
     assert len(coco_gt.loadRes(str(tmp_path / "test-results.json")).anns) == 2
 

@@ -53,7 +53,9 @@ def test_sliders_rethreshold_from_the_cache_without_the_network(make_napari_view
     widget = shown_widget(viewer, Path("/data/test_release/a.tif"))
     monkeypatch.setattr(inference, "iter_predict", lambda *a, **k: pytest.fail("the network ran again"))
     class1, class2 = viewer.layers["class1 (a.tif)"], viewer.layers["class2 (a.tif)"]
-    assert class1.metadata["cellseg"] == {"source": "/data/test_release/a.tif", "class_id": 1, "class_name": "class1", "role": "prediction"}
+    assert class1.metadata["cellseg"] == {
+        "source": "/data/test_release/a.tif", "class_id": 1, "class_name": "class1", "role": "prediction"
+    }
     for score, mask in [(0.5, 0.6), (0.2, 0.6), (0.2, 0.2), (0.95, 0.2), (0.0, 0.0)]:
         widget.score.value, widget.mask.value = score, mask
         for k, layer in ((1, class1), (2, class2)):
@@ -70,7 +72,9 @@ def test_edits_are_never_silently_overwritten(make_napari_viewer, monkeypatch):
     class1, class2 = viewer.layers["class1 (image)"], viewer.layers["class2 (image)"]
     asked: list[list[str]] = []
     answer = {"discard": False}
-    monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names, text=None: asked.append(names) or answer["discard"])
+    monkeypatch.setattr(
+        _widget_segment, "ask_discard", lambda parent, names, text=None: asked.append(names) or answer["discard"]
+    )
 
     class1.paint((60, 75), 9, refresh=True)  # a new cell drawn by hand
     assert class1.data[60, 75] == 9 and widget.current.edited == {1}
@@ -148,7 +152,8 @@ def test_folder_run_and_review_keep_each_images_edits(make_napari_viewer, qtbot,
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     results = session_for(viewer).folder_results
     assert [r.name for r in results] == ["test_0.tif", "test_1.tif"]
-    assert viewer.layers["test_0.tif"].metadata["cellseg"]["source"] == str(tiny_dataset / "test_release" / "test_0.tif")
+    source = viewer.layers["test_0.tif"].metadata["cellseg"]["source"]
+    assert source == str(tiny_dataset / "test_release" / "test_0.tif")
     class1, new = viewer.layers["class1 (test_0.tif)"], len(results[0].raw) + 1
     class1.paint((2, 2), new)
     widget.review.value = 1

@@ -124,8 +124,12 @@ def _oom_step(*args, **kwargs):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
-@pytest.mark.parametrize(("step", "words"), [(_nan_step, ["nan", "learning rate"]), (_oom_step, ["out of memory", "batch size"])])
-def test_training_failures_are_notifications(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch, errors, step, words):
+@pytest.mark.parametrize(
+    ("step", "words"), [(_nan_step, ["nan", "learning rate"]), (_oom_step, ["out of memory", "batch size"])]
+)
+def test_training_failures_are_notifications(
+    make_napari_viewer, tiny_dataset, tmp_path, monkeypatch, errors, step, words
+):
     monkeypatch.setattr(engine, "_train_step", step)
     widget = quick(TrainWidget(make_napari_viewer()), tiny_dataset, tmp_path / "run")
     widget.synchronous = True
@@ -155,11 +159,15 @@ def _earlier_run(folder):
 
 
 @pytest.mark.parametrize("answer", ["cancel", "new", "replace"])
-def test_an_earlier_run_is_replaced_only_when_the_user_agrees(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch, answer):
+def test_an_earlier_run_is_replaced_only_when_the_user_agrees(
+    make_napari_viewer, tiny_dataset, tmp_path, monkeypatch, answer
+):
     fake = _FakeTrain()
     asked = []
     monkeypatch.setattr(_widget_train, "train", fake)
-    monkeypatch.setattr(_widget_train, "ask_replace", lambda parent, folder, files, new: asked.append((folder, files, new)) or answer)
+    monkeypatch.setattr(
+        _widget_train, "ask_replace", lambda parent, folder, files, new: asked.append((folder, files, new)) or answer
+    )
     run = _earlier_run(tmp_path / "run")
     widget = quick(TrainWidget(make_napari_viewer()), tiny_dataset, run)
     widget.synchronous = True
@@ -175,7 +183,9 @@ def test_an_earlier_run_is_replaced_only_when_the_user_agrees(make_napari_viewer
     assert (run / "last.pt").read_bytes() == b"earlier model"  # nothing touched it before the engine runs
 
 
-def test_no_question_for_a_fresh_folder_or_resuming_its_own_checkpoint(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch):
+def test_no_question_for_a_fresh_folder_or_resuming_its_own_checkpoint(
+    make_napari_viewer, tiny_dataset, tmp_path, monkeypatch
+):
     fake = _FakeTrain()
     monkeypatch.setattr(_widget_train, "train", fake)
     monkeypatch.setattr(_widget_train, "ask_replace", lambda *a: pytest.fail("asked without reason"))
@@ -188,7 +198,9 @@ def test_no_question_for_a_fresh_folder_or_resuming_its_own_checkpoint(make_napa
     assert [c.overwrite for c in fake.configs] == [False, True]
 
 
-def test_status_is_reset_at_each_start_and_speaks_the_guis_words(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch):
+def test_status_is_reset_at_each_start_and_speaks_the_guis_words(
+    make_napari_viewer, tiny_dataset, tmp_path, monkeypatch
+):
     note = "AMP off: this CPU has no native bf16 units, fp32 is faster here (use --amp to force bf16)"
     seen = []
 

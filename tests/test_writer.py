@@ -32,7 +32,9 @@ def test_scores_come_from_features_per_class(tiny_dataset, tmp_path):
     class1, class2 = np.zeros((64, 80), np.int32), np.zeros((64, 80), np.int32)
     class1[0:5, 0:5], class1[10:20, 10:20] = 1, 2
     class2[30:40, 30:40] = 2  # id 2 is a model cell in class 1 but drawn by hand in class 2
-    meta1 = labels_layer_kwargs(1, "class1", source=source, role=PREDICTION, ids=np.array([1, 2]), scores={1: 0.7, 2: 0.4})
+    meta1 = labels_layer_kwargs(
+        1, "class1", source=source, role=PREDICTION, ids=np.array([1, 2]), scores={1: 0.7, 2: 0.4}
+    )
     meta2 = labels_layer_kwargs(2, "class2", source=source, role=PREDICTION, ids=np.array([]), scores={})
     out = tmp_path / "test-results.json"
     write_coco_results(str(out), [(class1, meta1, "labels"), (class2, meta2, "labels")])
@@ -65,11 +67,11 @@ def test_layer_ids_beyond_int32_are_refused_not_wrapped():
     import pytest
 
     from napari_cellseg._writer import group_layers
-    from napari_cellseg.errors import DatasetError
+    from napari_cellseg.errors import LayerError
 
     data = np.zeros((16, 16), np.uint64)
     data[2:6, 2:6] = 2**32 + 1  # int32 makes this 1
-    with pytest.raises(DatasetError, match="cell id 4294967297"):
+    with pytest.raises(LayerError, match="cell id 4294967297"):
         group_layers([("class1", data, {}, None)])
     data[2:6, 2:6] = 2**31 - 1
     (group,) = group_layers([("class1", data, {}, None)])

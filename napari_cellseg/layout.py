@@ -1,0 +1,94 @@
+"""The HW3 dataset layout and its image-id rules, in one place so the reader, the writer, export,
+training and the GUI agree on them.
+
+A dataset root holds ``train/<sample>/image.tif`` with optional ``classK.tif`` masks (K = 1, 2, ...),
+optionally ``val/`` likewise, and ``test_release/*.tif`` with ``test_image_name_to_ids.json``, which
+gives each test image its id. A folder of samples without a mapping file numbers its samples
+1..n in name order. Standard library only: the slider path and the reader import it cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DatasetError
+
+IMAGE_NAME = "image.tif"
+"""A sample folder's image."""
+TEST_FOLDER = "test_release"
+"""The test images of a HW3 root."""
+MAPPING_NAME = "test_image_name_to_ids.json"
+"""Test image file name -> submission id, height and width; lives in the HW3 root."""
+IMAGE_SUFFIXES = (".tif", ".tiff")
+CLASS_FILE = re.compile(r"^class(\d+)\.tiff?$", re.IGNORECASE)
+"""A sample's mask file of class K (``class1.tif``, ``class2.tiff``, ...)."""
+
+
+def class_name(class_id: int) -> str:
+    """The name of class ``class_id`` where nothing better is known (``class1``, ...): the name of
+    its mask file, of its Labels layer and of its COCO category."""
+    return f"class{int(class_id)}"
+
+
+def class_file(class_id: int) -> str:
+    """The mask file name of class ``class_id`` in a sample folder."""
+    return class_name(class_id) + ".tif"
+
+
+def default_class_names(count: int) -> list[str]:
+    """Default names of classes 1..count, as a dataset without names calls them."""
+    return [class_name(k) for k in range(1, int(count) + 1)]
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The TIFF images directly inside ``folder`` (such as ``test_release/``), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"no .tif images in {folder}")
+    return files
+
+
+def is_sample_image(path: str | Path) -> bool:
+    """Whether ``path`` is the image of a sample folder (``<sample>/image.tif``)."""
+    return Path(path).name.lower() == IMAGE_NAME
+
+
+@dataclass(frozen=True)
+class ExportItem:
+    """One image to export: its submission id, name (file name in the mapping), path, expected size;
+    ``plane`` picks one plane of a stack (then ``name`` is ``<file>#<plane>``, see ``stacks``)."""
+
+    image_id: int
+    name: str
+    path: Path
+    shape: tuple[int, int] | None = None
+    plane: int | None = None
+
+
+def sample_image_id(sample_names: Sequence[str], name: str) -> int:
+    """The image id of sample ``name`` in a folder of samples (no mapping file there): its place
+    1..n in name order, as ``data.find_samples`` lists them and ``pipeline.sample_items`` numbers them."""
+    return sorted(sample_names).index(name) + 1
+
+
+def image_name(path: str | Path) -> str:
+    """The name an image goes by: a sample's image by its folder's name, any other file by its own."""
+    path = Path(path)
+    return path.parent.name if is_sample_image(path) else path.name
+
+
+def find_mapping(start: str | Path) -> Path | None:
+    """``test_image_name_to_ids.json`` next to ``start`` or up to two folders up (a test image in
+    ``<root>/test_release/`` finds ``<root>/test_image_name_to_ids.json``)."""
+    start = Path(start)
+    folder = start if start.is_dir() else start.parent
+    for candidate in (folder, folder.parent, folder.parent.parent):
+        if (candidate / MAPPING_NAME).is_file():
+            return candidate / MAPPING_NAME
+    return None
