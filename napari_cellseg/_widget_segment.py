@@ -1,15 +1,13 @@
-"""Segment widget: run a checkpoint on an image layer or a folder, then threshold live.
-
-Where things go, in one hop:
-- Run -> ``_segment_jobs.predict_events`` (worker) -> ``_show``: the image gets one set of Labels
-  layers (one per class) named after it (``Shown``); a re-run on the same image replaces them.
+"""Segment widget: run a model (built-in or a checkpoint) on an image layer or a folder, then
+threshold live. Where things go, in one hop:
+- Run -> ``_segment_jobs.predict_events`` (worker) -> ``_show``: one set of Labels layers per image
+  (one per class, named after it: ``Shown``); a re-run replaces them.
 - Sliders -> ``_slider_moved`` (a drag is throttled by a timer: stale values are dropped)
   -> ``_rethreshold`` -> ``postprocess.to_labels`` on the cached raw result -> the layers.
-- Hand edits mark a layer edited; the next slider move asks (``ask_discard``) before redrawing
-  it. Cells drawn by hand get score 1.0; the model's cells keep their score.
-- Segment folder -> ``folder_events`` -> one ``ImageResult`` per image in the session; the review
-  box (choices read from the session, so layer changes never empty it) steps through them on one
-  image layer and one set of class layers; edits stay with their image until exported.
+- Hand edits: the next slider move asks first (``ask_discard``); cells drawn by hand score 1.0.
+- Segment folder -> ``folder_events`` -> one ``ImageResult`` per image in the session; the review box
+  (choices read from the session: layer changes never empty it) steps through them on one image
+  layer and one set of class layers; edits stay with their image until exported.
 """
 
 from __future__ import annotations

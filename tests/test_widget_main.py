@@ -34,7 +34,8 @@ def test_the_main_dock_fits_a_laptop_screen(laptop, qtbot):
     viewer, dock, main = laptop
     window = viewer.window._qt_window
     assert isinstance(main, CellsegWidget)
-    assert [main.tabs.tabText(i) for i in range(main.tabs.count())] == ["Train", "Segment", "Review && Export", "Fine-tune"]
+    titles = [main.tabs.tabText(i) for i in range(main.tabs.count())]
+    assert titles == ["Train", "Segment", "Review && Export", "Fine-tune"]
     hint = window.minimumSizeHint()
     assert hint.width() <= SCREEN[0] and hint.height() <= SCREEN[1]  # was 608 x 1535 with three docks
     assert (window.width(), window.height()) == SCREEN
