@@ -14,6 +14,13 @@ resume=()
 napari-cellseg train "$work/data" --out "$work/run" --arch resnet18 --crop-size 256 --batch-size 4 --lr 6e-4 \
     --epochs 200 --time-limit "$minutes" --val-limit 20 --val-every 4 --detections 500 --roi-samples 128 \
     --augment strong --workers 1 "${resume[@]}"
-# Pack the last weights (not the best on val: val is the test set) into the package, int8.
-python scripts/pack_model.py "$work/run/last.pt" napari_cellseg/weights/nuclei.pt --class-name nucleus --description "Nuclei in fluorescence and stained (brightfield, H&E) microscopy, one class" \
-    --trained-on "DSB2018 stage1_train (train/ split, 473 images), CC0"
+# Pack the last weights (not the best on val: val is the test set) into the package, int8; measure the
+# packed model on val/ and pack again with the figures in its card (what `napari-cellseg models` shows).
+pack() {
+    python scripts/pack_model.py "$work/run/last.pt" napari_cellseg/weights/nuclei.pt --class-name nucleus \
+        --description "Nuclei in fluorescence and stained (brightfield, H&E) microscopy, one class" \
+        --trained-on "DSB2018 stage1_train (train/ split, 473 images), CC0" "$@"
+}
+pack
+(cd benchmarks && python bench_nuclei.py --model nuclei --val "$src/val" --threads 1 --json "$work/val.json")
+pack --metrics "$work/val.json"
