@@ -213,6 +213,23 @@ def load_model(checkpoint: str | None, arch: str, seed: int = 0, score_thresh: f
     return model
 
 
+def synthetic_raw(shape: tuple[int, int], n: int, seed: int = 0, side: tuple[int, int] = (12, 60)):
+    """``n`` cell-like instances (blob probabilities in boxes of ``side`` px) at random places."""
+    from napari_cellseg.raw import RawInstances
+
+    rng = np.random.default_rng(seed)
+    boxes, masks = [], []
+    for _ in range(n):
+        h, w = rng.integers(side[0], side[1] + 1, 2)
+        y0, x0 = rng.integers(0, shape[0] - h), rng.integers(0, shape[1] - w)
+        yy, xx = np.mgrid[:h, :w]
+        d = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2
+        masks.append(np.clip(255 * (1.2 - d), 0, 255).astype(np.uint8))
+        boxes.append((x0, y0, x0 + w, y0 + h))
+    scores = np.sort(rng.uniform(0, 1, n))[::-1]
+    return RawInstances(np.array(boxes), scores, rng.integers(1, 3, n), masks, shape)
+
+
 def dump_summary(name: str, summary: dict[str, Any]) -> None:
     """The one JSON line each script ends with (for BENCHMARKS.md and the lead's GPU run)."""
     print(json.dumps({"benchmark": name, **summary}, default=float))

@@ -62,6 +62,34 @@ def fine_tune(data: Path, init: str, out: Path, args) -> tuple[Path, int, float]
     return done.last, steps, time.perf_counter() - tick
 
 
+def plot(rows: list[dict], out: str) -> None:
+    """AP50 on the held-out stained images against the number of corrected images, one line per
+    start model and budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    shipped = [r["AP50"] for r in rows if r["n"] == 0]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["n"] > 0:
+            budget = f"{r['steps']} steps" if r["steps"] < 1000 else "time"
+            groups.setdefault(f"from {r['init']}, {budget}", []).append(r)
+    for label, group in groups.items():
+        group = sorted(group, key=lambda r: r["n"])
+        ax.plot([r["n"] for r in group], [r["AP50"] for r in group], "o-", label=label)
+    if shipped:
+        ax.axhline(shipped[0], color="grey", linestyle="--", label="nuclei as shipped")
+    ax.set_xlabel("corrected stained images (N)")
+    ax.set_ylabel("AP50, 18 stained val images")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default=str(DEFAULT_DATA))
@@ -74,7 +102,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, help="score on the first N stained val images only (a quick check)")
     p.add_argument("--json", help="write the table here")
+    p.add_argument("--plot", nargs="+", metavar="JSON", help="only plot AP50 vs N from earlier --json files (to --out)")
+    p.add_argument("--out", default="finetune_ap50.png")
     args = p.parse_args()
+    if args.plot:
+        plot([row for path in args.plot for row in json.loads(Path(path).read_text())], args.out)
+        return
     if (args.steps is None) == (args.minutes is None):
         p.error("give --steps or --minutes")
     torch.set_num_threads(args.threads)

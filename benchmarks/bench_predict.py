@@ -124,21 +124,6 @@ def rethreshold(raw: RawInstances, calls: int) -> dict:
     }
 
 
-def synthetic_raw(shape: tuple[int, int], n: int, seed: int = 0, side: tuple[int, int] = (12, 60)) -> RawInstances:
-    """``n`` cell-like instances (blob probabilities in boxes of ``side`` px) at random places."""
-    rng = np.random.default_rng(seed)
-    boxes, masks = [], []
-    for _ in range(n):
-        h, w = rng.integers(side[0], side[1] + 1, 2)
-        y0, x0 = rng.integers(0, shape[0] - h), rng.integers(0, shape[1] - w)
-        yy, xx = np.mgrid[:h, :w]
-        d = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2
-        masks.append(np.clip(255 * (1.2 - d), 0, 255).astype(np.uint8))
-        boxes.append((x0, y0, x0 + w, y0 + h))
-    scores = np.sort(rng.uniform(0, 1, n))[::-1]
-    return RawInstances(np.array(boxes), scores, rng.integers(1, 3, n), masks, shape)
-
-
 def rethreshold_report(label: str, raw: RawInstances, calls: int) -> dict:
     res = rethreshold(raw, calls)
     print(
@@ -248,7 +233,7 @@ def rethreshold_part(args, summary: dict) -> None:
     summary["rethreshold_1000"] = {
         "network": rethreshold_report(f"{shape[0]}x{shape[1]} (network output)", raw, args.calls),
         "synthetic": rethreshold_report(
-            f"{shape[0]}x{shape[1]} (synthetic cells 12-60 px)", synthetic_raw(shape, n300), args.calls
+            f"{shape[0]}x{shape[1]} (synthetic cells 12-60 px)", C.synthetic_raw(shape, n300), args.calls
         ),
     }
     with torch.no_grad():
@@ -270,7 +255,7 @@ def large_part(args, summary: dict) -> None:
     big_model = C.random_model(args.arch, score_thresh=0.0, detections=cap)
     summary["large"] = large_image(big_model, C.mosaic(args.data, big), n_target, cap, args.large_repeats, args.calls)
     summary["large"]["rethreshold_synthetic"] = rethreshold_report(
-        f"{big[0]}x{big[1]} (synthetic cells 12-60 px)", synthetic_raw(big, n_target), args.calls
+        f"{big[0]}x{big[1]} (synthetic cells 12-60 px)", C.synthetic_raw(big, n_target), args.calls
     )
 
 

@@ -2,7 +2,7 @@
 
 Run by hand under a display (``xvfb-run -s "-screen 0 1366x768x24" python benchmarks/bench_slider.py``):
 napari's window at 1366 x 768 with the Segment dock, a 1000 x 1000 image with 300 synthetic cell
-instances (12-60 px blobs, as ``bench_predict.synthetic_raw``), two classes. Each step moves the
+instances (12-60 px blobs, as ``_common.synthetic_raw``), two classes. Each step moves the
 confidence slider to a new value and times
 
 - ``set``: from ``slider.value = v`` to the layers holding the new labels (the widget's work:
@@ -27,22 +27,8 @@ import time
 
 import numpy as np
 
-
-def synthetic_raw(shape: tuple[int, int], n: int, seed: int = 0):
-    """``n`` cell-like instances (blob probabilities in 12-60 px boxes) at random places."""
-    from napari_cellseg.inference import RawInstances
-
-    rng = np.random.default_rng(seed)
-    boxes, masks = [], []
-    for _ in range(n):
-        h, w = rng.integers(12, 61, 2)
-        y0, x0 = rng.integers(0, shape[0] - h), rng.integers(0, shape[1] - w)
-        yy, xx = np.mgrid[:h, :w]
-        d = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2
-        masks.append(np.clip(255 * (1.2 - d), 0, 255).astype(np.uint8))
-        boxes.append((x0, y0, x0 + w, y0 + h))
-    scores = np.sort(rng.uniform(0, 1, n))[::-1]
-    return RawInstances(np.array(boxes), scores, rng.integers(1, 3, n), masks, shape)
+import _common  # noqa: F401  (puts the repository on sys.path)
+from _common import synthetic_raw
 
 
 def main() -> None:

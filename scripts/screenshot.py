@@ -4,9 +4,10 @@ Run under a virtual display of a laptop's size with real rendering (xcb, not off
 
     xvfb-run -a -s "-screen 0 1366x768x24" python scripts/screenshot.py [--checkpoint runs/x/best.pt] [--tabs DIR]
 
-It first trains the light model for a few steps on the shipped sample data through the Train
-widget (live plot, checkpoint handed to the Segment widget). Such a model segments poorly; give
-a better one with --checkpoint to segment with it instead (--steps 0 skips the training).
+It segments a sample image with the built-in ``nuclei`` model (the Segment tab's first choice);
+``--checkpoint`` segments with another model, ``--steps N`` first trains the light model for N steps
+through the Train tab (live plot). ``--finetune DIR`` then shoots the human-in-the-loop steps: a
+corrected image added to a training set, fine-tuning in the Train tab, the image segmented again.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a trained model (.pt); default: train a few steps now")
     parser.add_argument("--out", default="docs/screenshot.png")
-    parser.add_argument("--steps", type=int, default=30, help="steps of the quick training shown in the Train widget")
+    parser.add_argument("--steps", type=int, default=0, help="first train this many steps in the Train tab")
     parser.add_argument("--sample", default="fluorescence", choices=["fluorescence", "brightfield"])
     parser.add_argument("--score", type=float, default=0.5, help="confidence slider value to show")
     parser.add_argument("--tabs", help="also save one screenshot per tab (and the light theme) in this folder")
     parser.add_argument("--size", default="1366x768", help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--finetune", help="also shoot the correct, add, fine-tune, re-segment loop into this folder")
     args = parser.parse_args(argv)
 
     import napari
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance()
 
     train.dataset.value = SAMPLE_DATASET
-    if args.steps > 0 or not args.checkpoint:
+    if args.steps > 0:
         train.out_dir.value = Path(tempfile.mkdtemp(prefix="cellseg-screenshot-"))
         train.arch.value, train.epochs.value, train.max_steps.value = "resnet18", 1000, max(1, args.steps)
         train.batch_size.value, train.crop_size.value, train.val_limit.value = 2, 128, 1
@@ -109,8 +111,38 @@ def main(argv: list[str] | None = None) -> int:
         settle()
         viewer.screenshot(str(folder / "train-plot-light.png"), canvas_only=False, flash=False)
         print(f"saved {folder / 'train-plot-light.png'}")
+    if args.finetune:
+        shoot_finetune(viewer, main, Path(args.finetune), settle)
     viewer.close()
     return 0
+
+
+def shoot_finetune(viewer, main, folder: Path, settle) -> None:
+    """The Fine-tune tab's loop as a user goes through it, one screenshot a step."""
+    from napari_cellseg import _widget_segment
+
+    folder.mkdir(parents=True, exist_ok=True)
+    viewer.theme = "dark"
+    segment, tune = main.segment, main.finetune
+    layer = segment.current.layers[1]
+    corrected = layer.data.copy()
+    corrected[corrected == corrected.max()] = 0  # the user deletes a doubtful cell ...
+    layer.data = corrected
+    tune.folder.value = Path(tempfile.mkdtemp(prefix="cellseg-corrected-"))
+    tune.steps.value = 20
+    tune.add_button.clicked()
+    main.show_tab("Fine-tune")
+    settle()
+    viewer.screenshot(str(folder / "1-added.png"), canvas_only=False, flash=False)
+    _widget_segment.ask_discard = lambda *a, **k: True  # the re-run replaces the saved, corrected layers
+    tune.fine_tune()  # the Train tab runs it (synchronously here), then Segment segments again
+    main.show_tab("Train")
+    settle()
+    viewer.screenshot(str(folder / "2-fine-tuned.png"), canvas_only=False, flash=False)
+    main.show_tab("Fine-tune")
+    settle()
+    viewer.screenshot(str(folder / "3-resegmented.png"), canvas_only=False, flash=False)
+    print(f"saved {folder}/1-added.png, 2-fine-tuned.png, 3-resegmented.png ({tune.status.value})")
 
 
 if __name__ == "__main__":
