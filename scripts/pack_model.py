@@ -21,11 +21,14 @@ from napari_cellseg.packing import pack_state_dict
 
 def card_metrics(measured: dict) -> dict:
     """``benchmarks/bench_nuclei.py --json`` output as the card's labelled figures."""
-    labels = {"all": "DSB2018 val, all {n} images (class-agnostic)", "fluorescence": "DSB2018 val, {n} fluorescence images",
+    labels = {"all": "DSB2018 val, all {n} images (class-agnostic)",
+              "fluorescence": "DSB2018 val, {n} fluorescence images",
               "stained": "DSB2018 val, {n} stained images"}
     card = {labels[k].format(n=v["images"]): v for k, v in measured.items() if k in labels}
-    card["evaluation"] = (f"COCO mask AP, scores >= 0.05, up to 1000 detections per image, mask threshold "
-                          f"{measured['mask_thresh']}; TP/(TP+FP+FN) at IoU 0.5 for scores >= 0.5 (benchmarks/bench_nuclei.py)")
+    card["evaluation"] = (
+        f"COCO mask AP, scores >= 0.05, up to 1000 detections per image, mask threshold {measured['mask_thresh']}; "
+        "TP/(TP+FP+FN) at IoU 0.5 for scores >= 0.5 (benchmarks/bench_nuclei.py)"
+    )
     card["seconds_per_image_cpu"] = round(measured["seconds_per_image"], 2)
     return card
 
