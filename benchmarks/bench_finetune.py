@@ -76,7 +76,8 @@ def plot(rows: list[dict], out: str) -> None:
     for r in rows:
         if r["n"] > 0:
             budget = f"{r['steps']} steps" if r["steps"] < 1000 else "time"
-            groups.setdefault(f"from {r['init']}, {budget}", []).append(r)
+            start = "random weights" if r["init"] == "none" else r["init"]
+            groups.setdefault(f"from {start}, {budget}", []).append(r)
     for label, group in groups.items():
         group = sorted(group, key=lambda r: r["n"])
         ax.plot([r["n"] for r in group], [r["AP50"] for r in group], "o-", label=label)
