@@ -22,6 +22,7 @@ from ._gui_session import path_or_none, short_path
 from ._segment_jobs import CHECKPOINT_FILE, model_file
 from ._tooltips import FINETUNE as TIPS
 from .images import to_rgb_uint8
+from .layout import image_name
 from .sample_writer import SampleExistsError, count_samples, save_sample
 
 
@@ -85,7 +86,7 @@ class FineTuneWidget(Container):
             data = shown.image.data[0] if shown.image.multiscale else shown.image.data
             image = to_rgb_uint8(np.asarray(data))
             labels = {k: np.asarray(layer.data) for k, layer in shown.live(self.viewer).items()}
-            name = Path(shown.result.path).stem if shown.result.path else shown.image.name
+            name = Path(image_name(shown.result.path)).stem if shown.result.path else shown.image.name
             try:
                 path = save_sample(image, labels, folder, name)
             except SampleExistsError:

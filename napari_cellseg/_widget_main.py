@@ -1,4 +1,4 @@
-"""One dock for the whole plugin: Train, Segment, Review & Export and Fine-tune as tabs.
+"""One dock for the whole plugin: Train, Segment, Export and Fine-tune as tabs.
 
 Three separate docks stacked on the right needed a window about 1535 px tall and long file names
 widened them until the image canvas had under a third of the window. Here the three widgets share
@@ -40,7 +40,7 @@ def scrollable(widget: QWidget) -> QScrollArea:
 
 
 class CellsegWidget(QWidget):
-    """Dock widget: the Train, Segment and Review & Export widgets as tabs of one narrow dock."""
+    """Dock widget: the Train, Segment, Export and Fine-tune widgets as tabs of one narrow dock."""
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -50,7 +50,7 @@ class CellsegWidget(QWidget):
         self.export = ExportWidget(napari_viewer)
         self.finetune = FineTuneWidget(napari_viewer, self.segment, self.train, self.show_tab)
         self.tabs = QTabWidget()
-        tabs = (("Train", self.train), ("Segment", self.segment), ("Review && Export", self.export),
+        tabs = (("Train", self.train), ("Segment", self.segment), ("Export", self.export),
                 ("Fine-tune", self.finetune))
         for title, widget in tabs:
             _gui_session.keep_narrow(widget)
@@ -67,6 +67,6 @@ class CellsegWidget(QWidget):
         return QSize(min(DOCK_WIDTH, super().minimumSizeHint().width()), 200)
 
     def show_tab(self, title: str) -> None:
-        """Bring the tab called ``title`` (Train, Segment, Review & Export, Fine-tune) to the front."""
+        """Bring the tab called ``title`` (Train, Segment, Export, Fine-tune) to the front."""
         titles = [self.tabs.tabText(i).replace("&&", "&") for i in range(self.tabs.count())]
         self.tabs.setCurrentIndex(titles.index(title))

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tabs:
         folder = Path(args.tabs)
         folder.mkdir(parents=True, exist_ok=True)
-        shots = [("Train", "dark"), ("Segment", "dark"), ("Review & Export", "dark"), ("Train", "light")]
+        shots = [("Train", "dark"), ("Segment", "dark"), ("Export", "dark"), ("Train", "light")]
         for tab, theme in shots:
             viewer.theme = theme
             main.show_tab(tab)

@@ -35,7 +35,7 @@ def test_the_main_dock_fits_a_laptop_screen(laptop, qtbot):
     window = viewer.window._qt_window
     assert isinstance(main, CellsegWidget)
     titles = [main.tabs.tabText(i) for i in range(main.tabs.count())]
-    assert titles == ["Train", "Segment", "Review && Export", "Fine-tune"]
+    assert titles == ["Train", "Segment", "Export", "Fine-tune"]
     hint = window.minimumSizeHint()
     assert hint.width() <= SCREEN[0] and hint.height() <= SCREEN[1]  # was 608 x 1535 with three docks
     assert (window.width(), window.height()) == SCREEN
@@ -47,7 +47,7 @@ def test_the_main_dock_fits_a_laptop_screen(laptop, qtbot):
         # each tab fits the dock's height: what does not fit scrolls, nothing is cut off below the screen
         assert widget.native.isVisible() and area.height() <= dock.height() <= SCREEN[1]
         assert area.viewport().width() >= widget.native.minimumSizeHint().width()
-    main.show_tab("Review & Export")
+    main.show_tab("Export")
     assert main.tabs.currentWidget().widget().isAncestorOf(main.export.native)
     # long names (a layer, a path) leave the canvas its half
     viewer.add_image(np.zeros((8, 8)), name="a_very_long_image_name_from_the_microscope_" * 4)
