@@ -1,7 +1,7 @@
 """Built-in models: every ``weights/<name>.pt`` in the package is a model usable by its name.
 
 A name is accepted wherever a checkpoint path is (``load_model("nuclei")``, ``predict nuclei ...``,
-``train --init nuclei``): a path to an existing file always wins over a name, so a user's own
+``train --init nuclei``): a path to an existing file always wins over a name (a folder does not), so a user's own
 ``nuclei`` checkpoint file is never shadowed. Built-in files are packed (``packing.py``) and carry
 a model card: what they were trained on and their measured accuracy.
 """
@@ -33,7 +33,7 @@ def builtin_models() -> dict[str, BuiltinModel]:
 def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
     """The file behind a checkpoint path or a built-in model's name (an existing file wins)."""
     path = Path(path_or_name)
-    if path.exists():
+    if path.is_file():  # a folder called "nuclei" (a dataset, say) does not hide the model
         return path
     model = builtin_models().get(str(path_or_name))
     return model.path if model is not None else path
@@ -41,7 +41,7 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
 
 def is_builtin(path_or_name: str | os.PathLike) -> bool:
     """True when ``path_or_name`` names a built-in model (and no file of that name exists)."""
-    return not Path(path_or_name).exists() and str(path_or_name) in builtin_models()
+    return not Path(path_or_name).is_file() and str(path_or_name) in builtin_models()
 
 
 __all__ = ["DEFAULT_MODEL", "BuiltinModel", "builtin_models", "resolve_checkpoint", "is_builtin"]

@@ -63,6 +63,12 @@ def test_an_existing_file_wins_over_a_builtin_name(tmp_path, monkeypatch):
         load_model("nuclei")
 
 
+def test_a_folder_of_that_name_does_not_hide_the_builtin_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("nuclei").mkdir()  # e.g. the user's dataset folder
+    assert is_builtin("nuclei") and load_model("nuclei")[1].class_names == ["nucleus"]
+
+
 def test_unknown_name_lists_the_builtin_models():
     with pytest.raises(CheckpointError, match="built-in models: nuclei"):
         load_model("no-such-model")
