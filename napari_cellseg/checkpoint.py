@@ -171,25 +171,13 @@ def init_model(source: str | Path, class_names: list[str], **changes: Any) -> tu
     the model, its config and whether the heads were re-made. Unlike resuming, no schedule or
     optimizer state is carried over: this starts a new run.
     """
-    ckpt = load_checkpoint(source)
-    try:
-        old = ModelConfig.from_dict(ckpt["config"])
-        state = model_weights(ckpt)
-    except KeyError as exc:
-        raise CheckpointError(f"{source} is incomplete: it has no {exc.args[0]!r} entry") from None
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source} does not fit its model configuration: {exc}") from None
+    kept, old = model_from_checkpoint(load_checkpoint(source), source)  # validated, weights loaded
     config = ModelConfig.from_dict({**old.to_dict(), **changes, "class_names": list(class_names)})
     model = build_model(config)
     remake = len(old.class_names) != len(class_names)
+    state = kept.state_dict()
     if remake:
         state = {k: v for k, v in state.items() if not k.startswith(CLASS_SPECIFIC)}
-    expected = model.state_dict()
-    if remake:
-        expected = {k: v for k, v in expected.items() if not k.startswith(CLASS_SPECIFIC)}
-    mismatch = _weights_mismatch(expected, state)
-    if mismatch:
-        raise CheckpointError(f"{source} does not fit its model configuration: {mismatch}")
     model.load_state_dict(state, strict=not remake)
     return model, config, remake
 

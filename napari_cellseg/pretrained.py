@@ -39,9 +39,4 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
     return model.path if model is not None else path
 
 
-def is_builtin(path_or_name: str | os.PathLike) -> bool:
-    """True when ``path_or_name`` names a built-in model (and no file of that name exists)."""
-    return not Path(path_or_name).is_file() and str(path_or_name) in builtin_models()
-
-
-__all__ = ["DEFAULT_MODEL", "BuiltinModel", "builtin_models", "resolve_checkpoint", "is_builtin"]
+__all__ = ["DEFAULT_MODEL", "BuiltinModel", "builtin_models", "resolve_checkpoint"]

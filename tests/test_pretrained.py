@@ -19,7 +19,7 @@ from napari_cellseg.errors import CheckpointError
 from napari_cellseg.images import read_image
 from napari_cellseg.inference import predict
 from napari_cellseg.model import ModelConfig, build_model
-from napari_cellseg.pretrained import DEFAULT_MODEL, WEIGHTS_DIR, builtin_models, is_builtin, resolve_checkpoint
+from napari_cellseg.pretrained import DEFAULT_MODEL, WEIGHTS_DIR, builtin_models, resolve_checkpoint
 from napari_cellseg.sample_data import SAMPLE_DATASET
 
 BUDGET = 25 * 10**6
@@ -56,9 +56,9 @@ def _count_instances(sample: Path) -> int:
 
 def test_an_existing_file_wins_over_a_builtin_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert is_builtin("nuclei") and resolve_checkpoint("nuclei") == builtin_models()["nuclei"].path
+    assert resolve_checkpoint("nuclei") == builtin_models()["nuclei"].path
     Path("nuclei").write_bytes(b"not a checkpoint")
-    assert not is_builtin("nuclei") and resolve_checkpoint("nuclei") == Path("nuclei")
+    assert resolve_checkpoint("nuclei") == Path("nuclei")
     with pytest.raises(CheckpointError, match="damaged|not a PyTorch"):
         load_model("nuclei")
 
@@ -66,7 +66,8 @@ def test_an_existing_file_wins_over_a_builtin_name(tmp_path, monkeypatch):
 def test_a_folder_of_that_name_does_not_hide_the_builtin_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("nuclei").mkdir()  # e.g. the user's dataset folder
-    assert is_builtin("nuclei") and load_model("nuclei")[1].class_names == ["nucleus"]
+    assert resolve_checkpoint("nuclei") == builtin_models()["nuclei"].path
+    assert load_model("nuclei")[1].class_names == ["nucleus"]
 
 
 def test_unknown_name_lists_the_builtin_models():
