@@ -125,6 +125,32 @@ class ColorJitter:
         return f"ColorJitter({self.brightness}, {self.contrast}, {self.saturation})"
 
 
+class RandomStain:
+    """Sometimes re-stain the image: mix its colour channels and bend each channel's tone curve.
+
+    Stained and H&E nuclei differ between labs by the dyes' hue and strength far more than
+    ``ColorJitter``'s mild factors cover; a random near-identity 3 x 3 channel mix (``mix``) and a
+    per-channel gamma in ``[1 / (1 + gamma), 1 + gamma]`` reproduce that spread. Grey images are only
+    tinted, never turned into noise. Labels are unchanged.
+    """
+
+    def __init__(self, p: float = 0.5, mix: float = 0.25, gamma: float = 0.4) -> None:
+        self.p, self.mix, self.gamma = float(p), float(mix), float(gamma)
+
+    def __call__(self, image: np.ndarray, labels: Labels, rng: np.random.Generator) -> tuple[np.ndarray, Labels]:
+        on = rng.random() < self.p
+        matrix = np.eye(3, dtype=np.float32) + rng.uniform(-self.mix, self.mix, (3, 3)).astype(np.float32)
+        gammas = np.exp(rng.uniform(-1, 1, 3) * math.log1p(self.gamma)).astype(np.float32)  # drawn either way
+        if not on:
+            return image, labels
+        matrix /= matrix.sum(axis=1, keepdims=True)  # each output channel keeps the input's brightness
+        pixels = np.clip(image.astype(np.float32) @ matrix.T / 255.0, 0.0, 1.0) ** gammas
+        return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8), labels
+
+    def __repr__(self) -> str:
+        return f"RandomStain({self.p}, mix={self.mix}, gamma={self.gamma})"
+
+
 class RandomGreyInvert:
     """Sometimes grey, sometimes inverted: stained nuclei (dark on light) then look like fluorescence
     (bright on dark) and the reverse, so one model learns nuclei rather than one microscope's look."""
@@ -149,11 +175,11 @@ def train_augment(crop_size: int = 512, strong: bool = False) -> Augment:
     """The training preset: scale crop to ``crop_size``, flips, 90-degree turns, mild colour jitter.
 
     ``strong`` (the built-in model's recipe, and fine-tuning on a few images) zooms 0.5-2x and
-    adds grey and inverted images.
+    adds re-stained, grey and inverted images.
     """
     if strong:
         return Compose([RandomScaleCrop(crop_size, (0.5, 2.0)), RandomFlip(), RandomRot90(), ColorJitter(),
-                        RandomGreyInvert()])
+                        RandomStain(), RandomGreyInvert()])
     return Compose([RandomScaleCrop(crop_size), RandomFlip(), RandomRot90(), ColorJitter()])
 
 

@@ -13,6 +13,7 @@ from napari_cellseg.transforms import (
     RandomFlip,
     RandomRot90,
     RandomScaleCrop,
+    RandomStain,
     resize_labels,
     train_augment,
 )
@@ -112,6 +113,19 @@ def test_color_jitter_changes_saturation_of_colour() -> None:
     jitter = ColorJitter(brightness=0, contrast=0, saturation=0.5)
     spreads = {int(np.ptp(jitter(colour, {}, np.random.default_rng(s))[0][0, 0])) for s in range(5)}
     assert len(spreads) > 1
+
+
+def test_random_stain_recolours_keeps_labels_and_range() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    labels = {1: np.ones((16, 16), np.int32)}
+    outputs = [RandomStain(p=1.0)(image, labels, np.random.default_rng(seed)) for seed in range(6)]
+    for out, out_labels in outputs:
+        assert out_labels is labels and out.dtype == np.uint8 and out.shape == image.shape
+        assert abs(float(out.mean()) - float(image.mean())) < 40  # a re-stain, not noise
+    assert len({out.tobytes() for out, _ in outputs}) == 6
+    off, _ = RandomStain(p=0.0)(image, labels, np.random.default_rng(1))
+    assert off is image
 
 
 def test_train_augment_is_reproducible_and_bounded() -> None:
