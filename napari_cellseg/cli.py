@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detections per image (dense images need more)")
     t.add_argument("--image-scale", type=float, default=1.0, help="resize factor inside the model (1 = none)")
     t.add_argument("--roi-samples", type=_positive_int, default=512,
-                   help="regions sampled per image to train the heads (128 trains about 2x faster on a CPU)")
+                   help="regions sampled per image to train the heads (fewer, e.g. 128: cheaper steps on a CPU)")
     t.add_argument("--augment", default="standard", choices=["standard", "strong"],
                    help="strong: zoom 0.5-2x, grey and inverted images (for few images or mixed microscopes)")
 
