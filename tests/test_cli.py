@@ -4,6 +4,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pycocotools.coco import COCO
@@ -81,6 +82,10 @@ def test_predict_takes_a_folder_of_png_and_jpeg_images(trained, tmp_path):
     assert main(["predict", str(ckpt), str(pictures), "--out", str(out), "--device", "cpu"]) == 0
     names = sorted(p.name for p in out.glob("*.tif"))
     assert names == [f"{stem}_class{k}.tif" for stem in "abc" for k in (1, 2)]
+    results = tmp_path / "results.json"
+    assert main(["export", str(ckpt), str(pictures), "--out", str(results), "--device", "cpu"]) == 0
+    entries = json.loads(Path(f"{results}.images.json").read_text())
+    assert [(e["file_name"], e["id"]) for e in entries] == [("a.png", 1), ("b.jpg", 2), ("c.JPEG", 3)]
 
 
 def test_help_shows_every_default(monkeypatch, capsys):
