@@ -220,3 +220,21 @@ def test_quoted_buttons_and_tabs_are_the_widgets(dock):
     tabs = [dock.tabs.tabText(i) for i in range(dock.tabs.count())]
     listed = re.search(r"with the tabs ((?:\*\*[^*]+\*\*(?:, | and )?)+)", prose(README)).group(1)
     assert re.findall(r"\*\*([^*]+)\*\*", listed) == tabs
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_lead_somewhere():
+    """Every in-page anchor is a heading, every relative link a file of the repository."""
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", README, flags=re.M | re.S), re.M)}
+    for target in re.findall(r"\]\(([^)\s]+)\)", README):
+        path, _, anchor = target.partition("#")
+        if re.match(r"\w+://", target):
+            continue
+        if path:
+            assert (ROOT / path).exists(), f"README links to a missing file: {path}"
+        elif anchor:
+            assert anchor in anchors, f"README links to a missing section: #{anchor}"
