@@ -83,7 +83,7 @@ def overlap(tile_size: int) -> int:
 
 
 def folder_images(folder: Path) -> list[Path]:
-    """The images of a folder of TIFF files (test_release/) or of samples (``<sample>/image.tif``)."""
+    """The images of a folder of image files (test_release/, PNG, JPEG) or of samples (``<sample>/image.tif``)."""
     from .data import find_samples
     from .errors import DatasetError
     from .layout import image_files

@@ -88,7 +88,7 @@ SEGMENT = {
         "tighter outlines. Instant, like the confidence slider."
     ),
     "folder": (
-        "A folder of images to segment in one go: a folder of .tif files such as test_release/, "
+        "A folder of images to segment in one go: a folder of TIFF, PNG or JPEG files such as test_release/, "
         "or a folder of samples such as val/."
     ),
     "run_folder": "Segment every image of the folder. Click again to cancel; finished images are kept.",

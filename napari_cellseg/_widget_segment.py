@@ -200,7 +200,7 @@ class SegmentWidget(Container):
         layer = self.image.value
         try:
             if layer is None:
-                raise ValueError("open an image first (File > Open, or File > Open Sample)")
+                raise ValueError("open an image first (File > Open File(s)..., or File > Open Sample)")
             loader = self._loader()
         except ValueError as exc:
             self.error(_gui_session.report(exc))

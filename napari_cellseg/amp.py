@@ -1,8 +1,9 @@
 """Which autocast precision to use on which device, and why.
 
 CUDA: fp16 with a GradScaler. CPU: bf16 only pays off on CPUs with native bf16 units
-(AVX512-BF16 or AMX); on an AVX2-only CPU a bf16 training step measured ~30x slower than fp32,
-so automatic mode trains such CPUs in fp32 and says so. ``amp=True`` forces bf16 anyway.
+(AVX512-BF16 or AMX); on an AVX2-only CPU bf16 training measured slower than fp32
+(0.77-0.79x its speed, BENCHMARKS.md "AMP"), so automatic mode trains such CPUs in fp32 and says so.
+``amp=True`` forces bf16 anyway.
 """
 
 from __future__ import annotations

@@ -12,15 +12,34 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from . import __version__
 from .defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 from .errors import CellsegError
 
 PROG = "napari-cellseg"
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """``--help`` says each option's default, so nobody trains resnet50_v2 at 512 px on a CPU unawares;
+    options without a default (None, off) are left as they are."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if quiet or "%(default)" in text or "default:" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line as well (argparse would print the whole usage block first);
-    the exit status stays argparse's 2, which tells a usage error from a failed run (1)."""
+    the exit status stays argparse's 2, which tells a usage error from a failed run (1).
+    Every subcommand's parser is one too (argparse makes them of the parent's class), so all
+    show their defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsHelp)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
@@ -51,7 +70,8 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help=f"keep instances at least this confident (the detector itself drops those below "
                         f"{DETECTOR_SCORE_FLOOR:g})")
     p.add_argument("--mask-thresh", type=_fraction, default=MASK_THRESH, help="mask probability that counts as cell")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto: cuda, then mps, then cpu")
     p.add_argument("--tile-size", type=_positive_int, default=TILE_SIZE, help="larger images are segmented in tiles")
     p.add_argument("--flip-tta", action="store_true",
                    help="also segment the mirror image and average the two (twice the time, a little more AP)")
@@ -62,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .pretrained import DEFAULT_MODEL
 
     parser = _Parser(prog=PROG, description="Cell instance segmentation with Mask R-CNN.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a model on a HW3 dataset folder")
@@ -69,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder for last.pt and best.pt")
     t.add_argument("--arch", default="resnet50_v2", choices=ARCHS, help="resnet18 is the light model for CPUs")
     t.add_argument("--weights", default="none", choices=WEIGHTS, help="pretrained weights (needs internet)")
-    t.add_argument("--epochs", type=_positive_int, default=50)
-    t.add_argument("--batch-size", type=_positive_int, default=2)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--epochs", type=_positive_int, default=50, help="passes over the training images")
+    t.add_argument("--batch-size", type=_positive_int, default=2, help="images per step")
+    t.add_argument("--lr", type=float, default=1e-4, help="learning rate (AdamW)")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto: cuda, then mps, then cpu")
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: where it is faster: CUDA, or CPUs with native bf16)")
     t.add_argument("--resume", help="checkpoint to continue from (last.pt)")
@@ -82,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start afresh in a run folder that already holds last.pt/best.pt, replacing them")
     t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps in all")
     t.add_argument("--workers", type=int, default=0, help="data loading processes")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed (split, crops, augmentation)")
     t.add_argument("--crop-size", type=_positive_int, default=512, help="training crop side in pixels")
     t.add_argument("--val-limit", type=_positive_int, help="validate on at most this many images")
     t.add_argument("--time-limit", type=float, metavar="MINUTES",
@@ -94,13 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detections per image (dense images need more)")
     t.add_argument("--image-scale", type=float, default=1.0, help="resize factor inside the model (1 = none)")
     t.add_argument("--roi-samples", type=_positive_int, default=512,
-                   help="regions sampled per image to train the heads (128 trains about 2x faster on a CPU)")
+                   help="regions sampled per image to train the heads (fewer, e.g. 128: cheaper steps on a CPU)")
     t.add_argument("--augment", default="standard", choices=["standard", "strong"],
                    help="strong: zoom 0.5-2x, grey and inverted images (for few images or mixed microscopes)")
 
     p = sub.add_parser("predict", help="segment images into label TIFFs, one per class")
     p.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
-    p.add_argument("images", help="a TIFF image or a folder of them")
+    p.add_argument("images", help="an image (TIFF, PNG, JPEG; TIFF stacks too) or a folder of them")
     p.add_argument("--out", required=True, help="folder for <image>_<class>.tif label images")
     p.add_argument("--link", action="store_true",
                    help="stacks: a cell keeps its id from plane to plane where its masks overlap (IoU >= 0.5)")
@@ -131,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or checkpoint")
     d.add_argument("--fine-tune", type=_positive_int, metavar="STEPS",
                    help="then fine-tune the model this many steps on the sample train images and score again")
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto: cuda, then mps, then cpu")
 
     sub.add_parser("models", help="list the built-in models, what they were trained on and their accuracy")
     return parser

@@ -164,7 +164,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def _export_items(args: argparse.Namespace, absent: list[str]):
-    """``export_items``; a folder of TIFFs without a mapping file gets one, numbered 1..n in name
+    """``export_items``; a folder of images without a mapping file gets one, numbered 1..n in name
     order (a stack's planes as ``<file>#<plane>``), written beside the results as ``<out>.images.json``."""
     from .coco import write_json
     from .stacks import folder_mapping, mapped_items

@@ -22,7 +22,9 @@ TEST_FOLDER = "test_release"
 """The test images of a HW3 root."""
 MAPPING_NAME = "test_image_name_to_ids.json"
 """Test image file name -> submission id, height and width; lives in the HW3 root."""
-IMAGE_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+"""Files a folder of images may hold (``predict``, ``export``, Segment folder); the format itself is
+told by the file's first bytes (``images.read_image``)."""
 CLASS_FILE = re.compile(r"^class(\d+)\.tiff?$", re.IGNORECASE)
 """A sample's mask file of class K (``class1.tif``, ``class2.tiff``, ...)."""
 
@@ -44,13 +46,13 @@ def default_class_names(count: int) -> list[str]:
 
 
 def image_files(folder: str | Path) -> list[Path]:
-    """The TIFF images directly inside ``folder`` (such as ``test_release/``), sorted by name."""
+    """The images (TIFF, PNG, JPEG) directly inside ``folder`` (such as ``test_release/``), sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"image folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DatasetError(f"no .tif images in {folder}")
+        raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
 
 

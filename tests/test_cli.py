@@ -1,8 +1,10 @@
 """The command line end to end on a tiny dataset, and its one-line errors."""
 
+import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pycocotools.coco import COCO
@@ -63,6 +65,47 @@ def test_predict_writes_a_label_image_per_class(trained, tmp_path):
     assert main(["predict", str(ckpt), str(root / "test_release"), "--out", str(tmp_path), "--device", "cpu"]) == 0
     names = sorted(p.name for p in tmp_path.glob("*.tif"))
     assert names == ["test_0_class1.tif", "test_0_class2.tif", "test_1_class1.tif", "test_1_class2.tif"]
+
+
+def test_predict_takes_a_folder_of_png_and_jpeg_images(trained, tmp_path):
+    from PIL import Image
+
+    from napari_cellseg.images import read_image
+
+    root, ckpt = trained
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i, name in enumerate(["a.png", "b.jpg", "c.JPEG"]):
+        Image.fromarray(read_image(root / "test_release" / f"test_{i % 2}.tif")).save(pictures / name)
+    (pictures / "notes.txt").write_text("not an image")
+    out = tmp_path / "labels"
+    assert main(["predict", str(ckpt), str(pictures), "--out", str(out), "--device", "cpu"]) == 0
+    names = sorted(p.name for p in out.glob("*.tif"))
+    assert names == [f"{stem}_class{k}.tif" for stem in "abc" for k in (1, 2)]
+    results = tmp_path / "results.json"
+    assert main(["export", str(ckpt), str(pictures), "--out", str(results), "--device", "cpu"]) == 0
+    entries = json.loads(Path(f"{results}.images.json").read_text())
+    assert [(e["file_name"], e["id"]) for e in entries] == [("a.png", 1), ("b.jpg", 2), ("c.JPEG", 3)]
+
+
+def test_help_shows_every_default(monkeypatch, capsys):
+    """Each option with a default says it in --help (a CPU user sees resnet50_v2 and 512 px before training)."""
+    from napari_cellseg.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: no default cut by wrapping
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                said = f"(default: {action.default})" in text or "default:" in (action.help or "")
+                assert said, f"{name} {action.option_strings[0]} does not show its default"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "(default: resnet50_v2)" in out and "(default: 512)" in out and "(default: 50)" in out
 
 
 def test_bad_input_is_one_line_and_non_zero(tmp_path):

@@ -36,12 +36,13 @@ def test_the_mapping_file_is_found_from_a_test_image(tmp_path):
     assert layout.find_mapping(test / "a.tif") == tmp_path / layout.MAPPING_NAME
 
 
-def test_image_files_lists_tiffs_by_name_and_refuses_an_empty_folder(tmp_path):
-    for name in ("b.TIFF", "a.tif", "notes.txt"):
+def test_image_files_lists_images_by_name_and_refuses_an_empty_folder(tmp_path):
+    for name in ("b.TIFF", "a.tif", "c.png", "d.JPG", "e.jpeg", "notes.txt", "f.bmp"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in layout.image_files(tmp_path)] == ["a.tif", "b.TIFF"]
+    assert [p.name for p in layout.image_files(tmp_path)] == ["a.tif", "b.TIFF", "c.png", "d.JPG", "e.jpeg"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="no .tif images"):
+    (tmp_path / "empty" / "notes.txt").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"no images \(\.tif, \.tiff, \.png, \.jpg, \.jpeg\)"):
         layout.image_files(tmp_path / "empty")
     with pytest.raises(DatasetError, match="not found"):
         layout.image_files(tmp_path / "missing")
