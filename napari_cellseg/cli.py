@@ -46,6 +46,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _formats(text: str) -> tuple[str, ...]:
+    from .cell_export import parse_formats
+
+    try:
+        return parse_formats(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
                    help=f"keep instances at least this confident (the detector itself drops those below "
@@ -101,9 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images into label TIFFs, one per class")
     p.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
     p.add_argument("images", help="a TIFF image or a folder of them")
-    p.add_argument("--out", required=True, help="folder for <image>_<class>.tif label images")
+    p.add_argument("--out", required=True, help="folder for the outputs (--format): <image>_<class>.tif label images, "
+                   "<image>_cells.zip/.geojson/.csv")
     p.add_argument("--link", action="store_true",
                    help="stacks: a cell keeps its id from plane to plane where its masks overlap (IoU >= 0.5)")
+    p.add_argument("--format", type=_formats, default=("labels",), metavar="LIST",
+                   help="comma list of outputs per image: labels (a label TIFF per class), imagej (Fiji ROI set "
+                        "<image>_cells.zip), geojson (QuPath <image>_cells.geojson), csv (a row per cell)")
     _add_inference_options(p)
 
     e = sub.add_parser("export", help="segment test_release/ and write the COCO submission JSON")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from .atomic import folder_problem
@@ -92,29 +93,43 @@ def predict(args: argparse.Namespace) -> int:
     finally:
         teardown(ctx)
     if ctx.is_main:
-        print(f"wrote label images for {len(files)} image(s) to {out}")
+        print(f"wrote {', '.join(args.format)} for {len(files)} image(s) to {out}")
     return 0
 
 
 def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace) -> None:
     """One image -> ``<stem>_<class>.tif`` per class; a stack is segmented plane by plane."""
-    from .stacks import iter_predict_stack, link_over_time, read_stack, to_stack_labels, write_stack_labels
+    from .stacks import (iter_predict_stack, link_over_time, read_stack, stack_scores, to_stack_labels,
+                         write_stack_labels)
 
     stack = read_stack(path)
     classes = range(1, len(config.class_names) + 1)
+    formats = getattr(args, "format", ("labels",))
     if len(stack) == 1:
-        labels, _ = segment_image(model, stack.plane(0), score_thresh=args.score_thresh,
-                                  mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
-        for class_id, image in labels.items():
-            write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
-        return
-    raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
-                 f"{path.name} planes", unit="plane", show=env_rank() == 0)
-    labels = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes)
-    if args.link:
-        link_over_time(labels)
-    for class_id, image in labels.items():
-        write_stack_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image, stack.axis)
+        image = stack.plane(0)
+        labels, scores = segment_image(model, image, score_thresh=args.score_thresh,
+                                       mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
+        for class_id, label_image in labels.items():
+            if "labels" in formats:
+                write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), label_image)
+    else:
+        raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
+                     f"{path.name} planes", unit="plane", show=env_rank() == 0)
+        labels, scores = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes), stack_scores(raw)
+        if args.link:
+            link_over_time(labels)
+        for class_id, label_image in labels.items():
+            if "labels" in formats:
+                write_stack_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"),
+                                   label_image, stack.axis)
+        image = None
+    if set(formats) - {"labels"}:
+        from .cell_export import find_cells, write_cells
+
+        if image is None:  # a stack: measured on the planes as the model saw them
+            image = np.stack([stack.plane(p) for p in range(len(stack))])
+        cells = find_cells(labels, scores, config.class_names, image)
+        write_cells(out, _inside(out, path.stem).name, cells, formats, stack.axis)
 
 
 def _refuse_same_stem(files: list[Path]) -> None:
