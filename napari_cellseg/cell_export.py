@@ -70,7 +70,8 @@ def find_cells(
 ) -> list[Cell]:
     """Every cell of the per-class label images (class id -> ``H x W``, or ``planes x H x W`` for a
     stack), measured; ``image`` (``H x W``, ``H x W x C``, or a stack of those) gives the mean
-    intensity (over the cell's pixels and the channels; NaN without it). Sorted by plane, then id."""
+    intensity (over the cell's pixels and the channels; NaN without it). A cell without a score
+    (drawn by hand) scores 1.0, as in the COCO export. Sorted by plane, then id."""
     cells: list[Cell] = []
     for class_id in sorted(labels):
         stack = np.asarray(labels[class_id])
@@ -96,7 +97,7 @@ def _plane_cells(labels: np.ndarray, scores: Mapping[int, float], name: str, ima
         y0, x0 = where[0].start, where[1].start
         mean = float(image[where][mask].mean()) if image is not None else math.nan
         cells.append(Cell(
-            id=index, class_name=name, score=float(scores.get(index, math.nan)), area=int(rows.size),
+            id=index, class_name=name, score=float(scores.get(index, 1.0)), area=int(rows.size),
             centroid=(float(rows.mean() + y0 + 0.5), float(cols.mean() + x0 + 0.5)),
             bbox=(y0, x0, where[0].stop, where[1].stop), mean_intensity=mean,
             polygons=mask_polygons(mask, (y0, x0)), plane=plane,
