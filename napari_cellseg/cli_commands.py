@@ -219,6 +219,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"submission for {len(items)} test images: {submission}")
     metrics = _demo_val(model, config.class_names, out / "val-results.json", device)
     print(f"demo AP50 on the {metrics['num_images']} sample val images (never trained on): {metrics['AP50']:.3f}")
+    print(f"picture of the cells found (outlines on the image): {_demo_overlay(model, out / 'overlay.png')}")
     if args.fine_tune:
         count = len(find_samples(SAMPLE_DATASET / "train"))
         print(f"fine-tuning {args.model!r} for {args.fine_tune} steps on the {count} "
@@ -236,6 +237,17 @@ def demo(args: argparse.Namespace) -> int:
         metrics = _demo_val(tuned, tuned_config.class_names, out / "val-results-fine-tuned.json", device)
         print(f"fine-tuned AP50 on the sample val images (per class): {metrics['AP50']:.3f}")
     return 0
+
+
+def _demo_overlay(model, path: Path) -> Path:
+    """The first sample val image with the outlines of the cells the model finds, as a PNG."""
+    from .data import read_sample
+    from .overlay import write_overlay
+
+    image, _ = read_sample(find_samples(SAMPLE_DATASET / "val")[0])
+    labels, _ = segment_image(model, image)
+    write_overlay(path, image, sum(labels.values()))
+    return path
 
 
 def _demo_val(model, class_names: list[str], out_json: Path, device) -> dict:
