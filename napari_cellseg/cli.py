@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strong: zoom 0.5-2x, grey and inverted images (for few images or mixed microscopes)")
 
     p = sub.add_parser("predict", help="segment images into label TIFFs, one per class")
-    p.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
+    p.add_argument("checkpoint", help="a checkpoint file, a built-in model (nuclei) or a .onnx export")
     p.add_argument("images", help="a TIFF image or a folder of them")
     p.add_argument("--out", required=True, help="folder for the outputs (--format): <image>_<class>.tif label images, "
                    "<image>_cells.zip/.geojson/.csv")
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(p)
 
     e = sub.add_parser("export", help="segment test_release/ and write the COCO submission JSON")
-    e.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
+    e.add_argument("checkpoint", help="a checkpoint file, a built-in model (nuclei) or a .onnx export")
     e.add_argument("dataset", help="HW3 root (test_release/ + mapping), a folder of samples, or of TIFFs")
     e.add_argument("--out", required=True, help="results JSON, e.g. test-results.json")
     e.add_argument("--mapping", help="image name -> id file (default: the dataset's test_image_name_to_ids.json)")
@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then fine-tune the model this many steps on the sample train images and score again")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
+    m = sub.add_parser("export-model", help="save a model for other tools: ONNX (onnxruntime)")
+    m.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
+    m.add_argument("--format", required=True, choices=["onnx"],
+                   help="onnx: the whole detector for any image size (needs the 'onnx' extra)")
+    m.add_argument("--out", required=True, help="the .onnx file to write")
+
     sub.add_parser("models", help="list the built-in models, what they were trained on and their accuracy")
     return parser
 
@@ -155,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from . import cli_commands
 
-        return getattr(cli_commands, args.command)(args)
+        return getattr(cli_commands, args.command.replace("-", "_"))(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -279,6 +279,16 @@ def models(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_model(args: argparse.Namespace) -> int:
+    """The model in a format other tools run: ONNX, checked in onnxruntime against torch."""
+    from .onnx_model import export_onnx
+
+    model, config = load_model(args.checkpoint, "cpu")
+    path = export_onnx(model, config, args.out)
+    print(f"wrote {path} (checked in onnxruntime against torch); run it with: napari-cellseg predict {path} IMAGES")
+    return 0
+
+
 DEMO_MARK = ".napari-cellseg-demo"
 """Left in a demo's folder so a later demo may replace what the earlier one wrote, and nothing else."""
 
@@ -314,4 +324,4 @@ def _drain(events, desc: str, unit: str = "image", show: bool = True):
             bar.close()
 
 
-__all__ = ["train", "predict", "export", "evaluate", "demo", "models"]
+__all__ = ["train", "predict", "export", "evaluate", "demo", "models", "export_model"]
