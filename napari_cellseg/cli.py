@@ -146,11 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then fine-tune the model this many steps on the sample train images and score again")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
-    m = sub.add_parser("export-model", help="save a model for other tools: ONNX (onnxruntime)")
+    m = sub.add_parser("export-model", help="save a model for other tools: ONNX or a bioimage.io package")
     m.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
-    m.add_argument("--format", required=True, choices=["onnx"],
-                   help="onnx: the whole detector for any image size (needs the 'onnx' extra)")
-    m.add_argument("--out", required=True, help="the .onnx file to write")
+    m.add_argument("--format", required=True, choices=["onnx", "bioimageio"],
+                   help="onnx: the whole detector for any image size (needs the 'onnx' extra); bioimageio: a "
+                        "model package folder with the ONNX weights (needs the 'bioimageio' extra)")
+    m.add_argument("--out", required=True, help="the .onnx file, or the (new or empty) package folder")
+    m.add_argument("--licence", default="BSD-3-Clause", help="bioimageio: the weights' SPDX licence")
 
     sub.add_parser("models", help="list the built-in models, what they were trained on and their accuracy")
     return parser

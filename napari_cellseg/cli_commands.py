@@ -280,12 +280,24 @@ def models(args: argparse.Namespace) -> int:
 
 
 def export_model(args: argparse.Namespace) -> int:
-    """The model in a format other tools run: ONNX, checked in onnxruntime against torch."""
-    from .onnx_model import export_onnx
-
+    """The model in a format other tools run: ONNX (checked in onnxruntime against torch), or a
+    bioimage.io package of it (validated with bioimageio.spec) whose test image is a sample image."""
     model, config = load_model(args.checkpoint, "cpu")
-    path = export_onnx(model, config, args.out)
-    print(f"wrote {path} (checked in onnxruntime against torch); run it with: napari-cellseg predict {path} IMAGES")
+    if args.format == "onnx":
+        from .onnx_model import export_onnx
+
+        path = export_onnx(model, config, args.out)
+        print(f"wrote {path} (checked in onnxruntime against torch); run it with: napari-cellseg predict {path} IMAGES")
+        return 0
+    from .bioimageio import export_bioimageio
+    from .data import read_sample
+
+    image, _ = read_sample(find_samples(SAMPLE_DATASET / "val")[0])
+    name = Path(str(args.checkpoint)).stem
+    rdf = export_bioimageio(model, config, name, args.out, image=image[:image.shape[0] // 32 * 32,
+                                                                        :image.shape[1] // 32 * 32],
+                            licence=args.licence)
+    print(f"wrote the bioimage.io package {rdf.parent} (validated with bioimageio.spec); zip the folder to share it")
     return 0
 
 
