@@ -18,7 +18,7 @@ import numpy as np
 from ._torch import torch
 from .errors import OutputError
 from .model import CellMaskRCNN, ModelConfig
-from .onnx_model import OPSET, OUTPUTS, _Detector, export_onnx
+from .onnx_model import OPSET, OUTPUTS, Detector, export_onnx
 
 TEST_SHAPE = (3, 128, 128)
 CITATIONS = (
@@ -44,7 +44,7 @@ def export_bioimageio(
     tensor = _test_input(image)
     np.save(folder / "test_image.npy", tensor)
     with torch.no_grad():
-        outputs = [t.numpy() for t in _Detector(model.cpu().eval())(torch.from_numpy(tensor))]
+        outputs = [t.numpy() for t in Detector(model.cpu().eval())(torch.from_numpy(tensor))]
     for out_name, value in zip(OUTPUTS, outputs):
         np.save(folder / f"test_{out_name}.npy", value)
     _cover(folder / "cover.png", tensor, outputs)

@@ -35,7 +35,7 @@ CHECK_SHAPES = ((3, 64, 80), (3, 96, 72))
 """Image sizes the exported graph is checked on: two, so a size frozen into the graph shows."""
 
 
-class _Detector(torch.nn.Module):
+class Detector(torch.nn.Module):
     """``detect`` of one image as a plain forward (what the exporter traces)."""
 
     def __init__(self, model: CellMaskRCNN) -> None:
@@ -54,7 +54,7 @@ def export_onnx(model: CellMaskRCNN, config: ModelConfig, path: str | Path, *, c
     import onnx
 
     path = Path(path)
-    detector = _Detector(model.cpu().eval()).eval()
+    detector = Detector(model.cpu().eval()).eval()
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings on constants; check_onnx tests two image sizes instead
         torch.onnx.export(
