@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,18 +66,20 @@ def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
 
 def find_cells(
     labels: Mapping[int, np.ndarray], scores: Mapping[int, float], class_names: Sequence[str],
-    image: np.ndarray | None = None,
+    image: np.ndarray | Callable[[int], np.ndarray] | None = None,
 ) -> list[Cell]:
     """Every cell of the per-class label images (class id -> ``H x W``, or ``planes x H x W`` for a
-    stack), measured; ``image`` (``H x W``, ``H x W x C``, or a stack of those) gives the mean
-    intensity (over the cell's pixels and the channels; NaN without it). A cell without a score
+    stack), measured; ``image`` (``H x W``, ``H x W x C``, a stack of those, or for a stack a
+    function plane -> image, so planes are read one at a time) gives the mean intensity (over the
+    cell's pixels and the channels; NaN without it). A cell without a score
     (drawn by hand) scores 1.0, as in the COCO export. Sorted by plane, then id."""
     cells: list[Cell] = []
     for class_id in sorted(labels):
         stack = np.asarray(labels[class_id])
         planes = stack[None] if stack.ndim == 2 else stack
         for p, plane in enumerate(planes):
-            picture = None if image is None else np.asarray(image if stack.ndim == 2 else image[p])
+            picture = None if image is None else np.asarray(
+                image if stack.ndim == 2 else image(p) if callable(image) else image[p])
             cells += _plane_cells(plane, scores, class_names[class_id - 1], picture,
                                   None if stack.ndim == 2 else p)
     cells.sort(key=lambda c: (c.plane or 0, c.id))

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from .atomic import folder_problem
@@ -126,9 +125,8 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
     if set(formats) - {"labels"}:
         from .cell_export import find_cells, write_cells
 
-        if image is None:  # a stack: measured on the planes as the model saw them
-            image = np.stack([stack.plane(p) for p in range(len(stack))])
-        cells = find_cells(labels, scores, config.class_names, image)
+        # intensities measured on the planes as the model saw them; a stack's read one at a time
+        cells = find_cells(labels, scores, config.class_names, stack.plane if image is None else image)
         write_cells(out, _inside(out, path.stem).name, cells, formats, stack.axis)
 
 

@@ -86,6 +86,10 @@ def test_a_stack_has_the_plane_in_every_record(tmp_path):
     features = json.loads((tmp_path / "movie_cells.geojson").read_text())["features"]
     assert [f["properties"]["plane"]["t"] for f in features] == [0, 0, 0, 1]
     assert [r.position for r in roifile.roiread(tmp_path / "movie_cells.zip")] == [1, 1, 1, 2]
+    planes = np.stack([np.full((20, 24), 10.0), np.full((20, 24), 30.0)])
+    read = []
+    measured = find_cells(stack, {}, ["nucleus", "other"], lambda p: read.append(p) or planes[p])
+    assert [c.mean_intensity for c in measured] == [10.0, 10.0, 10.0, 30.0] and set(read) == {0, 1}
 
 
 def test_no_cells_writes_empty_files(tmp_path):
