@@ -123,8 +123,8 @@ def write_csv(path: str | os.PathLike, cells: Sequence[Cell]) -> None:
 
 def geojson(cells: Sequence[Cell], axis: str = "") -> dict:
     """A QuPath-style FeatureCollection: a detection per cell, its class as QuPath's
-    ``classification``, score and measurements as ``measurements``; a stack's plane as QuPath's
-    ``plane`` (``z`` or ``t`` by ``axis``: ``Z``, ``T``, or ``""`` for z)."""
+    ``classification``, score and measurements as ``measurements``; a stack's plane as QuPath
+    writes it, ``geometry.plane`` (``z`` or ``t`` by ``axis``: ``Z``, ``T``, or ``""`` for z)."""
     features = []
     for cell in cells:
         rings = [[[[int(v) for v in point] for point in ring] for ring in poly] for poly in cell.polygons]
@@ -134,8 +134,8 @@ def geojson(cells: Sequence[Cell], axis: str = "") -> dict:
         properties = {"objectType": "detection", "name": roi_name(cell),
                       "classification": {"name": cell.class_name, "color": _colour(cell.class_name)},
                       "measurements": measurements, "isLocked": False}
-        if cell.plane is not None:
-            properties["plane"] = {"c": -1, "z": 0, "t": 0, "t" if axis == "T" else "z": cell.plane}
+        if cell.plane is not None:  # where QuPath's ROI reader looks for it: in the geometry
+            geometry["plane"] = {"c": -1, "z": 0, "t": 0, "t" if axis == "T" else "z": cell.plane}
         features.append({"type": "Feature", "id": roi_name(cell), "geometry": geometry, "properties": properties})
     return {"type": "FeatureCollection", "features": features}
 

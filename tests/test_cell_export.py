@@ -84,7 +84,7 @@ def test_a_stack_has_the_plane_in_every_record(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "movie_cells.csv", encoding="utf-8")))
     assert [r["plane"] for r in rows] == ["0", "0", "0", "1"] and rows[0]["mean_intensity"] == "nan"
     features = json.loads((tmp_path / "movie_cells.geojson").read_text())["features"]
-    assert [f["properties"]["plane"]["t"] for f in features] == [0, 0, 0, 1]
+    assert [f["geometry"]["plane"]["t"] for f in features] == [0, 0, 0, 1]
     assert [r.position for r in roifile.roiread(tmp_path / "movie_cells.zip")] == [1, 1, 1, 2]
     planes = np.stack([np.full((20, 24), 10.0), np.full((20, 24), 30.0)])
     read = []
