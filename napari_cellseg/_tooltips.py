@@ -115,6 +115,11 @@ EXPORT = {
         "Write the visible segmentation layers (with your edits) to the results file. Cells "
         "you drew by hand get confidence 1.0; the model's cells keep their confidence."
     ),
+    "cell_files": (
+        "Also write, beside the results file, per image: imagej = a Fiji ROI set (<image>_cells.zip, open it "
+        "in the ROI Manager), geojson = QuPath detections (<image>_cells.geojson, drag onto the image), "
+        "csv = a table with a row per cell (area, centroid, box, mean intensity, score). Ctrl-click for several."
+    ),
     "export_folder": "Write all images of the segmented folder (with your reviewed edits) to one results file.",
     "ground_truth": (
         "The correct answer to compare with: a sample folder (image.tif + classK.tif), a folder "

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select
 from napari.layers import Labels
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QHeaderView, QMessageBox, QTableWidget, QTableWidgetItem
@@ -31,6 +31,8 @@ from .layout import IMAGE_NAME, class_name, image_name, is_sample_image
 from .progress import Progress
 
 LAYERS, FOLDER = "visible layers", "segmented folder"
+CELL_FORMATS = ["imagej", "geojson", "csv"]
+"""Per-cell files written beside the results file (``cell_export``)."""
 
 
 def ask_several(parent, names: list[str]) -> bool:
@@ -53,16 +55,37 @@ def covered(groups: list[ImageLabels]) -> str:
 # ------------------------------------------------------------------ pure generators (worker side)
 
 
-def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None) -> Iterator[Progress]:
-    """Encode every image's labels, then write ``out`` atomically; returns the number of cells."""
+def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None, cell_formats: tuple[str, ...] = (),
+                  class_names: list[str] | None = None) -> Iterator[Progress]:
+    """Encode every image's labels, then write ``out`` atomically; returns the number of cells.
+    ``cell_formats`` (``imagej``, ``geojson``, ``csv``) also writes ``<image>_cells.*`` beside ``out``
+    for each image (``cell_export``, as ``predict --format``)."""
     from .coco import write_json
 
     results: list[dict] = []
     for n, group in enumerate(groups, start=1):
         results += to_results([group], mapping)
+        if cell_formats:
+            _write_cell_files(group, n, out.parent, cell_formats, class_names or [])
         yield Progress(n, len(groups), "image")
     write_json(out, results)
     return len(results)
+
+
+def _write_cell_files(group: ImageLabels, n: int, folder: Path, formats: tuple[str, ...], names: list[str]) -> None:
+    """One image's cells, measured on the image file when it is still there (class by class: the
+    same id may be drawn in two classes, each with its own score)."""
+    from .cell_export import find_cells, write_cells
+    from .images import read_image
+
+    image = read_image(group.source) if group.source is not None and group.source.is_file() else None
+    names = names + [class_name(k) for k in range(len(names) + 1, max(group.labels, default=0) + 1)]
+    cells = []
+    for k in sorted(group.labels):
+        cells += find_cells({k: group.labels[k]}, group.scores.get(k, {}), names, image)
+    cells.sort(key=lambda c: c.id)
+    stem = Path(image_name(group.source)).stem if group.source is not None else f"image{n}"
+    write_cells(folder, stem, cells, formats)
 
 
 def evaluate_events(
@@ -126,14 +149,16 @@ class ExportWidget(Container):
         self.source = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="source", tooltip=TIPS["export_layers"])
         self.mapping = FileEdit(mode="r", filter="*.json", label="mapping file", tooltip=TIPS["mapping"])
         self.out = FileEdit(mode="w", filter="*.json", label="results file", tooltip=TIPS["out"])
+        self.cell_files = Select(choices=CELL_FORMATS, value=[], label="per-cell files", tooltip=TIPS["cell_files"])
+        self.cell_files.native.setMaximumHeight(64)
         self.export_button = PushButton(text="Export results", tooltip=TIPS["export_layers"])
         self.truth_folder = FileEdit(mode="d", label="truth folder", tooltip=TIPS["ground_truth"])
         self.truth_json = FileEdit(mode="r", filter="*.json", label="truth .json", tooltip=TIPS["ground_truth"])
         self.evaluate_button = PushButton(text="Evaluate", tooltip=TIPS["evaluate"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="", label="status")
-        self.extend([self.source, self.mapping, self.out, self.export_button, self.truth_folder, self.truth_json,
-                     self.evaluate_button, self.progress, self.status])
+        self.extend([self.source, self.mapping, self.out, self.cell_files, self.export_button, self.truth_folder,
+                     self.truth_json, self.evaluate_button, self.progress, self.status])
         self.status.native.setWordWrap(True)
         _gui_session.keep_narrow(self)  # long file names must not widen the dock
         self.table = QTableWidget(0, 2)
@@ -192,7 +217,7 @@ class ExportWidget(Container):
                 raise ValueError("choose the results file to write (e.g. test-results.json)")
             if out.suffix.lower() != ".json":
                 out = out.with_suffix(".json")
-            groups, _ = self.collect()
+            groups, class_names = self.collect()
         except _gui_session.USER_ERRORS as exc:
             self.error(_gui_session.report(exc))
             return
@@ -210,7 +235,8 @@ class ExportWidget(Container):
                 self.status.value = f"wrote {count} cells of {covered(groups)} to {out}"
                 show_info(self.status.value)
 
-        self._start(lambda: export_events(groups, out, mapping), written)
+        cell_formats = tuple(self.cell_files.value)
+        self._start(lambda: export_events(groups, out, mapping, cell_formats, class_names), written)
 
     def evaluate(self) -> None:
         self.status.value = ""

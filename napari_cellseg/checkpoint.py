@@ -204,6 +204,11 @@ def _weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) 
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CellMaskRCNN, ModelConfig]:
-    """Load a checkpoint (or a built-in model by name, e.g. ``"nuclei"``) in eval mode on ``device``."""
+    """Load a checkpoint (or a built-in model by name, e.g. ``"nuclei"``) in eval mode on ``device``;
+    a ``.onnx`` file exported by ``export-model`` loads as an ``onnx_model.OnnxModel``."""
+    if str(path).lower().endswith(".onnx"):
+        from .onnx_model import load_onnx
+
+        return load_onnx(path, device)
     model, config = model_from_checkpoint(load_checkpoint(path), path)
     return model.to(device).eval(), config

@@ -65,6 +65,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _formats(text: str) -> tuple[str, ...]:
+    from .cell_export import parse_formats
+
+    try:
+        return parse_formats(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
                    help=f"keep instances at least this confident (the detector itself drops those below "
@@ -120,16 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", default="standard", choices=["standard", "strong"],
                    help="strong: zoom 0.5-2x, grey and inverted images (for few images or mixed microscopes)")
 
-    p = sub.add_parser("predict", help="segment images into label TIFFs, one per class")
-    p.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
+    p = sub.add_parser("predict", help="segment images into label TIFFs (one per class), ROI sets, GeoJSON, CSV")
+    p.add_argument("checkpoint", help="a checkpoint file, a built-in model (nuclei) or a .onnx export")
     p.add_argument("images", help="an image (TIFF, PNG, JPEG; TIFF stacks too) or a folder of them")
-    p.add_argument("--out", required=True, help="folder for <image>_<class>.tif label images")
+    p.add_argument("--out", required=True, help="folder for the outputs (--format): <image>_<class>.tif label images, "
+                   "<image>_cells.zip/.geojson/.csv")
     p.add_argument("--link", action="store_true",
                    help="stacks: a cell keeps its id from plane to plane where its masks overlap (IoU >= 0.5)")
+    p.add_argument("--format", type=_formats, default=("labels",), metavar="LIST",
+                   help="comma list of outputs per image: labels (a label TIFF per class), imagej (Fiji ROI set "
+                        "<image>_cells.zip), geojson (QuPath <image>_cells.geojson), csv (a row per cell)")
     _add_inference_options(p)
 
     e = sub.add_parser("export", help="segment test_release/ and write the COCO submission JSON")
-    e.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
+    e.add_argument("checkpoint", help="a checkpoint file, a built-in model (nuclei) or a .onnx export")
     e.add_argument("dataset", help="HW3 root (test_release/ + mapping), a folder of samples, or of TIFFs")
     e.add_argument("--out", required=True, help="results JSON, e.g. test-results.json")
     e.add_argument("--mapping", help="image name -> id file (default: the dataset's test_image_name_to_ids.json)")
@@ -156,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto: cuda, then mps, then cpu")
 
+    m = sub.add_parser("export-model", help="save a model for other tools: ONNX or a bioimage.io package")
+    m.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
+    m.add_argument("--format", required=True, choices=["onnx", "bioimageio"],
+                   help="onnx: the whole detector for any image size (needs the 'onnx' extra); bioimageio: a "
+                        "model package folder with the ONNX weights (needs the 'bioimageio' extra)")
+    m.add_argument("--out", required=True, help="the .onnx file, or the (new or empty) package folder")
+    m.add_argument("--licence", default="BSD-3-Clause", help="bioimageio: the weights' SPDX licence")
+
     sub.add_parser("models", help="list the built-in models, what they were trained on and their accuracy")
     return parser
 
@@ -165,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from . import cli_commands
 
-        return getattr(cli_commands, args.command)(args)
+        return getattr(cli_commands, args.command.replace("-", "_"))(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -92,29 +92,42 @@ def predict(args: argparse.Namespace) -> int:
     finally:
         teardown(ctx)
     if ctx.is_main:
-        print(f"wrote label images for {len(files)} image(s) to {out}")
+        print(f"wrote {', '.join(args.format)} for {len(files)} image(s) to {out}")
     return 0
 
 
 def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace) -> None:
     """One image -> ``<stem>_<class>.tif`` per class; a stack is segmented plane by plane."""
-    from .stacks import iter_predict_stack, link_over_time, read_stack, to_stack_labels, write_stack_labels
+    from .stacks import (iter_predict_stack, link_over_time, read_stack, stack_scores, to_stack_labels,
+                         write_stack_labels)
 
     stack = read_stack(path)
     classes = range(1, len(config.class_names) + 1)
+    formats = getattr(args, "format", ("labels",))
     if len(stack) == 1:
-        labels, _ = segment_image(model, stack.plane(0), score_thresh=args.score_thresh,
-                                  mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
-        for class_id, image in labels.items():
-            write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
-        return
-    raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
-                 f"{path.name} planes", unit="plane", show=env_rank() == 0)
-    labels = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes)
-    if args.link:
-        link_over_time(labels)
-    for class_id, image in labels.items():
-        write_stack_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image, stack.axis)
+        image = stack.plane(0)
+        labels, scores = segment_image(model, image, score_thresh=args.score_thresh,
+                                       mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
+        for class_id, label_image in labels.items():
+            if "labels" in formats:
+                write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), label_image)
+    else:
+        raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
+                     f"{path.name} planes", unit="plane", show=env_rank() == 0)
+        labels, scores = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes), stack_scores(raw)
+        if args.link:
+            link_over_time(labels)
+        for class_id, label_image in labels.items():
+            if "labels" in formats:
+                write_stack_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"),
+                                   label_image, stack.axis)
+        image = None
+    if set(formats) - {"labels"}:
+        from .cell_export import find_cells, write_cells
+
+        # intensities measured on the planes as the model saw them; a stack's read one at a time
+        cells = find_cells(labels, scores, config.class_names, stack.plane if image is None else image)
+        write_cells(out, _inside(out, path.stem).name, cells, formats, stack.axis)
 
 
 def _refuse_same_stem(files: list[Path]) -> None:
@@ -204,6 +217,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"submission for {len(items)} test images: {submission}")
     metrics = _demo_val(model, config.class_names, out / "val-results.json", device)
     print(f"demo AP50 on the {metrics['num_images']} sample val images (never trained on): {metrics['AP50']:.3f}")
+    print(f"picture of the cells found (outlines on the image): {_demo_overlay(model, out / 'overlay.png')}")
     if args.fine_tune:
         count = len(find_samples(SAMPLE_DATASET / "train"))
         print(f"fine-tuning {args.model!r} for {args.fine_tune} steps on the {count} "
@@ -221,6 +235,17 @@ def demo(args: argparse.Namespace) -> int:
         metrics = _demo_val(tuned, tuned_config.class_names, out / "val-results-fine-tuned.json", device)
         print(f"fine-tuned AP50 on the sample val images (per class): {metrics['AP50']:.3f}")
     return 0
+
+
+def _demo_overlay(model, path: Path) -> Path:
+    """The first sample val image with the outlines of the cells the model finds, as a PNG."""
+    from .data import read_sample
+    from .overlay import write_overlay
+
+    image, _ = read_sample(find_samples(SAMPLE_DATASET / "val")[0])
+    labels, _ = segment_image(model, image)
+    write_overlay(path, image, sum(labels.values()))
+    return path
 
 
 def _demo_val(model, class_names: list[str], out_json: Path, device) -> dict:
@@ -249,6 +274,28 @@ def models(args: argparse.Namespace) -> int:
             if isinstance(figures, dict) and "AP50" in figures:
                 print(f"  {split}: AP50 {figures['AP50']:.3f}  AP {figures['AP']:.3f}  "
                       f"TP/(TP+FP+FN)@0.5 {figures.get('accuracy@0.5', float('nan')):.3f}")
+    return 0
+
+
+def export_model(args: argparse.Namespace) -> int:
+    """The model in a format other tools run: ONNX (checked in onnxruntime against torch), or a
+    bioimage.io package of it (validated with bioimageio.spec) whose test image is a sample image."""
+    model, config = load_model(args.checkpoint, "cpu")
+    if args.format == "onnx":
+        from .onnx_model import export_onnx
+
+        path = export_onnx(model, config, args.out)
+        print(f"wrote {path} (checked in onnxruntime against torch); run it with: napari-cellseg predict {path} IMAGES")
+        return 0
+    from .bioimageio import export_bioimageio
+    from .data import read_sample
+
+    image, _ = read_sample(find_samples(SAMPLE_DATASET / "val")[0])
+    name = Path(str(args.checkpoint)).stem
+    rdf = export_bioimageio(model, config, name, args.out, image=image[:image.shape[0] // 32 * 32,
+                                                                        :image.shape[1] // 32 * 32],
+                            licence=args.licence)
+    print(f"wrote the bioimage.io package {rdf.parent} (validated with bioimageio.spec); zip the folder to share it")
     return 0
 
 
@@ -287,4 +334,4 @@ def _drain(events, desc: str, unit: str = "image", show: bool = True):
             bar.close()
 
 
-__all__ = ["train", "predict", "export", "evaluate", "demo", "models"]
+__all__ = ["train", "predict", "export", "evaluate", "demo", "models", "export_model"]

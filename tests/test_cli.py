@@ -129,3 +129,38 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "none.pt"), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "checkpoint not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_formats_hold_the_cells_of_the_label_images(tmp_path):
+    """--format labels,imagej,geojson,csv: the same cells, by id and class, in every file."""
+    import csv
+
+    import numpy as np
+    import roifile
+    import tifffile
+
+    from napari_cellseg._torch import torch
+    from napari_cellseg.checkpoint import save_checkpoint
+    from napari_cellseg.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet18", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10)
+    save_checkpoint(tmp_path / "m.pt", build_model(config), config)
+    tifffile.imwrite(tmp_path / "img.tif", np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8))
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "img.tif"), "--out", str(out), "--score-thresh",
+                 "0", "--mask-thresh", "0.3", "--device", "cpu", "--format", "labels,imagej,geojson,csv"]) == 0
+    truth = {(name, int(i)) for name in ("a", "b") for i in np.unique(tifffile.imread(out / f"img_{name}.tif")) if i}
+    assert truth, "the random model should find something at score 0"
+    rows = list(csv.DictReader(open(out / "img_cells.csv", encoding="utf-8")))
+    assert {(r["class"], int(r["id"])) for r in rows} == truth and len(rows) == len(truth)
+    features = json.loads((out / "img_cells.geojson").read_text())["features"]
+    props = [f["properties"] for f in features]
+    assert {(p["classification"]["name"], p["measurements"]["id"]) for p in props} == truth
+    assert {r.name for r in roifile.roiread(out / "img_cells.zip")} == {f"{k}-{i}" for k, i in truth}
+
+
+def test_predict_refuses_an_unknown_format(tmp_path, capsys):
+    assert pytest.raises(SystemExit, main, ["predict", "x.pt", str(tmp_path), "--out", str(tmp_path),
+                                            "--format", "labels,png"]).value.code == 2
+    assert "unknown output format png" in capsys.readouterr().err

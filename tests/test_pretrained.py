@@ -145,6 +145,12 @@ def test_demo_segments_the_samples_with_the_builtin_model(tmp_path, capsys, one_
     ap50 = float(text.split("(never trained on): ")[1].split()[0])
     assert 0.0 <= ap50 <= 1.0
     assert (out / "test-results.json").is_file() and (out / "val-results.json").is_file()
+    overlay = out / "overlay.png"
+    assert f"(outlines on the image): {overlay}" in text
+    from PIL import Image
+
+    picture = np.asarray(Image.open(overlay))
+    assert picture.ndim == 3 and (picture == [255, 255, 0]).all(axis=2).any()  # outlines drawn
 
 
 def test_evaluate_class_agnostic_merges_the_classes(tmp_path, capsys, one_thread):

@@ -124,10 +124,18 @@ def test_cli_predict_writes_a_label_stack_per_class(tmp_path, model):
                                                         box_score_thresh=0.0, detections_per_img=10))
     _movie(tmp_path / "movie.tif", planes=5)
     assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "movie.tif"), "--out", str(tmp_path / "out"),
-                 "--score-thresh", "0", "--mask-thresh", "0.3", "--device", "cpu", "--link"]) == 0
+                 "--score-thresh", "0", "--mask-thresh", "0.3", "--device", "cpu", "--link",
+                 "--format", "labels,csv"]) == 0
+    cells = set()
     for name in ("class1", "class2"):
         with tifffile.TiffFile(tmp_path / "out" / f"movie_{name}.tif") as tif:
             assert (tif.series[0].axes, tif.series[0].shape) == ("TYX", (5, *SHAPE))
+            planes = tif.series[0].asarray()
+        cells |= {(p, name, int(i)) for p, plane in enumerate(planes) for i in np.unique(plane) if i}
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "out" / "movie_cells.csv", encoding="utf-8")))
+    assert cells and {(int(r["plane"]), r["class"], int(r["id"])) for r in rows} == cells and len(rows) == len(cells)
 
 
 def test_export_names_planes_file_hash_plane(tmp_path, model):

@@ -59,6 +59,32 @@ def test_export_visible_layers_with_the_mapping_ids(make_napari_viewer, tiny_dat
     np.testing.assert_array_equal(mask, class2 == 4)
 
 
+def test_export_also_writes_per_cell_files(make_napari_viewer, tiny_dataset, tmp_path):
+    """The same cells as the COCO results, class by class (id 4 is in both classes)."""
+    import csv
+
+    import roifile
+
+    viewer = make_napari_viewer()
+    source = tiny_dataset / "test_release" / "test_1.tif"
+    class1, class2 = np.zeros((64, 80), np.int32), np.zeros((64, 80), np.int32)
+    class1[2:10, 2:10], class1[20:30, 20:30], class2[40:50, 40:60] = 1, 4, 4
+    add_prediction(viewer, source, {1: class1, 2: class2}, {1: 0.8, 4: 0.3})
+    widget = widget_for(viewer)
+    widget.out.value = tmp_path / "test-results.json"
+    widget.cell_files.value = ["imagej", "geojson", "csv"]
+    widget.export()
+    results = json.loads((tmp_path / "test-results.json").read_text())
+    rows = list(csv.DictReader(open(tmp_path / "test_1_cells.csv", encoding="utf-8")))
+    assert sorted((r["class"], r["id"], r["area"]) for r in rows) == [
+        ("class1", "1", "64"), ("class1", "4", "100"), ("class2", "4", "200")]
+    assert len(rows) == len(results)
+    features = json.loads((tmp_path / "test_1_cells.geojson").read_text())["features"]
+    assert sorted(f["properties"]["measurements"]["score"] for f in features) == pytest.approx(
+        sorted(r["score"] for r in results), abs=1e-4)
+    assert len(roifile.roiread(tmp_path / "test_1_cells.zip")) == len(results)
+
+
 def test_a_missing_mapping_entry_is_a_notification(make_napari_viewer, tiny_dataset, tmp_path, errors):
     viewer = make_napari_viewer()
     stray = tiny_dataset / "test_release" / "stray.tif"

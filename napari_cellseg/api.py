@@ -1,0 +1,149 @@
+"""One call from Python: ``napari_cellseg.segment(image)`` -> labels, classes, scores, a cell table.
+
+Why a single entry point: a script, a notebook or a cluster job should not need to know that the
+work is split into ``checkpoint.load_model``, ``inference.predict`` and ``postprocess.to_labels``;
+it passes an image (or a stack) and the CLI's options and gets one object back. Models loaded by
+name or path stay cached, so segmenting many images in a loop loads the model once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cell_export import Cell, find_cells, write_cells
+from .defaults import MASK_THRESH, SCORE_THRESH, TILE_SIZE
+
+
+@dataclass
+class Segmentation:
+    """What ``segment`` found in one image or stack.
+
+    ``labels`` holds every class in one instance image (``H x W``, or ``planes x H x W`` for a
+    stack; 0 = background, ids unique); ``class_labels`` the same split by class id (1-based, as
+    ``class_names``). ``classes`` and ``scores`` map each id in ``labels`` to its class name and
+    the model's confidence.
+    """
+
+    labels: np.ndarray
+    class_labels: dict[int, np.ndarray]
+    classes: dict[int, str]
+    scores: dict[int, float]
+    class_names: list[str]
+    image: np.ndarray | None = field(default=None, repr=False)
+    """The image as the model saw it (RGB uint8), for the table's mean intensity."""
+    axis: str = ""
+
+    def cells(self) -> list[Cell]:
+        """Every cell measured, with its outline (``cell_export.Cell``)."""
+        return find_cells(self.class_labels, self.scores, self.class_names, self.image)
+
+    def table(self) -> list[dict[str, object]]:
+        """A row per cell: id, class, score, area, centroid, bbox, mean intensity (and plane for a
+        stack); ``pandas.DataFrame(result.table())`` makes it a data frame."""
+        return [cell.row() for cell in self.cells()]
+
+    def write(self, folder: str | os.PathLike, stem: str, formats: Sequence[str] = ("labels", "csv")) -> list[Path]:
+        """Write the formats of ``predict --format`` into ``folder`` as ``<stem>_...``; returns the paths."""
+        from .images import write_labels
+        from .stacks import write_stack_labels
+
+        folder = Path(folder)
+        written = []
+        if "labels" in formats:
+            for k, image in self.class_labels.items():
+                path = folder / f"{stem}_{self.class_names[k - 1]}.tif"
+                if image.ndim == 2:
+                    write_labels(path, image)
+                else:
+                    write_stack_labels(path, image, self.axis)
+                written.append(path)
+        return written + write_cells(folder, stem, self.cells(), formats, self.axis)
+
+
+def segment(
+    image: np.ndarray | str | os.PathLike,
+    model: object = "nuclei",
+    *,
+    score_thresh: float = SCORE_THRESH,
+    mask_thresh: float = MASK_THRESH,
+    tile_size: int = TILE_SIZE,
+    flip: bool = False,
+    device: str = "auto",
+    link: bool = False,
+    stack: bool | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Segmentation:
+    """Segment ``image`` with ``model`` (a built-in name such as ``"nuclei"``, a checkpoint path,
+    or a loaded ``CellMaskRCNN`` with its ``class_names``); options as ``napari-cellseg predict``.
+
+    ``image``: an array (``H x W`` grey, ``H x W x C`` or ``C x H x W`` colour with C <= 4, any
+    dtype) or an image file; ``planes x H x W`` (or ``planes x H x W x C``) is a stack, segmented
+    plane by plane (``stack`` forces either reading). ``link``: a stack's cell keeps its id from
+    plane to plane where its masks overlap.
+    """
+    from .stacks import iter_predict_stack, read_stack, stack_scores, to_stack_labels
+    from .progress import drain
+
+    net, names = _model(model, device, class_names)
+    data = read_stack(image) if isinstance(image, (str, os.PathLike)) else _as_stack(np.asarray(image), stack)
+    classes = range(1, len(names) + 1)
+    if len(data) == 1:
+        from .pipeline import segment_image
+
+        rgb = data.plane(0)
+        class_labels, scores = segment_image(net, rgb, score_thresh=score_thresh, mask_thresh=mask_thresh,
+                                             tile_size=tile_size, flip=flip)
+    else:
+        raw = drain(iter_predict_stack(net, data, tile_size=tile_size, flip=flip))
+        class_labels, scores = to_stack_labels(raw, score_thresh, mask_thresh, classes), stack_scores(raw)
+        if link:
+            from .stacks import link_over_time
+
+            link_over_time(class_labels)
+        rgb = np.stack([data.plane(p) for p in range(len(data))])
+    merged = np.zeros(next(iter(class_labels.values())).shape, np.int32)
+    which: dict[int, str] = {}
+    for k, labels in class_labels.items():
+        merged += labels  # the classes never share a pixel (to_labels paints each pixel once)
+        which.update((int(i), names[k - 1]) for i in np.unique(labels) if i)
+    kept = {i: scores[i] for i in which if i in scores}
+    return Segmentation(merged, class_labels, which, kept, list(names), rgb, data.axis)
+
+
+def _as_stack(array: np.ndarray, stack: bool | None):
+    """An array as a ``Stack``: one plane unless it reads as planes (see ``segment``)."""
+    from .stacks import Stack
+
+    if stack is None:
+        colour = array.ndim == 3 and (array.shape[2] <= 4 or array.shape[0] <= 4 < min(array.shape[1:]))
+        stack = array.ndim == 4 or (array.ndim == 3 and not colour)
+    return Stack(array if stack else array[None])
+
+
+def _model(model: object, device: str, class_names: Sequence[str] | None):
+    """The network and its class names: a loaded model as it is, a name or path loaded once."""
+    if isinstance(model, (str, os.PathLike)):
+        net, config = _load(str(model), str(device))
+        return net, list(class_names or config.class_names)
+    count = model.roi_heads.box_predictor.cls_score.out_features - 1
+    names = list(class_names) if class_names is not None else [f"class{k}" for k in range(1, count + 1)]
+    if len(names) != count:
+        raise ValueError(f"the model has {count} classes but {len(names)} class names were given")
+    return model, names
+
+
+@functools.lru_cache(maxsize=2)
+def _load(model: str, device: str):
+    from .checkpoint import load_model
+    from .devices import resolve_device
+
+    return load_model(model, resolve_device(device))
+
+
+__all__ = ["Segmentation", "segment"]
