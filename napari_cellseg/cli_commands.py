@@ -9,15 +9,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .atomic import folder_problem
-from .checkpoint import load_model, model_card
+from .checkpoint import CARD_TEXT, load_model, model_card
 from .data import find_samples
 from .devices import resolve_device
 from .distributed import barrier, env_rank
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
-from .errors import DatasetError, OutputError
+from .errors import CellsegError, DatasetError, OutputError
 from .evaluation import evaluate_file
 from .images import write_labels
-from .layout import TEST_FOLDER, image_files
+from .layout import TEST_FOLDER, image_files, printable
 from .metrics import format_metrics
 from .pipeline import export_items, iter_export, segment_image
 from .pretrained import builtin_models
@@ -234,21 +234,28 @@ def _demo_val(model, class_names: list[str], out_json: Path, device) -> dict:
 
 
 def models(args: argparse.Namespace) -> int:
-    """The built-in models with what they were trained on and their measured accuracy."""
+    """The built-in models with what they were trained on and their measured accuracy. A damaged
+    entry is listed as such and the others still shown; card text is printed escaped (no terminal
+    control sequences), as cards come with the weights."""
     found = builtin_models()
     if not found:
         print("no built-in models are installed")
     for name, model in found.items():
-        card = model_card(name)
-        print(f"{name}  ({model.path.stat().st_size / 1e6:.1f} MB, {card.get('arch', '?')}, "
-              f"classes: {', '.join(card.get('classes', []))})")
-        for key in ("description", "trained_on", "licence", "recipe"):
+        try:
+            card = model_card(name)
+        except CellsegError as exc:
+            print(f"{printable(name)}  (unusable: {printable(exc)})")
+            continue
+        print(f"{printable(name)}  ({model.path.stat().st_size / 1e6:.1f} MB, {printable(card.get('arch', '?'))}, "
+              f"classes: {printable(', '.join(card.get('classes', [])))})")
+        for key in CARD_TEXT[:-1]:
             if card.get(key):
-                print(f"  {key.replace('_', ' ')}: {card[key]}")
+                print(f"  {key.replace('_', ' ')}: {printable(card[key])}")
         for split, figures in card.get("metrics", {}).items():
-            if isinstance(figures, dict) and "AP50" in figures:
-                print(f"  {split}: AP50 {figures['AP50']:.3f}  AP {figures['AP']:.3f}  "
-                      f"TP/(TP+FP+FN)@0.5 {figures.get('accuracy@0.5', float('nan')):.3f}")
+            shown = "  ".join(f"{label} {figures[key]:.3f}" for key, label in
+                              (("AP50", "AP50"), ("AP", "AP"), ("accuracy@0.5", "TP/(TP+FP+FN)@0.5")) if key in figures)
+            if shown:
+                print(f"  {printable(split)}: {shown}")
     return 0
 
 

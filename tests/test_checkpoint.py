@@ -75,3 +75,40 @@ def test_checkpoint_from_another_class_count_is_refused(saved, tmp_path):
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="does not fit"):
         load_model(other)
+
+
+# ------------------------------------------------------------ damaged weights never pass (issue 21)
+
+
+def _overwrite_largest_tensor(path, out):
+    """A copy of ``path`` with bytes in the middle of its largest tensor overwritten (the zip's CRC goes bad)."""
+    import struct
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[start:start + 64] = bytes(64)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_overwritten_tensors_are_refused_by_the_zip_checksums(saved, tmp_path):
+    """(4) Overwritten weights loaded and predicted 0 cells with exit 0."""
+    damaged = _overwrite_largest_tensor(saved[0], tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match=r"damaged.pt is damaged: .* fails its checksum"):
+        load_model(damaged)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, value):
+    """(4) NaN/Inf weights gave empty labels with exit 0; now they name the tensor."""
+    cfg = ModelConfig(arch="resnet18", class_names=["nucleus"])
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight[0, 0] = value
+    path = save_checkpoint(tmp_path / "diverged.pt", model, cfg)
+    with pytest.raises(CheckpointError, match=r"diverged.pt is unusable: .*cls_score.weight are not finite numbers"):
+        load_model(path)
