@@ -2,7 +2,8 @@
 
 Loaded with ``torch.load(weights_only=True)``: a checkpoint downloaded from the internet cannot run
 code. Weights are checked before use: the zip's checksums (overwritten bytes), a built-in model's
-recorded digest, and finite values (a NaN weight gives empty labels, not an error). Saved through a temporary file and an atomic rename: a crash never leaves half a checkpoint.
+recorded digest, and finite values (a NaN weight gives empty labels, not an error).
+Saved through a temporary file and an atomic rename: a crash never leaves half a checkpoint.
 """
 
 from __future__ import annotations
