@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -83,6 +84,7 @@ def predict(args: argparse.Namespace) -> int:
         model, config = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
         src = Path(args.images)
         files = image_files(src) if src.is_dir() else [src]
+        _refuse_output_among_inputs(out, src)
         _refuse_same_stem(files)
         mine = my_share(files, ctx)
         with tqdm(mine, desc="predict", unit="image", disable=not ctx.is_main) as bar:  # closed before any error line
@@ -115,6 +117,16 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
         link_over_time(labels)
     for class_id, image in labels.items():
         write_stack_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image, stack.axis)
+
+
+def _refuse_output_among_inputs(out: Path, src: Path) -> None:
+    """Label images never land among the images: ``a.tif`` would write ``a_nucleus.tif`` over an
+    input of that name, and every label image would be read as an image on the next run."""
+    if src.is_dir() and out.is_dir() and os.path.samefile(out, src):
+        raise OutputError(
+            f"--out {out} is the image folder itself: the label images would be written among the images "
+            "(over any of the same name) and read as images next time; give --out another folder"
+        )
 
 
 def _refuse_same_stem(files: list[Path]) -> None:

@@ -296,3 +296,20 @@ def write_json(path: Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj), encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def overwritten_tensor(source: Path, path: Path) -> Path:
+    """A copy of the zip checkpoint ``source`` with 64 bytes in the middle of its largest tensor
+    zeroed, as a bad disk or a careless copy would: it still loads, unless the zip's CRCs are checked."""
+    import zipfile
+
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[start:start + 64] = bytes(64)
+    return _bytes(path, bytes(data))

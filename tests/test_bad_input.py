@@ -453,6 +453,12 @@ def bad_checkpoints(checkpoint, tmp_path_factory) -> dict[str, tuple[Path, tuple
         write("arch.pt", {**ckpt, "config": {**ckpt["config"], "arch": "resnet50"}}),
         ("does not fit", "weights missing"),
     )
+    paths["overwritten tensor bytes"] = (badfiles.overwritten_tensor(good, tmp / "overwritten.pt"),
+                                         ("is damaged", "fails its checksum"))
+    first = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    for value in ("nan", "inf"):
+        broken = {**ckpt["model"], first: torch.full_like(ckpt["model"][first], float(value))}
+        paths[f"{value} weights"] = (write(f"{value}.pt", {**ckpt, "model": broken}), ("not finite", first))
     no_config = write("noconfig.pt", {"format": ckpt["format"], "model": ckpt["model"]})
     paths["no config"] = (no_config, ("is incomplete", "'config'"))
     for n, (case, (key, value, words)) in enumerate(HOSTILE_CONFIGS.items()):
@@ -469,6 +475,12 @@ HOSTILE_CONFIGS = {  # case -> (config key, value, words): each crashed, or wrot
     "empty class name": ("class_names", ["", "class2"], ("non-empty",)),
     "duplicate class names": ("class_names", ["class1", "CLASS1"], ("unique",)),
     "no aspect ratios": ("aspect_ratios", [], ("aspect_ratios",)),
+    "100,000 aspect ratios": ("aspect_ratios", [1.0] * 100_000, ("aspect_ratios needs 3", "100000 values")),
+    "one aspect ratio for a 3-anchor head": ("aspect_ratios", [1.0], ("aspect_ratios needs 3", "proposal head")),
+    "class name with a bidi override": ("class_names", ["nu\u202egnp.exe", "class2"],
+                                        ("file name", "text-direction", "\\\\u202e")),
+    "class name with a C1 control": ("class_names", ["a\x9bb", "class2"], ("file name",)),
+    "class name with a zero-width space": ("class_names", ["class\u200b1", "class1"], ("file name",)),
     "NMS threshold as text": ("box_nms_thresh", "0.3", ("box_nms_thresh", "between 0 and 1")),
     "a billion detections": ("detections_per_img", 10**9, ("10,000",)),
     "detections as 1e9": ("detections_per_img", 1e9, ("10,000",)),
@@ -477,7 +489,7 @@ HOSTILE_CONFIGS = {  # case -> (config key, value, words): each crashed, or wrot
 
 CHECKPOINT_CASES = ["missing", "empty", "truncated", "random bytes", "text file", "plain state_dict",
                     "code in torch.save", "code in a plain pickle", "another class count", "another architecture",
-                    "no config", *HOSTILE_CONFIGS]
+                    "no config", "overwritten tensor bytes", "nan weights", "inf weights", *HOSTILE_CONFIGS]
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -744,3 +756,30 @@ def test_export_with_allow_missing_exports_the_images_present(checkpoint, tiny_d
     printed = capsys.readouterr().out
     assert "for 2 images" in printed and "gone.tif" in printed
     assert "1 image(s) of the mapping file were not found" in printed
+
+
+# ------------------------------------------------------------ round 3 (issue 21): outputs, names, messages
+
+
+def test_predict_never_writes_among_its_input_images(checkpoint, tmp_path, capsys):
+    """(1) --out set to the image folder wrote a_class1.tif over an input of that name, then
+    segmented it as an image."""
+    folder = tmp_path / "images"
+    badfiles.uint16(folder / "a.tif")
+    victim = badfiles.uint16(folder / "a_class1.tif")
+    before = victim.read_bytes()
+    for out in (folder, tmp_path / "link"):
+        if out.name == "link":
+            out.symlink_to(folder)
+        message = cli_error(capsys, "predict", checkpoint, folder, "--out", out, "--device", "cpu")
+        assert_names(message, out, "is the image folder itself", "another folder")
+    assert victim.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.tif", "a_class1.tif"]
+
+
+def test_export_into_a_new_folder(checkpoint, tiny_dataset_module, tmp_path, capsys):
+    """(13) export --out newdir/res.json failed with [Errno 2] ... res.json.lock."""
+    out = tmp_path / "new" / "deeper" / "res.json"
+    assert main(["export", str(checkpoint), str(tiny_dataset_module / "val"), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert isinstance(json.loads(out.read_text()), list)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]

@@ -3,6 +3,8 @@ import pickle
 
 import pytest
 
+import badfiles
+
 from napari_cellseg._torch import torch
 from napari_cellseg.checkpoint import load_checkpoint, load_model, save_checkpoint
 from napari_cellseg.errors import CheckpointError
@@ -80,24 +82,9 @@ def test_checkpoint_from_another_class_count_is_refused(saved, tmp_path):
 # ------------------------------------------------------------ damaged weights never pass (issue 21)
 
 
-def _overwrite_largest_tensor(path, out):
-    """A copy of ``path`` with bytes in the middle of its largest tensor overwritten (the zip's CRC goes bad)."""
-    import struct
-    import zipfile
-
-    data = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as archive:
-        info = max(archive.infolist(), key=lambda i: i.file_size)
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
-    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
-    data[start:start + 64] = bytes(64)
-    out.write_bytes(bytes(data))
-    return out
-
-
 def test_overwritten_tensors_are_refused_by_the_zip_checksums(saved, tmp_path):
     """(4) Overwritten weights loaded and predicted 0 cells with exit 0."""
-    damaged = _overwrite_largest_tensor(saved[0], tmp_path / "damaged.pt")
+    damaged = badfiles.overwritten_tensor(saved[0], tmp_path / "damaged.pt")
     with pytest.raises(CheckpointError, match=r"damaged.pt is damaged: .* fails its checksum"):
         load_model(damaged)
 
