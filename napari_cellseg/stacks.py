@@ -157,6 +157,13 @@ def plane_name(file_name: str, plane: int) -> str:
     return f"{file_name}{PLANE_SEPARATOR}{plane}"
 
 
+def split_plane_name(name: str) -> tuple[str, int | None]:
+    """``("t1.tif", 3)`` for ``t1.tif#3``; ``(name, None)`` for anything else. Only ASCII digits
+    count: ``t1.tif#²`` passes ``str.isdigit`` but is no plane number, so it is a file name."""
+    file_name, sep, plane = name.rpartition(PLANE_SEPARATOR)
+    return (file_name, int(plane)) if sep and plane.isascii() and plane.isdigit() else (name, None)
+
+
 # ------------------------------------------------------------------------------- prediction
 
 
@@ -302,9 +309,9 @@ def mapped_items(files: list[Path], mapping: dict[str, dict], mapping_path) -> l
     """
     planes: dict[str, list[int]] = {}
     for key in mapping:
-        file_name, sep, plane = key.rpartition(PLANE_SEPARATOR)
-        if sep and plane.isdigit():
-            planes.setdefault(file_name, []).append(int(plane))
+        file_name, plane = split_plane_name(key)
+        if plane is not None:
+            planes.setdefault(file_name, []).append(plane)
     missing = [f.name for f in files if f.name not in mapping and f.name not in planes]
     if missing:
         raise DatasetError(
@@ -354,7 +361,7 @@ def item_image(item: ExportItem) -> np.ndarray:
 
 
 __all__ = [
-    "Stack", "StackInstances", "read_stack", "stack_size", "read_plane", "plane_axis", "plane_name",
+    "Stack", "StackInstances", "read_stack", "stack_size", "read_plane", "plane_axis", "plane_name", "split_plane_name",
     "iter_predict_stack", "predict_stack", "plane_labels", "link_over_time", "to_stack_labels", "stack_scores",
     "write_stack_labels", "mapped_items",
     "folder_mapping", "item_image",

@@ -327,12 +327,16 @@ def _mapping_cases(root: Path) -> dict[str, tuple[object, str]]:
         "absolute path": ([entries[0], dict(entries[1], file_name=str(root / "x.tif"))], "not a path"),
         "image missing from the folder": ([*entries, dict(entries[0], file_name="gone.tif", id=3)],
                                           "--allow-missing"),
+        "nested thousands deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # was RecursionError
+        "plane number not ASCII digits": ([*entries, dict(entries[0], file_name="test_0.tif#\u00b2", id=3)],
+                                          "test_0.tif#\u00b2"),  # passed isdigit(), then int() failed
     }
 
 
 MAPPING_CASES = ["malformed", "not a list", "missing a test image", "duplicate ids", "duplicate names",
                  "wrong height", "wrong width", "missing key", "id not a number", "image outside the folder",
-                 "absolute path", "image missing from the folder"]
+                 "absolute path", "image missing from the folder", "nested thousands deep",
+                 "plane number not ASCII digits"]
 
 
 @pytest.mark.parametrize("case", MAPPING_CASES)
@@ -373,6 +377,7 @@ RESULT_CASES = {  # case -> (file content, words)
     "score NaN": ('[{"image_id": 1, "category_id": 1, "score": NaN, "segmentation": {"size": [64, 80], '
                   '"counts": [5120]}}]', ("score must be a finite number",)),
     "image id not in the ground truth": ([_result(image_id=42)], ("image id 42",)),
+    "nested thousands deep": ("[" * 100_000 + "]" * 100_000, ("nested too deeply",)),
 }
 
 
