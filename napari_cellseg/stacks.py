@@ -29,7 +29,7 @@ import tifffile
 from .atomic import atomic_path
 from .defaults import OVERLAP, TILE_SIZE
 from .errors import DatasetError
-from .images import MAX_CHANNELS, _check_file, _check_size, _is_tiff, read_image, to_rgb_uint8
+from .images import MAX_CHANNELS, _check_file, _check_has_pixels, _check_size, _is_tiff, read_image, to_rgb_uint8
 from .inference import RawInstances, iter_predict
 from .layout import ExportItem
 from .postprocess import to_labels
@@ -126,6 +126,7 @@ def stack_size(path: str | os.PathLike) -> tuple[int, int, int]:
 
 def _file_plane_axis(path: Path, shape: tuple[int, ...], axes: str) -> int | None:
     """``plane_axis``, its refusal naming the file."""
+    _check_has_pixels(path, shape)
     try:
         return plane_axis(shape, axes)
     except DatasetError as exc:

@@ -83,10 +83,17 @@ BAD_IMAGES = {  # case -> words the message must hold
     "plain_stack": ("stack of shape (12, 64, 80)",),
     "huge_header": ("declares 100000 x 100000 pixels",),
     "huge_decoded": ("4.0 GiB in memory once decoded", "cut it into tiles"),
+    # (14) these were told "this is a stack ... save one 2-D slice", though stacks are read
+    "zero_planes": ("holds no pixels", "(0, 64, 80)"),
+    "six_channels": ("has 6 channels", "axes CYX", "one RGB or grey image"),
+    "six_channels_last": ("has 6 channels", "axes YXS"),
+    "cielab": ("CIELAB colour model", "save it as RGB"),  # (5) refused, not read as RGB
 }
-GOOD_IMAGES = ["png_named_tif", "jpeg_named_tif", "uint16", "float32", "two_channel", "two_channel_last"]
+GOOD_IMAGES = ["png_named_tif", "jpeg_named_tif", "uint16", "float32", "two_channel", "two_channel_last", "cmyk",
+               "palette", "white_is_zero"]
 
 
+@pytest.mark.filterwarnings("ignore:.*writing zero-size array")
 @pytest.mark.parametrize("case", sorted(BAD_IMAGES))
 def test_bad_image_library_and_cli(case, tmp_path, capsys):
     path = badfiles.IMAGE_MAKERS[case](tmp_path / "gt" / "s0" / "image.tif")
@@ -112,6 +119,31 @@ def test_awkward_images_work_normalised(case, tmp_path, capsys):
     badfiles.one_sample_folder(tmp_path / "gt", image_maker=lambda p: p)
     assert main(["evaluate", str(empty_results(tmp_path)), str(tmp_path / "gt")]) == 0
     assert "COCO mask AP" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["cmyk", "palette", "white_is_zero"])
+def test_tiff_colour_models_are_honoured(case, tmp_path):
+    """(5) CMYK was read as RGBA (the image inverted), a palette TIFF as its raw indices."""
+    image = read_image(badfiles.IMAGE_MAKERS[case](tmp_path / "x.tif"))
+    if case == "cmyk":
+        assert np.abs(image.astype(int) - badfiles.rgb()).max() <= 1
+    elif case == "palette":
+        np.testing.assert_array_equal(image[0, :4], [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]])
+    else:
+        np.testing.assert_array_equal(image[..., 0], badfiles.rgb()[..., 0])
+
+
+@pytest.mark.filterwarnings("ignore:.*writing zero-size array")
+def test_predict_on_a_stack_of_zero_planes_and_six_channels(checkpoint, tmp_path, capsys):
+    """(14) predict reads stacks: the message must not tell the user to save one 2-D slice."""
+    for maker, words in ((badfiles.zero_planes, "holds no pixels"), (badfiles.six_channels, "has 6 channels")):
+        folder = tmp_path / maker.__name__
+        path = maker(folder / "x.tif")
+        message = cli_error(capsys, "predict", checkpoint, folder, "--out", tmp_path / "out", "--device", "cpu",
+                            progress=True)
+        assert_names(message, path, words)
+        assert "2-D slice" not in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_predict_segments_a_16_bit_and_a_float_image(checkpoint, tmp_path, capsys):
