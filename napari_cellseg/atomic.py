@@ -148,7 +148,7 @@ def _lock_holder(lock: Path) -> int | None:
         text = lock.read_text(encoding="ascii", errors="replace").strip()
     except OSError:
         return None
-    return int(text) if text.isascii() and text.isdigit() else None
+    return int(text) if text.isdigit() else None
 
 
 def _age(lock: Path) -> float:

@@ -105,6 +105,7 @@ def test_lock_of_an_output_in_a_new_folder(tmp_path):
 
 
 def test_a_lock_holding_a_non_ascii_digit_is_stale_not_a_crash(tmp_path):
+    """``"\u00b2".isdigit()`` is true but ``int`` refuses it (issue 21, 15): a lock file holding it is stale."""
     out = tmp_path / "res.json"
     (tmp_path / "res.json.lock").write_text("\u00b2")
     os.utime(tmp_path / "res.json.lock", (0, 0))  # old: not one being written just now
