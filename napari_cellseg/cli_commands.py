@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .atomic import folder_problem
-from .checkpoint import CARD_TEXT, load_model, model_card
+from .checkpoint import load_model, model_card
 from .data import find_samples
 from .devices import resolve_device
 from .distributed import barrier, env_rank
@@ -260,7 +260,7 @@ def models(args: argparse.Namespace) -> int:
             continue
         print(f"{printable(name)}  ({model.path.stat().st_size / 1e6:.1f} MB, {printable(card.get('arch', '?'))}, "
               f"classes: {printable(', '.join(card.get('classes', [])))})")
-        for key in CARD_TEXT[:-1]:
+        for key in ("description", "trained_on", "licence", "recipe"):
             if card.get(key):
                 print(f"  {key.replace('_', ' ')}: {printable(card[key])}")
         for split, figures in card.get("metrics", {}).items():
