@@ -21,6 +21,7 @@ from . import _gui_session
 from ._gui_session import path_or_none, short_path
 from ._segment_jobs import CHECKPOINT_FILE, model_file
 from ._tooltips import FINETUNE as TIPS
+from .errors import CellsegError
 from .images import to_rgb_uint8
 from .layout import image_name
 from .sample_writer import SampleExistsError, count_samples, save_sample
@@ -94,7 +95,7 @@ class FineTuneWidget(Container):
                     self.status.value = f"not added: {name} is already in the training set"
                     return
                 path = save_sample(image, labels, folder, name, replace=True)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, CellsegError) as exc:  # e.g. a user's own folder of that name
             self.error(_gui_session.one_line(exc))
             return
         cells = sum(int(len(np.unique(v)) - 1) for v in labels.values())

@@ -111,6 +111,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     lock = path.with_name(path.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)  # an output in a new folder: the lock goes there first
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY, 0o666)

@@ -1,13 +1,16 @@
 """One-file checkpoints: the weights, the model config to rebuild them, and the state to resume.
 
 Loaded with ``torch.load(weights_only=True)``: a checkpoint downloaded from the internet cannot run
-code. Saved through a temporary file and an atomic rename: a crash never leaves half a checkpoint.
+code. Weights are checked before use: the zip's checksums (overwritten bytes), a built-in model's
+recorded digest, and finite values (a NaN weight gives empty labels, not an error).
+Saved through a temporary file and an atomic rename: a crash never leaves half a checkpoint.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import pickle
 import shutil
 import zipfile
@@ -19,7 +22,8 @@ from .atomic import atomic_path
 from .errors import CheckpointError
 from .model import CellMaskRCNN, ModelConfig, build_model
 from .packing import unpack_state_dict
-from .pretrained import builtin_models, resolve_checkpoint
+from .pretrained import builtin_models, builtin_name, describe_checkpoint, file_digest, recorded_digest, \
+    resolve_checkpoint
 
 CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 """Weights whose shape depends on the number of classes: re-made when fine-tuning to other classes."""
@@ -78,33 +82,57 @@ def weights_digest(model: torch.nn.Module) -> str:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a napari-cellseg checkpoint (a path or a built-in model's name) safely; every failure
     is one clear ``CheckpointError``."""
-    path = resolve_checkpoint(path)
+    asked, path = path, resolve_checkpoint(path)
     if not path.is_file():
         names = ", ".join(builtin_models()) or "none installed"
         raise CheckpointError(f"checkpoint not found: {path} (built-in models: {names})")
+    shown = describe_checkpoint(asked)
     try:
+        _check_integrity(path, shown)
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # A reference to code (GLOBAL), or a well-formed torch archive whose pickle the weights-only
         # reader refuses, is unsafe; anything else is not a checkpoint at all.
         if "GLOBAL" in str(exc) or zipfile.is_zipfile(path):
             raise CheckpointError(
-                f"refused to load {path}: it holds Python objects that could run code, "
+                f"refused to load {shown}: it holds Python objects that could run code, "
                 "not plain weights. Use a checkpoint written by napari-cellseg train."
             ) from None
-        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint (unreadable data)") from None
+        raise CheckpointError(f"{shown} is damaged or not a PyTorch checkpoint (unreadable data)") from None
     except PermissionError:
-        raise CheckpointError(f"checkpoint {path}: permission denied; cannot read it") from None
-    except MemoryError:
+        raise CheckpointError(f"{shown}: permission denied; cannot read it") from None
+    except (MemoryError, CheckpointError):
         raise
     except Exception as exc:  # torch.load raises RuntimeError, EOFError, KeyError, BadZipFile... for damaged files
-        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(exc).__name__})") from None
+        raise CheckpointError(f"{shown} is damaged or truncated ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is not a napari-cellseg checkpoint (a bare state_dict has no model configuration); "
+            f"{shown} is not a napari-cellseg checkpoint (a bare state_dict has no model configuration); "
             "use a checkpoint written by napari-cellseg train"
         )
     return ckpt
+
+
+def _check_integrity(path: Path, shown: str) -> None:
+    """Refuse a file whose bytes changed after it was written: a built-in model must match its
+    recorded digest; any zip checkpoint (torch's format) must pass its own CRC checks."""
+    if builtin_name(path) is not None:
+        recorded = recorded_digest(path)
+        if recorded is None:
+            raise CheckpointError(f"{shown} has no recorded digest ({path.name}.sha256 is missing); "
+                                  "reinstall napari-cellseg")
+        if file_digest(path) != recorded:
+            raise CheckpointError(f"{shown} does not match its recorded digest: the file was changed or "
+                                  "damaged after it was packed; reinstall napari-cellseg")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+            bad = "its index"
+        if bad is not None:
+            raise CheckpointError(f"{shown} is damaged: {bad} fails its checksum (the bytes were changed "
+                                  "after it was saved); use another copy or train again")
 
 
 RESUME_STATE = ("optimizer", "scheduler", "scaler", "epoch", "step")
@@ -137,6 +165,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint
         mismatch = _weights_mismatch(model.state_dict(), state)
         if mismatch:
             raise ValueError(mismatch)
+        broken = _non_finite(state)
+        if broken:
+            raise CheckpointError(f"{source} is unusable: {broken}")
         model.load_state_dict(state)
     except KeyError as exc:
         raise CheckpointError(f"{source} is incomplete: it has no {exc.args[0]!r} entry") from None
@@ -157,10 +188,38 @@ def model_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return ckpt["model"]
 
 
+CARD_TEXT = ("description", "trained_on", "licence", "recipe", "arch")
+"""The card's text fields; each is kept only when it is text, cut to ``_CARD_CHARS``."""
+_CARD_CHARS = 2000
+
+
 def model_card(path_or_name: str | Path) -> dict[str, Any]:
-    """A packed model's card: what it was trained on, the recipe, measured accuracy ({} if none)."""
+    """A packed model's card: what it was trained on, the recipe, measured accuracy ({} if none).
+
+    A card is untrusted input like the rest of the file: only fields of the expected type are kept
+    (text, a list of class names, ``{split: {figure: number}}``, whole step counts), each bounded,
+    so whoever shows it needs no checks of its own. Text is returned as written; show it with
+    ``layout.printable`` (a card may hold terminal escapes)."""
     card = load_checkpoint(path_or_name).get("card", {})
-    return card if isinstance(card, dict) else {}
+    if not isinstance(card, dict):
+        return {}
+    typed: dict[str, Any] = {k: card[k][:_CARD_CHARS] for k in CARD_TEXT if isinstance(card.get(k), str)}
+    classes = card.get("classes")
+    if isinstance(classes, list):
+        typed["classes"] = [str(c)[:80] for c in classes[:100] if isinstance(c, (str, int)) and not isinstance(c, bool)]
+    metrics = card.get("metrics")
+    if isinstance(metrics, dict):
+        typed["metrics"] = {str(split)[:200]: {str(k)[:80]: float(v) for k, v in list(figures.items())[:50]
+                                               if _finite_number(v)}
+                            for split, figures in list(metrics.items())[:50] if isinstance(figures, dict)}
+    for key in ("steps", "epochs"):
+        if isinstance(card.get(key), int) and not isinstance(card[key], bool):
+            typed[key] = card[key]
+    return typed
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def init_model(source: str | Path, class_names: list[str], **changes: Any) -> tuple[CellMaskRCNN, ModelConfig, bool]:
@@ -171,7 +230,7 @@ def init_model(source: str | Path, class_names: list[str], **changes: Any) -> tu
     the model, its config and whether the heads were re-made. Unlike resuming, no schedule or
     optimizer state is carried over: this starts a new run.
     """
-    kept, old = model_from_checkpoint(load_checkpoint(source), source)  # validated, weights loaded
+    kept, old = model_from_checkpoint(load_checkpoint(source), describe_checkpoint(source))  # validated
     config = ModelConfig.from_dict({**old.to_dict(), **changes, "class_names": list(class_names)})
     model = build_model(config)
     remake = len(old.class_names) != len(class_names)
@@ -180,6 +239,15 @@ def init_model(source: str | Path, class_names: list[str], **changes: Any) -> tu
         state = {k: v for k, v in state.items() if not k.startswith(CLASS_SPECIFIC)}
     model.load_state_dict(state, strict=not remake)
     return model, config, remake
+
+
+def _non_finite(state: dict[str, Any]) -> str | None:
+    """A NaN or Inf weight makes every score NaN (no cells, exit 0): name the first such tensor."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            return f"{bad} weight(s) of {name} are not finite numbers (NaN or Inf); it was saved from a diverged run"
+    return None
 
 
 def _weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str | None:
@@ -210,5 +278,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ce
         from .onnx_model import load_onnx
 
         return load_onnx(path, device)
-    model, config = model_from_checkpoint(load_checkpoint(path), path)
+    model, config = model_from_checkpoint(load_checkpoint(path), describe_checkpoint(path))
     return model.to(device).eval(), config

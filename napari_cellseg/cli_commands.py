@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -14,10 +15,10 @@ from .data import find_samples
 from .devices import resolve_device
 from .distributed import barrier, env_rank
 from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
-from .errors import DatasetError, OutputError
+from .errors import CellsegError, DatasetError, OutputError
 from .evaluation import evaluate_file
 from .images import write_labels
-from .layout import TEST_FOLDER, image_files
+from .layout import TEST_FOLDER, image_files, printable
 from .metrics import format_metrics
 from .pipeline import export_items, iter_export, segment_image
 from .pretrained import builtin_models
@@ -83,6 +84,7 @@ def predict(args: argparse.Namespace) -> int:
         model, config = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
         src = Path(args.images)
         files = image_files(src) if src.is_dir() else [src]
+        _refuse_output_among_inputs(out, src)
         _refuse_same_stem(files)
         mine = my_share(files, ctx)
         with tqdm(mine, desc="predict", unit="image", disable=not ctx.is_main) as bar:  # closed before any error line
@@ -128,6 +130,16 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
         # intensities measured on the planes as the model saw them; a stack's read one at a time
         cells = find_cells(labels, scores, config.class_names, stack.plane if image is None else image)
         write_cells(out, _inside(out, path.stem).name, cells, formats, stack.axis)
+
+
+def _refuse_output_among_inputs(out: Path, src: Path) -> None:
+    """Label images never land among the images: ``a.tif`` would write ``a_nucleus.tif`` over an
+    input of that name, and every label image would be read as an image on the next run."""
+    if src.is_dir() and out.is_dir() and os.path.samefile(out, src):
+        raise OutputError(
+            f"--out {out} is the image folder itself: the label images would be written among the images "
+            "(over any of the same name) and read as images next time; give --out another folder"
+        )
 
 
 def _refuse_same_stem(files: list[Path]) -> None:
@@ -259,21 +271,28 @@ def _demo_val(model, class_names: list[str], out_json: Path, device) -> dict:
 
 
 def models(args: argparse.Namespace) -> int:
-    """The built-in models with what they were trained on and their measured accuracy."""
+    """The built-in models with what they were trained on and their measured accuracy. A damaged
+    entry is listed as such and the others still shown; card text is printed escaped (no terminal
+    control sequences), as cards come with the weights."""
     found = builtin_models()
     if not found:
         print("no built-in models are installed")
     for name, model in found.items():
-        card = model_card(name)
-        print(f"{name}  ({model.path.stat().st_size / 1e6:.1f} MB, {card.get('arch', '?')}, "
-              f"classes: {', '.join(card.get('classes', []))})")
+        try:
+            card = model_card(name)
+        except CellsegError as exc:
+            print(f"{printable(name)}  (unusable: {printable(exc)})")
+            continue
+        print(f"{printable(name)}  ({model.path.stat().st_size / 1e6:.1f} MB, {printable(card.get('arch', '?'))}, "
+              f"classes: {printable(', '.join(card.get('classes', [])))})")
         for key in ("description", "trained_on", "licence", "recipe"):
             if card.get(key):
-                print(f"  {key.replace('_', ' ')}: {card[key]}")
+                print(f"  {key.replace('_', ' ')}: {printable(card[key])}")
         for split, figures in card.get("metrics", {}).items():
-            if isinstance(figures, dict) and "AP50" in figures:
-                print(f"  {split}: AP50 {figures['AP50']:.3f}  AP {figures['AP']:.3f}  "
-                      f"TP/(TP+FP+FN)@0.5 {figures.get('accuracy@0.5', float('nan')):.3f}")
+            shown = "  ".join(f"{label} {figures[key]:.3f}" for key, label in
+                              (("AP50", "AP50"), ("AP", "AP"), ("accuracy@0.5", "TP/(TP+FP+FN)@0.5")) if key in figures)
+            if shown:
+                print(f"  {printable(split)}: {shown}")
     return 0
 
 

@@ -145,6 +145,8 @@ def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DatasetError(f"{what} {path} is not valid JSON ({err}).") from None
+    except RecursionError:  # [[[[...]]]] nested thousands deep: no results or mapping file looks like that
+        raise DatasetError(f"{what} {path} is nested too deeply to be a {what.lower()}.") from None
 
 
 def load_mapping(path: str | os.PathLike) -> dict[str, dict]:

@@ -12,6 +12,7 @@ The config is ``train_config.TrainConfig``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -31,7 +32,7 @@ from .layout import class_file, default_class_names
 from .model import ModelConfig, build_model
 from .pipeline import validate
 from .progress import Progress
-from .train_config import LRSchedule, TrainConfig, model_config, plain, scaled_warmup
+from .train_config import LRSchedule, TrainConfig, model_config, plain, run_folder_lock, scaled_warmup
 from .transforms import train_augment
 
 
@@ -82,7 +83,8 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None) -> It
     cfg.validate()
     ctx = dist.setup(cfg.device)
     try:
-        yield from _train(cfg, ctx, should_stop or (lambda: False))
+        with run_folder_lock(cfg) if ctx.is_main else contextlib.nullcontext():  # one run per folder
+            yield from _train(cfg, ctx, should_stop or (lambda: False))
     finally:
         dist.teardown(ctx)
 

@@ -249,7 +249,10 @@ def _read_tiff(path: Path, what: str, decode: bool = True) -> np.ndarray | tuple
             series = tif.series[0]
             size = _check_declared(path, tuple(series.shape), series.axes, what)
             _check_bytes(path, tuple(series.shape), np.dtype(series.dtype).itemsize, what)
-            return series.asarray() if decode else size
+            if not decode:
+                return size
+            array = series.asarray()
+            return _colour_model(path, tif.pages[0], array, series.axes) if what == "image" else array
     except (DatasetError, MemoryError):
         raise
     except PermissionError:
@@ -258,8 +261,43 @@ def _read_tiff(path: Path, what: str, decode: bool = True) -> np.ndarray | tuple
         raise DatasetError(f"{path}: not a readable TIFF {what} (damaged or truncated?): {exc}") from None
 
 
+def _colour_model(path: Path, page, array: np.ndarray, axes: str) -> np.ndarray:
+    """Honour the TIFF's colour model (palette, CMYK, white-is-zero) or refuse it: read as plain
+    grey or RGB, a CMYK image came out inverted and a palette image as its raw indices."""
+    kind = int(page.photometric)
+    if kind in (1, 2) or (kind == 6 and int(page.compression) == 7):  # grey, RGB, JPEG's YCbCr (decoded as RGB)
+        return array
+    if kind == 0:  # MINISWHITE: 0 is white
+        return np.iinfo(array.dtype).max - array if array.dtype.kind in "ui" else -array.astype(np.float32)
+    if kind == 3 and page.colormap is not None and array.dtype.kind == "u":  # PALETTE: look the colours up
+        colours = (np.asarray(page.colormap, np.uint32) >> 8).astype(np.uint8)
+        return np.moveaxis(np.take(colours, array, axis=1, mode="clip"), 0, -1)
+    if kind == 5 and getattr(page, "inkset", 1) == 1 and "S" in axes and array.shape[axes.index("S")] >= 4:
+        cmyk = np.moveaxis(array, axes.index("S"), -1)[..., :4].astype(np.float32)
+        cmyk /= np.iinfo(array.dtype).max if array.dtype.kind in "ui" else max(float(np.nanmax(cmyk)), 1e-12)
+        rgb = 255 * (1 - cmyk[..., :3]) * (1 - cmyk[..., 3:])
+        return np.clip(np.nan_to_num(rgb), 0, 255).round().astype(np.uint8)
+    name = getattr(page.photometric, "name", str(kind))
+    raise DatasetError(f"{path}: the image is stored in the {name} colour model, which this tool does not "
+                       "convert; save it as RGB or greyscale (Fiji: Image > Type > RGB Color)")
+
+
+def _check_has_pixels(path: Path, shape: tuple[int, ...]) -> None:
+    """A series with a 0-length axis holds no image at all: say so, not that it is a stack."""
+    if 0 in shape:
+        raise DatasetError(f"{path}: the file holds no pixels (shape {tuple(shape)}): an empty stack or a "
+                           "damaged file")
+
+
 def _check_declared(path: Path, shape: tuple[int, ...], axes: str, what: str) -> tuple[int, int]:
     """Refuse stacks, tiny and absurd sizes from the header, before any pixel is decoded; the plane's H, W."""
+    _check_has_pixels(path, shape)
+    channels = [n for axis, n in zip(axes, shape) if axis in "CS" and n > MAX_CHANNELS]
+    if channels:
+        raise DatasetError(
+            f"{path}: the {what} has {channels[0]} channels (shape {tuple(shape)}, axes {axes}); 1 to {MAX_CHANNELS} "
+            "are read (grey, two stains, RGB, RGBA): save the channels to segment as one RGB or grey image"
+        )
     planes = [(axis, n) for axis, n in zip(axes, shape) if axis not in "YXS" and n > 1]
     if len(planes) > 1 or any(axis in _STACK_AXES or n > MAX_CHANNELS for axis, n in planes):
         raise DatasetError(f"{path}: {_stack_message(shape)}")

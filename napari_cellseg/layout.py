@@ -10,6 +10,7 @@ gives each test image its id. A folder of samples without a mapping file numbers
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,27 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 told by the file's first bytes (``images.read_image``)."""
 CLASS_FILE = re.compile(r"^class(\d+)\.tiff?$", re.IGNORECASE)
 """A sample's mask file of class K (``class1.tif``, ``class2.tiff``, ...)."""
+
+
+_HIDING = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories that hide or fake what a name says: control characters (C0 and C1), format
+characters (bidi overrides such as U+202E, zero-width joiners), surrogates, line separators."""
+
+
+def unsafe_character(text: str) -> str | None:
+    """The first character of ``text`` that must not reach a file name or the terminal, or None.
+
+    ``t1_nu\u202egnp.exe.tif`` shows as ``t1_nuexe.png.tif``: names from a checkpoint, a card or
+    a user's layer are checked with this one rule before they name a file or are printed."""
+    return next((c for c in text if unicodedata.category(c) in _HIDING), None)
+
+
+def printable(text: object, limit: int = 300) -> str:
+    """``text`` safe to print on one terminal line: each hiding character (ANSI escapes, ``\\r``,
+    bidi overrides) shown as its ``\\uXXXX`` code, cut to ``limit`` characters."""
+    text = str(text)
+    shown = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in _HIDING else c for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 def class_name(class_id: int) -> str:

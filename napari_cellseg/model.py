@@ -22,6 +22,7 @@ from typing import Any
 from ._torch import torch, torchvision
 from .defaults import DETECTOR_SCORE_FLOOR
 from .errors import CheckpointError
+from .layout import printable, unsafe_character
 
 from torch import nn  # noqa: E402
 from torchvision.models.detection import MaskRCNN  # noqa: E402
@@ -46,6 +47,9 @@ from torchvision.ops import misc as misc_nn_ops  # noqa: E402
 
 ARCHS = ("resnet50", "resnet50_v2", "resnet18")
 """``resnet18`` is the light model for CPUs: ResNet-18 body, FPN of 128 channels, slim heads."""
+
+RPN_ANCHORS = 3
+"""Anchors per location the region proposal head is built for: one per aspect ratio, no more, no fewer."""
 
 MAX_CLASSES = 100
 """Classes a model may have; a stray ``class1000000.tif`` must not size the network."""
@@ -108,8 +112,10 @@ class ModelConfig:
         _check_class_names(self.class_names)
         if len(self.anchor_sizes) != 5 or not all(_is_int(v) and 1 <= v <= 4096 for v in self.anchor_sizes):
             raise ValueError("anchor_sizes needs 5 whole sizes between 1 and 4096 pixels, one per FPN level")
-        if not self.aspect_ratios or not all(_is_number(v) and 0.01 <= v <= 100 for v in self.aspect_ratios):
-            raise ValueError("aspect_ratios needs at least one number between 0.01 and 100")
+        if len(self.aspect_ratios) != RPN_ANCHORS or not all(
+                _is_number(v) and 0.01 <= v <= 100 for v in self.aspect_ratios):
+            raise ValueError(f"aspect_ratios needs {RPN_ANCHORS} numbers between 0.01 and 100, one per anchor "
+                             f"of the region proposal head (got {len(self.aspect_ratios)} values)")
         if not _is_int(self.detections_per_img) or not 1 <= self.detections_per_img <= MAX_DETECTIONS:
             raise ValueError(f"detections per image must be a whole number from 1 to {MAX_DETECTIONS:,}, "
                              f"got {self.detections_per_img!r}")
@@ -152,10 +158,10 @@ def _check_class_names(names: Any) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"class name {name!r} is not a non-empty text")
         if (len(name) > MAX_CLASS_NAME or name in (".", "..") or any(c in name for c in '/\\:')
-                or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+                or unsafe_character(name) is not None):
             raise ValueError(
-                f"class name {name[:80]!r} cannot be part of a file name (it must be at most {MAX_CLASS_NAME} "
-                "characters without / \\ : or control characters)"
+                f"class name {printable(name, 80)!r} cannot be part of a file name (it must be at most "
+                f"{MAX_CLASS_NAME} characters without / \\ : or control or text-direction characters)"
             )
     if len({n.casefold() for n in names}) != len(names):
         raise ValueError("class names must be unique (their label files would overwrite each other)")
@@ -277,7 +283,7 @@ def _resnet50_backbone(weights: str, v2: bool) -> tuple[nn.Module, dict[str, Any
             body.load_state_dict(_fetch(body_weights))
         backbone = _resnet_fpn_extractor(body, trainable, norm_layer=nn.BatchNorm2d)
         heads = {
-            "rpn_head": RPNHead(256, 3, conv_depth=2),
+            "rpn_head": RPNHead(256, RPN_ANCHORS, conv_depth=2),
             "box_head": FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d),
             "mask_head": MaskRCNNHeads(256, [256] * 4, 1, norm_layer=nn.BatchNorm2d),
         }
@@ -312,7 +318,7 @@ def _resnet18_backbone(weights: str) -> tuple[nn.Module, dict[str, Any]]:
         extra_blocks=LastLevelMaxPool(),
     )
     heads = {
-        "rpn_head": RPNHead(channels, 3),
+        "rpn_head": RPNHead(channels, RPN_ANCHORS),
         "box_head": TwoMLPHead(channels * 7 * 7, 512),
         "mask_head": MaskRCNNHeads(channels, [channels] * 4, 1),
     }

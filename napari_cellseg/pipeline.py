@@ -27,7 +27,7 @@ from .evaluation import evaluate as evaluate_by_name
 from .postprocess import instance_scores, to_labels
 from .progress import Progress, StopCheck, stopped
 from .layout import MAPPING_NAME, TEST_FOLDER, ExportItem, image_files
-from .stacks import PLANE_SEPARATOR, item_image, mapped_items
+from .stacks import item_image, mapped_items, split_plane_name
 
 
 def segment_image(
@@ -127,8 +127,8 @@ def export_items(
     present = {f.name for f in files}
 
     def listed_file(key: str) -> str:
-        name, sep, plane = key.rpartition(PLANE_SEPARATOR)
-        return name if sep and plane.isdigit() and key not in present else key
+        name, plane = split_plane_name(key)
+        return name if plane is not None and key not in present else key
 
     gone = [key for key in mapping if listed_file(key) not in present]
     if gone and not allow_missing:
@@ -237,7 +237,7 @@ def _read_partial(partial: Path, settings: dict[str, Any]) -> dict[str, int]:
         try:
             if json.loads(f.readline()) != {"settings": settings}:
                 return {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return {}
         good_end = f.tell()
         while line := f.readline():
@@ -246,7 +246,7 @@ def _read_partial(partial: Path, settings: dict[str, Any]) -> dict[str, int]:
                 if not line.endswith(b"\n") or not isinstance(entry["results"], list):
                     break
                 done[entry["name"]] = good_end
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError):
                 break
             good_end = f.tell()
         f.truncate(good_end)

@@ -7,18 +7,21 @@ into its own shard file ``<out>.rank<r>-of-<N>.json`` (and its own resumable par
 marks the shard finished; after a barrier rank 0 streams the shards, in the single-process image
 order and byte for byte, into the one submission and removes them. A killed run started again
 with the same N redoes no finished image on any rank: a finished shard is kept, a half-done one
-resumes from its partial file. A different N starts over.
+resumes from its partial file; one made from other images, settings or weights is redone. A
+different N starts over. Each rank holds a lock for the whole run (rank 0 also the output's), so a
+second sharded run into the same ``--out`` is refused before it touches a shard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import distributed
-from .atomic import atomic_path, write_text_atomic
+from .atomic import atomic_path, output_lock, write_text_atomic
 from .distributed import Context, barrier, teardown
 from .checkpoint import weights_digest
 from .defaults import MASK_THRESH, SCORE_THRESH, TILE_SIZE
@@ -66,6 +69,18 @@ def iter_sharded_export(
     ids = [it.image_id for it in items]
     if len(set(ids)) != len(ids):
         raise DatasetError("two images share one image id; each image (or plane) needs its own id")
+    with contextlib.ExitStack() as locks:  # one sharded run per output: a second one is refused at once
+        locks.enter_context(output_lock(Path(f"{out_json}.rank{ctx.rank}-of-{ctx.world_size}")))
+        if ctx.is_main:
+            locks.enter_context(output_lock(out_json))
+        count = yield from _sharded_export(model, items, out_json, ctx, resume, should_stop, options)
+        if count is not None:
+            barrier(ctx)  # every rank keeps its lock until rank 0 has merged the shards
+        return count
+
+
+def _sharded_export(model, items, out_json, ctx: Context, resume: bool, should_stop, options: dict[str, Any]):
+    """This rank's shard (kept when finished with the same images, settings and weights), then rank 0 merges."""
     mine = my_share(items, ctx)
     shard = shard_path(out_json, ctx.rank, ctx.world_size)
     marker = shard.with_name(shard.name + ".done")
@@ -82,6 +97,12 @@ def iter_sharded_export(
     if not ctx.is_main:
         return 0
     shards = [shard_path(out_json, r, ctx.world_size) for r in range(ctx.world_size)]
+    for r, path in enumerate(shards):  # only shards of this run's images, settings and weights are merged
+        marker = path.with_name(path.name + ".done")
+        expected = stamp if r == ctx.rank else _stamp(model, items[r :: ctx.world_size], options)
+        if not (path.is_file() and marker.is_file() and marker.read_text(encoding="utf-8") == expected):
+            raise DatasetError(f"{path} is not a finished shard of this export (other images, settings or "
+                               "model, or its rank did not finish); run the sharded export again")
     count = merge_shards(out_json, items, shards)
     for path in shards:
         path.unlink(missing_ok=True)

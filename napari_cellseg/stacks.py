@@ -29,7 +29,7 @@ import tifffile
 from .atomic import atomic_path
 from .defaults import OVERLAP, TILE_SIZE
 from .errors import DatasetError
-from .images import MAX_CHANNELS, _check_file, _check_size, _is_tiff, read_image, to_rgb_uint8
+from .images import MAX_CHANNELS, _check_file, _check_has_pixels, _check_size, _is_tiff, read_image, to_rgb_uint8
 from .inference import RawInstances, iter_predict
 from .layout import ExportItem
 from .postprocess import to_labels
@@ -126,6 +126,7 @@ def stack_size(path: str | os.PathLike) -> tuple[int, int, int]:
 
 def _file_plane_axis(path: Path, shape: tuple[int, ...], axes: str) -> int | None:
     """``plane_axis``, its refusal naming the file."""
+    _check_has_pixels(path, shape)
     try:
         return plane_axis(shape, axes)
     except DatasetError as exc:
@@ -155,6 +156,13 @@ def read_plane(path: str | os.PathLike, plane: int) -> np.ndarray:
 
 def plane_name(file_name: str, plane: int) -> str:
     return f"{file_name}{PLANE_SEPARATOR}{plane}"
+
+
+def split_plane_name(name: str) -> tuple[str, int | None]:
+    """``("t1.tif", 3)`` for ``t1.tif#3``; ``(name, None)`` for anything else. Only ASCII digits
+    count: ``t1.tif#²`` passes ``str.isdigit`` but is no plane number, so it is a file name."""
+    file_name, sep, plane = name.rpartition(PLANE_SEPARATOR)
+    return (file_name, int(plane)) if sep and plane.isascii() and plane.isdigit() else (name, None)
 
 
 # ------------------------------------------------------------------------------- prediction
@@ -302,9 +310,9 @@ def mapped_items(files: list[Path], mapping: dict[str, dict], mapping_path) -> l
     """
     planes: dict[str, list[int]] = {}
     for key in mapping:
-        file_name, sep, plane = key.rpartition(PLANE_SEPARATOR)
-        if sep and plane.isdigit():
-            planes.setdefault(file_name, []).append(int(plane))
+        file_name, plane = split_plane_name(key)
+        if plane is not None:
+            planes.setdefault(file_name, []).append(plane)
     missing = [f.name for f in files if f.name not in mapping and f.name not in planes]
     if missing:
         raise DatasetError(
@@ -354,7 +362,7 @@ def item_image(item: ExportItem) -> np.ndarray:
 
 
 __all__ = [
-    "Stack", "StackInstances", "read_stack", "stack_size", "read_plane", "plane_axis", "plane_name",
+    "Stack", "StackInstances", "read_stack", "stack_size", "read_plane", "plane_axis", "plane_name", "split_plane_name",
     "iter_predict_stack", "predict_stack", "plane_labels", "link_over_time", "to_stack_labels", "stack_scores",
     "write_stack_labels", "mapped_items",
     "folder_mapping", "item_image",

@@ -7,12 +7,14 @@ in each checkpoint as ``train_args``; apart from ``engine`` so the config reads 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import folder_problem
+from .atomic import folder_problem, output_lock
 from .model import MIN_SCALED_SIDE, ModelConfig
 
 
@@ -85,6 +87,24 @@ class TrainConfig:
                 f"{self.out_dir} already holds the checkpoints of a run ({', '.join(existing)}); add --overwrite "
                 f"to replace them, or --resume {Path(self.out_dir) / 'last.pt'} to continue that run"
             )
+
+
+@contextlib.contextmanager
+def run_folder_lock(cfg: TrainConfig) -> Iterator[None]:
+    """One training run per folder: ``<out_dir>/.run.lock`` for the run's length (``output_lock``: a
+    second run into the folder is refused at once, a killed run's lock taken over). The config is
+    checked again under the lock, as a run that ended meanwhile left checkpoints to protect; a run
+    that fails to start leaves no new empty folder behind."""
+    folder = Path(cfg.out_dir)
+    created = not folder.exists()
+    try:
+        with output_lock(folder / ".run"):
+            cfg.validate()
+            yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
 
 def model_config(cfg: TrainConfig, class_names: list[str]) -> ModelConfig:

@@ -4,12 +4,17 @@ Run: python scripts/pack_model.py RUN/last.pt napari_cellseg/weights/nuclei.pt -
         --description "..." --trained-on "..." [--metrics measured.json]
 ``--metrics`` embeds figures measured on the packed model (benchmarks/bench_nuclei.py writes them),
 so ``napari-cellseg models`` reports what was measured, not what was hoped.
+
+Packing also writes the file's SHA-256 beside it (``nuclei.pt.sha256``), which every load of the
+built-in model checks. A built-in file replaced by other means gets its digest with:
+    python scripts/pack_model.py --digest-only napari_cellseg/weights/nuclei.pt
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from napari_cellseg._torch import torch
@@ -17,6 +22,7 @@ from napari_cellseg.atomic import atomic_path
 from napari_cellseg.checkpoint import FORMAT, load_checkpoint, model_weights
 from napari_cellseg.model import ModelConfig
 from napari_cellseg.packing import pack_state_dict
+from napari_cellseg.pretrained import write_digest
 
 
 def card_metrics(measured: dict) -> dict:
@@ -34,7 +40,11 @@ def card_metrics(measured: dict) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    if sys.argv[1:2] == ["--digest-only"]:
+        for path in sys.argv[2:]:
+            print(f"{write_digest(path)}: recorded the digest of {path}")
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--class-name", action="append", required=True, help="one per class, in order")
@@ -70,6 +80,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         torch.save(payload, tmp)
+    write_digest(out)
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB, {len(payload['packed'])} tensors, card: {sorted(card)}")
 
 

@@ -184,6 +184,49 @@ def huge_png_header(path: Path) -> Path:
     return _bytes(path, b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
 
 
+def zero_planes(path: Path) -> Path:
+    """A stack of 0 planes (a script's empty array): no pixels at all."""
+    return _tiff(path, np.zeros((0, *SHAPE), np.uint8))
+
+
+def six_channels(path: Path) -> Path:
+    """Six stains, channel first, as Fiji saves a composite (axes CYX): channels, not a stack."""
+    return _tiff(path, _rng().integers(0, 256, (6, *SHAPE), dtype=np.uint8), imagej=True, metadata={"axes": "CYX"})
+
+
+def six_channels_last(path: Path) -> Path:
+    """Six interleaved samples per pixel (axes YXS)."""
+    pixels = _rng().integers(0, 256, (*SHAPE, 6), dtype=np.uint8)
+    return _tiff(path, pixels, photometric="minisblack", planarconfig="contig")
+
+
+def cielab(path: Path) -> Path:
+    """A TIFF in the CIE L*a*b* colour model, which the reader does not convert."""
+    return _tiff(path, rgb(), photometric="cielab")
+
+
+def cmyk(path: Path) -> Path:
+    """``rgb()`` as a print shop stores it: CMYK (photometric SEPARATED), K = min(C, M, Y)."""
+    cmy = 255 - rgb().astype(np.int32)
+    k = cmy.min(axis=2, keepdims=True)
+    scale = np.where(k < 255, 255 - k, 1)
+    cmy_k = np.where(k < 255, (cmy - k) * 255 / scale, 0)
+    return _tiff(path, np.dstack([cmy_k, k]).round().astype(np.uint8), photometric="separated")
+
+
+def palette(path: Path) -> Path:
+    """Indices 0..3 into a colour map of red, green, blue and white (photometric PALETTE)."""
+    colours = np.zeros((3, 256), np.uint16)
+    colours[:, :4] = np.array([[255, 0, 0, 255], [0, 255, 0, 255], [0, 0, 255, 255]]) * 257
+    indices = (np.arange(SHAPE[0] * SHAPE[1]) % 4).reshape(SHAPE).astype(np.uint8)
+    return _tiff(path, indices, photometric="palette", colormap=colours)
+
+
+def white_is_zero(path: Path) -> Path:
+    """A grey image whose 0 means white (photometric MINISWHITE), as some scanners write."""
+    return _tiff(path, 255 - rgb()[..., 0], photometric="miniswhite")
+
+
 IMAGE_MAKERS: dict[str, Callable[[Path], Path]] = {
     "empty": empty,
     "random_bytes": random_bytes,
@@ -201,6 +244,13 @@ IMAGE_MAKERS: dict[str, Callable[[Path], Path]] = {
     "two_channel_last": two_channel_last,
     "huge_header": huge_header,
     "huge_decoded": huge_decoded,
+    "zero_planes": zero_planes,
+    "six_channels": six_channels,
+    "six_channels_last": six_channels_last,
+    "cielab": cielab,
+    "cmyk": cmyk,
+    "palette": palette,
+    "white_is_zero": white_is_zero,
 }
 
 
@@ -296,3 +346,20 @@ def write_json(path: Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj), encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def overwritten_tensor(source: Path, path: Path) -> Path:
+    """A copy of the zip checkpoint ``source`` with 64 bytes in the middle of its largest tensor
+    zeroed, as a bad disk or a careless copy would: it still loads, unless the zip's CRCs are checked."""
+    import zipfile
+
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[start:start + 64] = bytes(64)
+    return _bytes(path, bytes(data))

@@ -94,3 +94,20 @@ def test_output_lock_refuses_a_live_writer_and_takes_over_a_dead_ones(tmp_path):
     with output_lock(out):
         assert lock.read_text() == str(os.getpid())
     assert not lock.exists()
+
+
+def test_lock_of_an_output_in_a_new_folder(tmp_path):
+    """(13) The lock was taken before the output's folder existed: [Errno 2] ... res.json.lock."""
+    out = tmp_path / "new" / "res.json"
+    with output_lock(out) as lock:
+        assert lock == tmp_path / "new" / "res.json.lock" and lock.is_file()
+    assert not lock.exists()
+
+
+def test_a_lock_holding_a_non_ascii_digit_is_stale_not_a_crash(tmp_path):
+    """``"\u00b2".isdigit()`` is true but ``int`` refuses it (issue 21, 15): a lock file holding it is stale."""
+    out = tmp_path / "res.json"
+    (tmp_path / "res.json.lock").write_text("\u00b2")
+    os.utime(tmp_path / "res.json.lock", (0, 0))  # old: not one being written just now
+    with output_lock(out) as lock:
+        assert lock.read_text() == str(os.getpid())

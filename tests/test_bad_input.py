@@ -83,10 +83,17 @@ BAD_IMAGES = {  # case -> words the message must hold
     "plain_stack": ("stack of shape (12, 64, 80)",),
     "huge_header": ("declares 100000 x 100000 pixels",),
     "huge_decoded": ("4.0 GiB in memory once decoded", "cut it into tiles"),
+    # (14) these were told "this is a stack ... save one 2-D slice", though stacks are read
+    "zero_planes": ("holds no pixels", "(0, 64, 80)"),
+    "six_channels": ("has 6 channels", "axes CYX", "one RGB or grey image"),
+    "six_channels_last": ("has 6 channels", "axes YXS"),
+    "cielab": ("CIELAB colour model", "save it as RGB"),  # (5) refused, not read as RGB
 }
-GOOD_IMAGES = ["png_named_tif", "jpeg_named_tif", "uint16", "float32", "two_channel", "two_channel_last"]
+GOOD_IMAGES = ["png_named_tif", "jpeg_named_tif", "uint16", "float32", "two_channel", "two_channel_last", "cmyk",
+               "palette", "white_is_zero"]
 
 
+@pytest.mark.filterwarnings("ignore:.*writing zero-size array")
 @pytest.mark.parametrize("case", sorted(BAD_IMAGES))
 def test_bad_image_library_and_cli(case, tmp_path, capsys):
     path = badfiles.IMAGE_MAKERS[case](tmp_path / "gt" / "s0" / "image.tif")
@@ -112,6 +119,31 @@ def test_awkward_images_work_normalised(case, tmp_path, capsys):
     badfiles.one_sample_folder(tmp_path / "gt", image_maker=lambda p: p)
     assert main(["evaluate", str(empty_results(tmp_path)), str(tmp_path / "gt")]) == 0
     assert "COCO mask AP" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["cmyk", "palette", "white_is_zero"])
+def test_tiff_colour_models_are_honoured(case, tmp_path):
+    """(5) CMYK was read as RGBA (the image inverted), a palette TIFF as its raw indices."""
+    image = read_image(badfiles.IMAGE_MAKERS[case](tmp_path / "x.tif"))
+    if case == "cmyk":
+        assert np.abs(image.astype(int) - badfiles.rgb()).max() <= 1
+    elif case == "palette":
+        np.testing.assert_array_equal(image[0, :4], [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]])
+    else:
+        np.testing.assert_array_equal(image[..., 0], badfiles.rgb()[..., 0])
+
+
+@pytest.mark.filterwarnings("ignore:.*writing zero-size array")
+def test_predict_on_a_stack_of_zero_planes_and_six_channels(checkpoint, tmp_path, capsys):
+    """(14) predict reads stacks: the message must not tell the user to save one 2-D slice."""
+    for maker, words in ((badfiles.zero_planes, "holds no pixels"), (badfiles.six_channels, "has 6 channels")):
+        folder = tmp_path / maker.__name__
+        path = maker(folder / "x.tif")
+        message = cli_error(capsys, "predict", checkpoint, folder, "--out", tmp_path / "out", "--device", "cpu",
+                            progress=True)
+        assert_names(message, path, words)
+        assert "2-D slice" not in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_predict_segments_a_16_bit_and_a_float_image(checkpoint, tmp_path, capsys):
@@ -327,12 +359,16 @@ def _mapping_cases(root: Path) -> dict[str, tuple[object, str]]:
         "absolute path": ([entries[0], dict(entries[1], file_name=str(root / "x.tif"))], "not a path"),
         "image missing from the folder": ([*entries, dict(entries[0], file_name="gone.tif", id=3)],
                                           "--allow-missing"),
+        "nested thousands deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # was RecursionError
+        "plane number not ASCII digits": ([*entries, dict(entries[0], file_name="test_0.tif#\u00b2", id=3)],
+                                          "test_0.tif#\u00b2"),  # passed isdigit(), then int() failed
     }
 
 
 MAPPING_CASES = ["malformed", "not a list", "missing a test image", "duplicate ids", "duplicate names",
                  "wrong height", "wrong width", "missing key", "id not a number", "image outside the folder",
-                 "absolute path", "image missing from the folder"]
+                 "absolute path", "image missing from the folder", "nested thousands deep",
+                 "plane number not ASCII digits"]
 
 
 @pytest.mark.parametrize("case", MAPPING_CASES)
@@ -373,6 +409,7 @@ RESULT_CASES = {  # case -> (file content, words)
     "score NaN": ('[{"image_id": 1, "category_id": 1, "score": NaN, "segmentation": {"size": [64, 80], '
                   '"counts": [5120]}}]', ("score must be a finite number",)),
     "image id not in the ground truth": ([_result(image_id=42)], ("image id 42",)),
+    "nested thousands deep": ("[" * 100_000 + "]" * 100_000, ("nested too deeply",)),
 }
 
 
@@ -453,6 +490,12 @@ def bad_checkpoints(checkpoint, tmp_path_factory) -> dict[str, tuple[Path, tuple
         write("arch.pt", {**ckpt, "config": {**ckpt["config"], "arch": "resnet50"}}),
         ("does not fit", "weights missing"),
     )
+    paths["overwritten tensor bytes"] = (badfiles.overwritten_tensor(good, tmp / "overwritten.pt"),
+                                         ("is damaged", "fails its checksum"))
+    first = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    for value in ("nan", "inf"):
+        broken = {**ckpt["model"], first: torch.full_like(ckpt["model"][first], float(value))}
+        paths[f"{value} weights"] = (write(f"{value}.pt", {**ckpt, "model": broken}), ("not finite", first))
     no_config = write("noconfig.pt", {"format": ckpt["format"], "model": ckpt["model"]})
     paths["no config"] = (no_config, ("is incomplete", "'config'"))
     for n, (case, (key, value, words)) in enumerate(HOSTILE_CONFIGS.items()):
@@ -469,6 +512,12 @@ HOSTILE_CONFIGS = {  # case -> (config key, value, words): each crashed, or wrot
     "empty class name": ("class_names", ["", "class2"], ("non-empty",)),
     "duplicate class names": ("class_names", ["class1", "CLASS1"], ("unique",)),
     "no aspect ratios": ("aspect_ratios", [], ("aspect_ratios",)),
+    "100,000 aspect ratios": ("aspect_ratios", [1.0] * 100_000, ("aspect_ratios needs 3", "100000 values")),
+    "one aspect ratio for a 3-anchor head": ("aspect_ratios", [1.0], ("aspect_ratios needs 3", "proposal head")),
+    "class name with a bidi override": ("class_names", ["nu\u202egnp.exe", "class2"],
+                                        ("file name", "text-direction", "\\\\u202e")),
+    "class name with a C1 control": ("class_names", ["a\x9bb", "class2"], ("file name",)),
+    "class name with a zero-width space": ("class_names", ["class\u200b1", "class1"], ("file name",)),
     "NMS threshold as text": ("box_nms_thresh", "0.3", ("box_nms_thresh", "between 0 and 1")),
     "a billion detections": ("detections_per_img", 10**9, ("10,000",)),
     "detections as 1e9": ("detections_per_img", 1e9, ("10,000",)),
@@ -477,7 +526,7 @@ HOSTILE_CONFIGS = {  # case -> (config key, value, words): each crashed, or wrot
 
 CHECKPOINT_CASES = ["missing", "empty", "truncated", "random bytes", "text file", "plain state_dict",
                     "code in torch.save", "code in a plain pickle", "another class count", "another architecture",
-                    "no config", *HOSTILE_CONFIGS]
+                    "no config", "overwritten tensor bytes", "nan weights", "inf weights", *HOSTILE_CONFIGS]
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -744,3 +793,30 @@ def test_export_with_allow_missing_exports_the_images_present(checkpoint, tiny_d
     printed = capsys.readouterr().out
     assert "for 2 images" in printed and "gone.tif" in printed
     assert "1 image(s) of the mapping file were not found" in printed
+
+
+# ------------------------------------------------------------ round 3 (issue 21): outputs, names, messages
+
+
+def test_predict_never_writes_among_its_input_images(checkpoint, tmp_path, capsys):
+    """(1) --out set to the image folder wrote a_class1.tif over an input of that name, then
+    segmented it as an image."""
+    folder = tmp_path / "images"
+    badfiles.uint16(folder / "a.tif")
+    victim = badfiles.uint16(folder / "a_class1.tif")
+    before = victim.read_bytes()
+    for out in (folder, tmp_path / "link"):
+        if out.name == "link":
+            out.symlink_to(folder)
+        message = cli_error(capsys, "predict", checkpoint, folder, "--out", out, "--device", "cpu")
+        assert_names(message, out, "is the image folder itself", "another folder")
+    assert victim.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.tif", "a_class1.tif"]
+
+
+def test_export_into_a_new_folder(checkpoint, tiny_dataset_module, tmp_path, capsys):
+    """(13) export --out newdir/res.json failed with [Errno 2] ... res.json.lock."""
+    out = tmp_path / "new" / "deeper" / "res.json"
+    assert main(["export", str(checkpoint), str(tiny_dataset_module / "val"), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert isinstance(json.loads(out.read_text()), list)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]

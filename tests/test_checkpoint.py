@@ -3,6 +3,8 @@ import pickle
 
 import pytest
 
+import badfiles
+
 from napari_cellseg._torch import torch
 from napari_cellseg.checkpoint import load_checkpoint, load_model, save_checkpoint
 from napari_cellseg.errors import CheckpointError
@@ -75,3 +77,25 @@ def test_checkpoint_from_another_class_count_is_refused(saved, tmp_path):
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="does not fit"):
         load_model(other)
+
+
+# ------------------------------------------------------------ damaged weights never pass (issue 21)
+
+
+def test_overwritten_tensors_are_refused_by_the_zip_checksums(saved, tmp_path):
+    """(4) Overwritten weights loaded and predicted 0 cells with exit 0."""
+    damaged = badfiles.overwritten_tensor(saved[0], tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match=r"damaged.pt is damaged: .* fails its checksum"):
+        load_model(damaged)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, value):
+    """(4) NaN/Inf weights gave empty labels with exit 0; now they name the tensor."""
+    cfg = ModelConfig(arch="resnet18", class_names=["nucleus"])
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight[0, 0] = value
+    path = save_checkpoint(tmp_path / "diverged.pt", model, cfg)
+    with pytest.raises(CheckpointError, match=r"diverged.pt is unusable: .*cls_score.weight are not finite numbers"):
+        load_model(path)

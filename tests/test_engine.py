@@ -143,3 +143,30 @@ def test_a_training_step_reports_progress_like_every_long_job():
 
     event = engine.StepEvent(epoch=2, step=7, total_steps=40, losses={"loss": 1.0}, lr=1e-4, images_per_s=3.0)
     assert event.progress == Progress(7, 40, "epoch 2")
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tiny_dataset, tmp_path):
+    """(3) Two runs into one new --out both exited 0 and last.pt held only the second's weights."""
+    from napari_cellseg.errors import CellsegError
+
+    out = tmp_path / "run"
+    first = train(config(tiny_dataset, out, max_steps=2))
+    assert isinstance(next(e for e in first if isinstance(e, StepEvent)), StepEvent)  # first run under way
+    with pytest.raises(CellsegError, match="being written by another napari-cellseg process"):
+        run(config(tiny_dataset, out))
+    done = list(first)[-1]
+    assert isinstance(done, DoneEvent) and done.last.exists() and not (out / ".run.lock").exists()
+    with pytest.raises(ValueError, match="already holds the checkpoints"):  # and after it ended
+        run(config(tiny_dataset, out))
+
+
+def test_a_killed_runs_lock_is_taken_over(tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run.lock").write_text(dead.stdout.strip())
+    done = run(config(tiny_dataset, out, max_steps=1))[-1]
+    assert isinstance(done, DoneEvent) and done.last.exists() and not (out / ".run.lock").exists()

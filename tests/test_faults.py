@@ -66,7 +66,11 @@ def test_training_killed_mid_epoch_resumes_losing_at_most_that_epoch(tiny_datase
     last = run / "last.pt"
     # 4 training images, batch 2: 2 steps an epoch. The bar shows epoch=2 once epoch 2 has taken a step.
     _wait_for(proc, lambda: last.exists() and "epoch=2" in log.read_text(errors="replace"), "a step of epoch 2")
+    # a second run into the folder, even told to overwrite, is refused while the first runs (issue 21, 3)
+    assert main(["train", str(tiny_dataset), "--out", str(run), "--overwrite", *TRAIN]) == 1
+    assert f"being written by another napari-cellseg process (pid {proc.pid}" in capsys.readouterr().err
     _kill(proc)
+    assert (run / ".run.lock").read_text() == str(proc.pid)  # left behind by the killed run: taken over below
 
     ckpt = load_checkpoint(last)  # whole, never half-written
     assert ckpt["epoch"] in (1, 2)  # killed inside epoch 2: only that epoch's steps are lost
@@ -80,6 +84,7 @@ def test_training_killed_mid_epoch_resumes_losing_at_most_that_epoch(tiny_datase
     assert done["epoch"] == 3 and done["step"] == 6
     assert [h["epoch"] for h in done["history"]] == [1, 2, 3]  # the counter went on from the checkpoint
     assert done["optimizer"]["state"] and done["scheduler"]["last_epoch"] == 6
+    assert not (run / ".run.lock").exists()
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
@@ -227,7 +232,8 @@ def test_training_on_a_full_disk_is_one_line(failure, tiny_dataset, tmp_path, mo
     assert main(["train", str(tiny_dataset), "--out", str(run), "--epochs", "1", "--max-steps", "1", *TRAIN]) == 1
     line = _one_error_line(capsys)
     assert str(run / "last.pt") in line and "the disk is full" in line
-    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
+    # no half-written file left (a run folder left empty is removed with the run's lock)
+    assert not run.exists() or not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_resuming_an_export_with_another_model_redoes_every_image(model_file, tmp_path, monkeypatch):

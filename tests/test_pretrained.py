@@ -59,8 +59,10 @@ def test_an_existing_file_wins_over_a_builtin_name(tmp_path, monkeypatch):
     assert resolve_checkpoint("nuclei") == builtin_models()["nuclei"].path
     Path("nuclei").write_bytes(b"not a checkpoint")
     assert resolve_checkpoint("nuclei") == Path("nuclei")
-    with pytest.raises(CheckpointError, match="damaged|not a PyTorch"):
+    with pytest.raises(CheckpointError, match="damaged|not a PyTorch") as err:
         load_model("nuclei")
+    # (17) the message said "checkpoint nuclei is damaged", as if the built-in model were
+    assert str(tmp_path / "nuclei") in str(err.value) and "named like the built-in model" in str(err.value)
 
 
 def test_a_folder_of_that_name_does_not_hide_the_builtin_model(tmp_path, monkeypatch):
@@ -161,3 +163,84 @@ def test_evaluate_class_agnostic_merges_the_classes(tmp_path, capsys, one_thread
     assert main(["evaluate", str(out), str(SAMPLE_DATASET / "val"), "--class-agnostic"]) == 0
     merged = capsys.readouterr().out
     assert "AP all classes" in merged and "AP class2" not in merged
+
+
+# ------------------------------------------------------------ the shipped file and its digest (issue 21)
+
+
+def test_every_shipped_model_matches_its_recorded_digest():
+    """(4) The shipped model had no digest. After replacing a weights file, record its digest with
+    ``python scripts/pack_model.py --digest-only napari_cellseg/weights/<name>.pt``."""
+    from napari_cellseg.pretrained import file_digest, recorded_digest
+
+    for model in builtin_models().values():
+        assert recorded_digest(model.path) == file_digest(model.path), model.path
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch) -> Path:
+    """A copy of the package's weights folder that a test may damage."""
+    folder = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, folder)
+    monkeypatch.setattr("napari_cellseg.pretrained.WEIGHTS_DIR", folder)
+    return folder
+
+
+def test_a_changed_builtin_file_is_refused(weights_dir):
+    """(4) A built-in file with other bytes than were packed must not pass as the model."""
+    path = weights_dir / "nuclei.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="built-in model 'nuclei' .* does not match its recorded digest"):
+        load_model("nuclei")
+    (weights_dir / "nuclei.pt.sha256").unlink()
+    with pytest.raises(CheckpointError, match="no recorded digest"):
+        load_model("nuclei")
+
+
+def test_one_bad_entry_in_weights_does_not_hide_the_others(weights_dir, capsys):
+    """(7) Junk, a folder named x.pt or a link stopped the whole listing and hid nuclei."""
+    (weights_dir / "junk.pt").write_bytes(b"junk")
+    (weights_dir / "x.pt").mkdir()
+    (weights_dir / "link.pt").symlink_to(weights_dir / "nuclei.pt")
+    assert sorted(builtin_models()) == ["junk", "nuclei"]
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "junk  (unusable: " in out and "\nnuclei  (" in out and "trained on: DSB2018" in out
+
+
+def _card_model(weights_dir: Path, card) -> None:
+    from napari_cellseg.checkpoint import FORMAT
+    from napari_cellseg.pretrained import write_digest
+
+    path = weights_dir / "odd.pt"
+    torch.save({"format": FORMAT, "config": {}, "model": {}, "card": card}, path)
+    write_digest(path)
+
+
+@pytest.mark.parametrize("card", [
+    {"metrics": {"val": {"AP50": 0.5}}},  # no AP
+    {"classes": [1, 2]},  # int class names
+    {"metrics": [["val", 0.5]]},  # metrics as a list
+    {"metrics": {"val": {"AP50": "0.9", "AP": 0.1}}},  # AP50 as a string
+    {"arch": ["resnet18"], "description": 7, "classes": "nucleus"},
+    "not a card",
+])
+def test_models_lists_a_card_of_any_shape(weights_dir, capsys, card):
+    """(6) The card's types were trusted: KeyError/TypeError/AttributeError."""
+    _card_model(weights_dir, card)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "\nodd  (" in out and "nuclei  (" in out
+    assert "AP50 0.900" not in out  # a figure given as text is not shown as measured
+
+
+def test_models_prints_card_text_escaped(weights_dir, capsys):
+    """(12) Card text reached the terminal raw: ANSI escapes, carriage returns, bidi overrides."""
+    _card_model(weights_dir, {"description": "ok\x1b[2J\rfake\u202e", "classes": ["a\x1b[31m"],
+                              "metrics": {"\x1b[1mval": {"AP50": 0.5, "AP": 0.25}}})
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
+    assert "ok\\u001b[2J\\u000dfake\\u202e" in out and "AP50 0.500  AP 0.250" in out

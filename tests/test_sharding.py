@@ -103,3 +103,45 @@ def test_two_process_torchrun_export_equals_the_single_process_submission(folder
     assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
     assert (tmp_path / "two.json.images.json").read_bytes() == (tmp_path / "one.json.images.json").read_bytes()
     assert not list(tmp_path.glob("two.json.rank*"))  # the shards are gone
+
+
+def test_shards_left_by_another_model_or_image_set_are_redone(folder, tmp_path, model, monkeypatch):
+    """Not yet tried in round 3: finished shards in --out made by another model, or for other images."""
+    from napari_cellseg._torch import torch
+
+    monkeypatch.setattr(sharding, "barrier", lambda ctx: None)
+    items, options = _items(folder), dict(score_thresh=0.0, mask_thresh=0.3)
+    out = tmp_path / "sharded.json"
+    torch.manual_seed(1)
+    other = build_model(ModelConfig(**CONFIG)).eval()
+    _run(sharding.iter_sharded_export(other, items, out, Context(1, 2), **options))  # another model's shard
+    from napari_cellseg.errors import DatasetError
+
+    with pytest.raises(DatasetError, match=r"rank1-of-2.json is not a finished shard of this export"):
+        _run(sharding.iter_sharded_export(model, items, out, Context(0, 2), **options))  # never merged
+    assert not out.exists()
+    _run(sharding.iter_sharded_export(model, items[:3], out, Context(1, 2), **options))  # shard of other images
+    _run(sharding.iter_sharded_export(model, items, out, Context(1, 2), **options))
+    _run(sharding.iter_sharded_export(model, items, out, Context(0, 2), **options))
+    single = tmp_path / "single.json"
+    _run(pipeline.iter_export(model, items, single, **options))
+    assert out.read_bytes() == single.read_bytes()
+
+
+def test_a_second_sharded_run_into_the_same_out_is_refused(folder, tmp_path, model, monkeypatch):
+    """Not yet tried in round 3: two sharded runs into one --out; each rank holds a lock for the run."""
+    from napari_cellseg.atomic import output_lock
+    from napari_cellseg.errors import CellsegError
+
+    monkeypatch.setattr(sharding, "barrier", lambda ctx: None)
+    items, out = _items(folder), tmp_path / "sharded.json"
+    first = sharding.iter_sharded_export(model, items, out, Context(1, 2))
+    next(first)  # the first run's rank 1 is under way
+    with pytest.raises(CellsegError, match="being written by another napari-cellseg process"):
+        _run(sharding.iter_sharded_export(model, items, out, Context(1, 2)))
+    _run(first)
+    with output_lock(out):  # a single-process export (or the first run's rank 0) is writing the submission
+        with pytest.raises(CellsegError, match="being written by another"):
+            _run(sharding.iter_sharded_export(model, items, out, Context(0, 2)))
+    assert _run(sharding.iter_sharded_export(model, items, out, Context(0, 2))) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "sharded.json"]

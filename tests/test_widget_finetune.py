@@ -81,3 +81,20 @@ def test_fine_tune_needs_corrected_images(main_dock, tmp_path):
 def test_few_image_settings_scale_with_the_images():
     assert [few_images_settings(n)["steps"] for n in (1, 5, 10, 20)] == [60, 150, 300, 400]
     assert few_images_settings(1)["batch_size"] == 1 and few_images_settings(10)["extra"]["val_fraction"] == 0.0
+
+
+def test_adding_never_replaces_a_folder_the_tool_did_not_write(main_dock, qtbot, tmp_path, monkeypatch):
+    """(2) Asked to replace sample_0, the dock deleted whatever had that name; now it says why not."""
+    _, main = main_dock
+    main.show_tab("Segment")
+    main.segment.run_button.clicked()
+    qtbot.waitUntil(lambda: main.segment._worker is None, timeout=60_000)
+    theirs = tmp_path / "corrected" / "train" / "sample_0"
+    theirs.mkdir(parents=True)
+    (theirs / "notes.txt").write_text("mine")
+    monkeypatch.setattr(_widget_finetune, "ask_replace_sample", lambda *a: True)
+    monkeypatch.setattr(_widget_finetune._gui_session, "show_error", lambda message: None)
+    main.finetune.folder.value = tmp_path / "corrected"
+    main.finetune.add_button.clicked()
+    assert "stopped:" in main.finetune.status.value and "notes.txt" in main.finetune.status.value
+    assert (theirs / "notes.txt").read_text() == "mine"
