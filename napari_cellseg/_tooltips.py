@@ -108,7 +108,8 @@ SEGMENT = {
 EXPORT = {
     "mapping": (
         "The file that gives each test image its number (test_image_name_to_ids.json). "
-        "Left empty, it is looked for next to the image and one folder up."
+        "Left empty, it is looked for next to the image and one folder up; your own images, "
+        "which no such file lists, get numbers kept in image_ids.json beside the results file."
     ),
     "out": "The results file to write, in the COCO format of the challenge (e.g. test-results.json).",
     "export_layers": (

@@ -1,13 +1,14 @@
 """Export & Evaluate widget: segmentations (edited or not) -> COCO results JSON, and COCO AP.
 
 What is exported, chosen in "source":
-- "visible layers": every visible Labels layer made by the Segment widget or opened from a
-  results file, grouped by the image it belongs to (``_writer.group_layers``);
+- "visible layers": every visible Labels layer made by the Segment widget (a stack plane by
+  plane) or opened from a results file, grouped by the image it belongs to (``_writer.group_layers``);
 - "segmented folder": every image of the Segment widget's folder run, with the edits made in
   the review and the current slider values for the rest (``ImageResult.labels_and_scores``).
 
 Both become results through ``_writer.to_results`` (``coco.labels_to_results``; image ids from
-the mapping file) and are written by ``coco.write_json`` (atomic). Evaluate compares the same
+the mapping file, or for the user's own images from ``image_ids.json`` beside the results file)
+and are written by ``coco.write_json`` (atomic). Evaluate compares the same
 results with ground truth by image name through ``evaluation.evaluate`` (the CLI's function too).
 """
 
@@ -27,7 +28,7 @@ from ._reader import GROUND_TRUTH, PREDICTION, layer_meta
 from ._tooltips import EXPORT as TIPS
 from ._writer import ImageLabels, group_layers, to_results
 from .errors import DatasetError, LayerError
-from .layout import IMAGE_NAME, class_name, image_name, is_sample_image
+from .layout import IDS_NAME, IMAGE_NAME, class_name, image_name, is_sample_image
 from .progress import Progress
 
 LAYERS, FOLDER = "visible layers", "segmented folder"
@@ -59,7 +60,7 @@ def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None) ->
 
     results: list[dict] = []
     for n, group in enumerate(groups, start=1):
-        results += to_results([group], mapping)
+        results += to_results([group], mapping, ids_file=out.parent / IDS_NAME)
         yield Progress(n, len(groups), "image")
     write_json(out, results)
     return len(results)

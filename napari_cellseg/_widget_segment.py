@@ -27,9 +27,8 @@ from ._segment_jobs import (
     CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values,
     predict_events,
 )
-from ._segment_layers import REVIEW, Shown, review_image, update_labels
+from ._segment_layers import REVIEW, Shown, count_text, present_ids, review_image, update_labels
 from ._tooltips import SEGMENT as TIPS
-from ._writer import scores_from_features
 from .defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 
 def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
@@ -276,7 +275,7 @@ class SegmentWidget(Container):
                 if not ask_discard(self.native, [live[k].name for k in sorted(shown.edited) if k in live]):
                     self.status.value = f"{image_layer.name}: kept your edits; the new segmentation was not shown"
                     return
-            self._remember_edits(shown, copy=True)  # the layers will show another result
+            shown.remember_edits(copy=True)  # the layers will show another result
         if shown is None:
             shown = Shown(result, image_layer, {})
             self.sets.append(shown)
@@ -351,6 +350,7 @@ class SegmentWidget(Container):
                 if k not in live:
                     continue
                 update_labels(live[k], data)
+                shown.visible[k] = present_ids(data)
                 if k in (reviewed or {}):  # the user's table: drawn cells have score 1.0
                     table = (result.reviewed_scores or {}).get(k, model_scores)
                     ids = np.array(sorted(table), np.int64)
@@ -362,38 +362,28 @@ class SegmentWidget(Container):
                     shown.model_tables.add(k)
         finally:
             self._redrawing = False
-        self._remember_edits(shown)
+        shown.remember_edits()
         self.status.value = self._describe(shown)
 
     def _describe(self, shown: Shown) -> str:
-        text = f"{_gui_session.short_name(shown.result.name)}: the model found {len(shown.result.raw)} cells"
+        raw, live = shown.result.raw, shown.live(self.viewer)
+        on_screen = sum(len(shown.visible.get(k, ())) for k in live)
+        below = int(np.count_nonzero(np.isin(raw.labels, list(live)) & (raw.scores < self.score.value)))
+        text = count_text(_gui_session.short_name(shown.result.name), on_screen, below)
         if shown.kept:
             names = ", ".join(shown.layers[k].name for k in sorted(shown.kept))
             text += f"; {names}: your edits are kept, the sliders leave them alone until you edit again"
         return text
 
     def _on_edit(self, shown: Shown, class_id: int, event) -> None:
-        """A hand edit: remember it, give new cells score 1.0, keep the edit with its image."""
-        layer = shown.layers.get(class_id)
-        if self._redrawing or layer is None:
-            return
-        shown.edited.add(class_id)
-        shown.kept.discard(class_id)
-        self.session.folder_exported = False
-        if event is not None:
-            table = scores_from_features(layer.features)
-            drawn = {v for v in painted_values(event.value) if v > 0 and v not in table}
-            if drawn:
-                table.update(dict.fromkeys(drawn, 1.0))
-                shown.model_tables.discard(class_id)
-                ids = np.array(sorted(table), dtype=np.int64)
-                layer.features = features_table(ids, shown.result.class_names[class_id - 1], table)
-        self._remember_edits(shown)
+        """A hand edit: remember it, give new cells score 1.0 (``Shown.edit``), keep it with its image."""
+        if not self._redrawing and class_id in shown.layers:
+            shown.edit(class_id, None if event is None else painted_values(event.value))
+            self.session.folder_exported = False
+            QTimer.singleShot(0, lambda: self._recount(shown, class_id))  # once napari has written the pixels
 
-    def _remember_edits(self, shown: Shown, copy: bool = False) -> None:
-        """Edited classes stay with their result: by reference while shown, copied when the layers
-        move on to another image."""
-        edited = [k for k in sorted(shown.edited) if k in shown.layers]
-        data = {k: shown.layers[k].data for k in edited}
-        shown.result.reviewed = {k: (v.copy() if copy else v) for k, v in data.items()} or None
-        shown.result.reviewed_scores = {k: scores_from_features(shown.layers[k].features) for k in edited} or None
+    def _recount(self, shown: Shown, class_id: int) -> None:
+        if class_id in shown.live(self.viewer):
+            shown.visible[class_id] = present_ids(shown.layers[class_id].data)
+            if shown is self.current:
+                self.status.value = self._describe(shown)

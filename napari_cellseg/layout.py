@@ -21,6 +21,11 @@ IMAGE_NAME = "image.tif"
 TEST_FOLDER = "test_release"
 """The test images of a HW3 root."""
 MAPPING_NAME = "test_image_name_to_ids.json"
+PLANE_SEPARATOR = "#"
+"""A plane of a stack is named ``<file>#<plane>`` (0-based) in mapping files and COCO image entries."""
+IDS_NAME = "image_ids.json"
+"""Image ids given to the user's own images on export (no mapping file applies), written beside the
+results file in the mapping file's format, so that exporting the same images again keeps their ids."""
 """Test image file name -> submission id, height and width; lives in the HW3 root."""
 IMAGE_SUFFIXES = (".tif", ".tiff")
 CLASS_FILE = re.compile(r"^class(\d+)\.tiff?$", re.IGNORECASE)

@@ -31,12 +31,10 @@ from .defaults import OVERLAP, TILE_SIZE
 from .errors import DatasetError
 from .images import MAX_CHANNELS, _check_file, _check_size, _is_tiff, read_image, to_rgb_uint8
 from .inference import RawInstances, iter_predict
-from .layout import ExportItem
+from .layout import PLANE_SEPARATOR, ExportItem
 from .postprocess import to_labels
 from .progress import Progress, StopCheck, drain, stopped
 
-PLANE_SEPARATOR = "#"
-"""A plane of a stack is named ``<file>#<plane>`` (0-based) in mapping files and COCO image entries."""
 _NAMED = "TZ"
 _UNNAMED = "QIR"  # tifffile's letters for an axis without metadata (Q), a page sequence (I), tiles (R)
 
