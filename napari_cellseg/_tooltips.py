@@ -109,7 +109,7 @@ EXPORT = {
     "mapping": (
         "The file that gives each test image its number (test_image_name_to_ids.json). "
         "Left empty, it is looked for next to the image and one folder up; your own images, "
-        "which no such file lists, get numbers kept in image_ids.json beside the results file."
+        "which no such file lists, get numbers kept in <results file>.images.json beside it."
     ),
     "out": "The results file to write, in the COCO format of the challenge (e.g. test-results.json).",
     "export_layers": (

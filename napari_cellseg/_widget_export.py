@@ -7,7 +7,7 @@ What is exported, chosen in "source":
   the review and the current slider values for the rest (``ImageResult.labels_and_scores``).
 
 Both become results through ``_writer.to_results`` (``coco.labels_to_results``; image ids from
-the mapping file, or for the user's own images from ``image_ids.json`` beside the results file)
+the mapping file, or for the user's own images from ``<results>.images.json``)
 and are written by ``coco.write_json`` (atomic). Evaluate compares the same
 results with ground truth by image name through ``evaluation.evaluate`` (the CLI's function too).
 """
@@ -28,7 +28,7 @@ from ._reader import GROUND_TRUTH, PREDICTION, layer_meta
 from ._tooltips import EXPORT as TIPS
 from ._writer import ImageLabels, group_layers, to_results
 from .errors import DatasetError, LayerError
-from .layout import IDS_NAME, IMAGE_NAME, class_name, image_name, is_sample_image
+from .layout import IMAGE_NAME, PLANE_SEPARATOR, class_name, ids_file, image_name, is_sample_image
 from .progress import Progress
 
 LAYERS, FOLDER = "visible layers", "segmented folder"
@@ -60,7 +60,7 @@ def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None) ->
 
     results: list[dict] = []
     for n, group in enumerate(groups, start=1):
-        results += to_results([group], mapping, ids_file=out.parent / IDS_NAME)
+        results += to_results([group], mapping, ids_file=ids_file(out))
         yield Progress(n, len(groups), "image")
     write_json(out, results)
     return len(results)
@@ -198,7 +198,8 @@ class ExportWidget(Container):
             self.error(_gui_session.report(exc))
             return
         names = [image_name(g.source) if g.source is not None else "an unnamed image" for g in groups]
-        if self.source.value == LAYERS and len(groups) > 1 and not ask_several(self.native, names):
+        files = {str(g.source).rsplit(PLANE_SEPARATOR, 1)[0] for g in groups}  # a stack's planes: one file
+        if self.source.value == LAYERS and len(files) > 1 and not ask_several(self.native, names):
             self.status.value = f"not exported: the visible layers cover {covered(groups)}"
             return
         mapping, folder = path_or_none(self.mapping), self.source.value == FOLDER

@@ -268,10 +268,10 @@ class TrainWidget(Container):
         eta = _eta(rate * (event.total_steps - event.step)) if event.step > first else "..."
         self.progress.max = event.total_steps
         self.progress.value = event.step
-        self.progress.native.setFormat(
-            f"epoch {event.epoch} - step {event.step}/{event.total_steps} - "
-            f"loss {event.losses.get('loss', 0):.3f} - ETA {eta}"
-        )
+        # the bar holds ~30 characters in a 310 px dock: the step and the ETA; the loss is on the plot
+        self.progress.native.setFormat(f"step {event.step}/{event.total_steps}, ETA {eta}")
+        self.progress.tooltip = (f"epoch {event.epoch}, step {event.step}/{event.total_steps}, "
+                                 f"loss {event.losses.get('loss', 0):.3f}, ETA {eta}")
         self.plot.add_step(event.step, event.losses)
 
     def _on_finished(self, event: DoneEvent) -> None:

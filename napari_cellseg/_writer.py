@@ -6,7 +6,7 @@ the writer and the Export & Evaluate widget alike:
 - the image: ``metadata["cellseg"]["source"]``; its id comes from the mapping file by file name,
   or, for a HW3 sample (``<sample>/image.tif``), from its position in its folder (1..n, the ids
   ``pipeline.samples_ground_truth`` and ``napari-cellseg evaluate`` use), or, for the user's own
-  image, from ``image_ids.json`` beside the results (made on the first export);
+  image, from ``<results>.images.json`` beside the results (``layout.ids_file``);
 - a stack layer (role ``stack``, planes first): one image per plane, named ``<file>#<plane>``;
 - the class: ``metadata["cellseg"]["class_id"]`` (else a ``classK`` layer name);
 - the scores: the layer's ``features`` (``index`` -> ``score``); an id without a row was drawn by
@@ -26,7 +26,7 @@ from napari.utils.notifications import show_error, show_info
 from ._reader import META, STACK_ROLE, layer_meta
 from ._gui_session import USER_ERRORS, report
 from .errors import DatasetError, LayerError
-from .layout import IDS_NAME, MAPPING_NAME, PLANE_SEPARATOR, find_mapping, image_name, is_sample_image, sample_image_id
+from .layout import MAPPING_NAME, PLANE_SEPARATOR, find_mapping, ids_file, image_name, is_sample_image, sample_image_id
 
 _CLASS_NAME = re.compile(r"class(\d+)", re.IGNORECASE)
 
@@ -119,8 +119,8 @@ def to_results(
 ) -> list[dict]:
     """COCO results of all groups; each class gets its own score table (ids repeat across classes).
 
-    An image no mapping file lists (the user's own) gets an id from ``ids_file`` (``layout.IDS_NAME``
-    beside the results, ``coco.stable_image_ids``); without ``ids_file`` that is an error."""
+    An image no mapping file lists (the user's own) gets an id from ``ids_file`` (``layout.ids_file``,
+    ``coco.stable_image_ids``); without ``ids_file`` that is an error."""
     from .coco import labels_to_results, stable_image_ids
 
     groups = list(groups)
@@ -146,7 +146,7 @@ def write_coco_results(path: str, layer_data: list[tuple]) -> list[str]:
             (meta.get("name", ""), data, meta.get("metadata") or {}, meta.get("features"))
             for data, meta, kind in layer_data if kind == "labels"
         ]
-        results = to_results(group_layers(labels), ids_file=Path(path).parent / IDS_NAME)
+        results = to_results(group_layers(labels), ids_file=ids_file(path))
         write_json(path, results)
     except USER_ERRORS as exc:
         show_error(report(exc))

@@ -17,7 +17,7 @@ from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, tr
 from .errors import DatasetError, OutputError
 from .evaluation import evaluate_file
 from .images import write_labels
-from .layout import TEST_FOLDER, image_files
+from .layout import TEST_FOLDER, ids_file, image_files
 from .metrics import format_metrics
 from .pipeline import export_items, iter_export, segment_image
 from .pretrained import builtin_models
@@ -177,7 +177,7 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
     except DatasetError:
         return export_items(dataset)  # a folder of samples (or the error that says what is missing)
     entries = folder_mapping(files)  # every process numbers the same headers the same way
-    mapping = Path(f"{args.out}.images.json")
+    mapping = ids_file(args.out)
     if env_rank() == 0:
         write_json(mapping, entries)
     return mapped_items(files, {e["file_name"]: e for e in entries}, mapping)

@@ -23,9 +23,6 @@ TEST_FOLDER = "test_release"
 MAPPING_NAME = "test_image_name_to_ids.json"
 PLANE_SEPARATOR = "#"
 """A plane of a stack is named ``<file>#<plane>`` (0-based) in mapping files and COCO image entries."""
-IDS_NAME = "image_ids.json"
-"""Image ids given to the user's own images on export (no mapping file applies), written beside the
-results file in the mapping file's format, so that exporting the same images again keeps their ids."""
 """Test image file name -> submission id, height and width; lives in the HW3 root."""
 IMAGE_SUFFIXES = (".tif", ".tiff")
 CLASS_FILE = re.compile(r"^class(\d+)\.tiff?$", re.IGNORECASE)
@@ -86,6 +83,12 @@ def image_name(path: str | Path) -> str:
     """The name an image goes by: a sample's image by its folder's name, any other file by its own."""
     path = Path(path)
     return path.parent.name if is_sample_image(path) else path.name
+
+
+def ids_file(results: str | Path) -> Path:
+    """``<results>.images.json``: the ids given to images no mapping file lists (the user's own), in the
+    mapping file's format beside the results, so the results can be read back and a re-export keeps them."""
+    return Path(f"{results}.images.json")
 
 
 def find_mapping(start: str | Path) -> Path | None:

@@ -111,3 +111,38 @@ def test_cancel_stops_between_planes(make_napari_viewer, untrained):
     with pytest.raises(StopIteration) as stopped:
         next(events)
     assert calls == [(1, 4, "plane")] and stopped.value.value is None
+
+
+def test_a_stack_exports_plane_by_plane_from_the_gui(make_napari_viewer, qtbot, untrained, tmp_path):
+    """As ``napari-cellseg export`` does: one image per plane (``<file>#<plane>``), ids kept beside."""
+    import json
+
+    import tifffile
+
+    from napari_cellseg._widget_export import ExportWidget
+    from napari_cellseg.stacks import stack_scores
+
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, _movie(5), photometric="minisblack")  # 5 planes: more than colour channels
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path))
+    widget = SegmentWidget(viewer)
+    widget.checkpoint.value, widget.device.value, widget.image.value = untrained, Device.cpu, layer
+    widget.score.value = 0.0
+    widget.run_button.clicked()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    shown = widget.stack_view.current
+    on_screen = {k: set(np.unique(la.data)) - {0} for k, la in shown.layers.items()}
+    total = sum(len(ids) for ids in on_screen.values())
+    assert widget.status.value == f"5 planes: {total} cells shown"  # one count: what is on screen
+    export = ExportWidget(viewer)
+    export.out.value = tmp_path / "out" / "movie.json"
+    export.export()
+    qtbot.waitUntil(lambda: export._worker is None, timeout=30_000)
+    ids = json.loads((tmp_path / "out" / "movie.json.images.json").read_text())
+    assert [e["file_name"] for e in ids] == [f"movie.tif#{p}" for p in range(5)]
+    results = json.loads((tmp_path / "out" / "movie.json").read_text())
+    assert len(results) == total and {r["image_id"] for r in results} <= {1, 2, 3, 4, 5}
+    scores = stack_scores(shown.result)
+    assert sorted(r["score"] for r in results) == pytest.approx(
+        sorted(scores[i] for ids in on_screen.values() for i in ids), abs=1e-6)

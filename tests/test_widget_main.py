@@ -87,8 +87,13 @@ def test_the_tabs_share_one_session_and_training_is_cancelled_from_its_tab(lapto
     assert train.start.text == "Start training" and train.dataset.enabled
 
 
-def test_the_separate_docks_still_open(make_napari_viewer):
+def test_the_menu_offers_the_one_dock_only(make_napari_viewer):
+    """Three separate docks besides the combined one made two live Segment widgets and a window of
+    663 x 1770 px; the menu offers the combined dock alone."""
+    from npe2 import PluginManager
+
     viewer = make_napari_viewer()
-    for name in ("Train", "Segment", "Export & Evaluate"):
-        _, widget = viewer.window.add_plugin_dock_widget("napari-cellseg", name)
-        assert widget.status.native is not None
+    widgets = PluginManager.instance().get_manifest("napari-cellseg").contributions.widgets
+    assert [w.display_name for w in widgets] == ["Cell segmentation"]
+    _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
+    assert main.segment.status.native is not None

@@ -279,11 +279,11 @@ def test_a_cell_drawn_with_new_label_scores_one_and_exports_from_my_own_image(
     export.export()
     qtbot.waitUntil(lambda: export._worker is None, timeout=30_000)
     results = json.loads(out.read_text())
-    ids = json.loads((out.parent / "image_ids.json").read_text())
+    ids = json.loads(Path(f"{out}.images.json").read_text())
     assert ids == [{"file_name": "my cells.tif", "id": 1, "height": 64, "width": 72}]
     assert {r["image_id"] for r in results} == {1} and len(results) == shown + 1
     drawn = [r for r in results if r["category_id"] == k and r["bbox"][:2] == [float(x), float(y)]]
     assert [r["score"] for r in drawn] == [1.0]
     export.export()  # again: the same ids, the file unchanged
     qtbot.waitUntil(lambda: export._worker is None, timeout=30_000)
-    assert json.loads((out.parent / "image_ids.json").read_text()) == ids
+    assert json.loads(Path(f"{out}.images.json").read_text()) == ids

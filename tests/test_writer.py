@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -98,5 +99,5 @@ def test_save_my_own_image_and_its_labels_through_napari(make_napari_viewer, tmp
         results = json.loads(out.read_text())
         found = [(r["image_id"], r["category_id"], r["score"], r["bbox"]) for r in results]
         assert found == [(1, 1, 1.0, [3, 2, 6, 4])]
-        ids = json.loads((out.parent / "image_ids.json").read_text())
+        ids = json.loads(Path(f"{out}.images.json").read_text())
         assert ids == [{"file_name": "cells.tif", "id": 1, "height": 32, "width": 40}]
