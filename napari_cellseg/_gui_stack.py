@@ -21,7 +21,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ._reader import STACK_ROLE, features_table, labels_layer_kwargs, layer_meta
-from ._segment_jobs import painted_values
+from ._segment_jobs import AS_IS, layer_channels, painted_values
 from ._segment_layers import count_text, drawn_ids
 from ._writer import scores_from_features
 from .defaults import TILE_SIZE, overlap_for
@@ -31,16 +31,23 @@ ROLE = STACK_ROLE
 
 
 def is_stack(layer: Image) -> bool:
-    """An image layer with planes: 3-D grey, or 4-D RGB(A) (napari's dims show a plane slider)."""
+    """An image layer with planes: 3-D once its channels are set apart (``channels.channel_axis``:
+    a (2, H, W) or (H, W, 2) image has channels, never planes)."""
     data = layer.data[0] if layer.multiscale else layer.data
-    return data.ndim == (4 if layer.rgb else 3)
+    return data.ndim - (layer_channels(layer)[0] is not None) == 3
 
 
-def stack_events(loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False) -> Iterator[Progress]:
-    """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped."""
+def stack_events(
+    loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False, axis: int | None = None, channel=None
+) -> Iterator[Progress]:
+    """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped.
+    ``axis``: the channel axis of the layer's data (planes first), ``channel`` the one to segment."""
+    from .channels import ChannelPlanes
     from .stacks import Stack, iter_predict_stack
 
     model, config, device = loader()
+    if axis is not None:
+        data = ChannelPlanes(data, axis - 1, None if channel == AS_IS else channel)
     overlap = overlap_for(tile_size)
     steps = iter_predict_stack(model, Stack(data), device=device, tile_size=tile_size, overlap=overlap, flip=flip,
                                should_stop=stop)
@@ -77,7 +84,9 @@ class StackView:
             if value is not None:
                 self._show(*value, layer, source)
 
-        w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value),
+        axis, channel = layer_channels(layer)[0], w.channel.value
+        w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value, axis,
+                                                    channel),
                  lambda p: w._progress(p.done, p.total, "plane"), returned)
 
     def _show(self, result, class_names: list[str], image: Image, source) -> None:

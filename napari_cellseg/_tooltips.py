@@ -71,6 +71,10 @@ SEGMENT = {
         "model you just trained."
     ),
     "image": "The image layer to segment. Greyscale, colour and RGBA images all work.",
+    "channel": (
+        "For an image of several channels: the one to segment (e.g. the nuclear stain, DAPI or Hoechst), "
+        "or all of them merged (each stretched, the brightest kept). Channels are never taken for planes."
+    ),
     "device": TRAIN["device"],
     "run": "Find the cells in the chosen image. Click again to cancel.",
     "flip": (

@@ -24,8 +24,8 @@ from . import _gui_session, _gui_stack
 from ._gui_session import Device, ImageResult, path_or_none
 from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from ._segment_jobs import (
-    CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values,
-    predict_events,
+    CHECKPOINT_FILE, ModelCache, channel_choices, first_model, folder_events, folder_images, layer_channels,
+    model_choices, model_file, painted_values, predict_events,
 )
 from ._segment_layers import REVIEW, Shown, count_text, present_ids, review_image, update_labels
 from ._tooltips import SEGMENT as TIPS
@@ -51,6 +51,7 @@ class SegmentWidget(Container):
         self.model = ComboBox(choices=model_choices(), value=first_model(), label="model", tooltip=TIPS["model"])
         self.checkpoint = FileEdit(mode="r", filter="*.pt", label="checkpoint", tooltip=TIPS["checkpoint"])
         self.image = ComboBox(choices=self._image_layers, label="image", tooltip=TIPS["image"])
+        self.channel = ComboBox(choices=self._channel_choices, label="channel", tooltip=TIPS["channel"])
         self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
         self.flip = CheckBox(value=False, text="test-time flips (2x slower)", tooltip=TIPS["flip"])
         self.run_button = PushButton(text="Segment image", tooltip=TIPS["run"])
@@ -63,8 +64,8 @@ class SegmentWidget(Container):
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
         self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])
         self.status = Label(value="", label="status")
-        self.extend([self.model, self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score,
-                     self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
+        self.extend([self.model, self.checkpoint, self.image, self.channel, self.device, self.flip, self.run_button,
+                     self.score, self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
         _gui_session.keep_narrow(self)  # long file names must not widen the dock
         self.progress.native.setFormat("idle")
@@ -73,7 +74,7 @@ class SegmentWidget(Container):
         self._worker = None
         self._stop = False
         self._redrawing = False
-        self._model = None  # (key, model, config, device): reused while the file is unchanged
+        self._models = ModelCache()  # the model is reused while its file is unchanged
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._timer_fired)
@@ -86,6 +87,8 @@ class SegmentWidget(Container):
         self.score.changed.connect(self._slider_moved)
         self.mask.changed.connect(self._slider_moved)
         self.review.changed.connect(self._on_review)
+        self.image.changed.connect(self._image_chosen)
+        self._image_chosen()
         self.session.events.last_checkpoint.connect(self._on_new_checkpoint)
         events = napari_viewer.layers.events
         events.inserted.connect(self._layer_inserted)  # held weakly
@@ -113,6 +116,14 @@ class SegmentWidget(Container):
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
 
+    def _channel_choices(self, _widget=None) -> list[tuple[str, object]]:
+        return channel_choices(layer_channels(self.image.value)[1] if self.image.value is not None else 1)
+
+    def _image_chosen(self, _value=None) -> None:
+        """Channels are offered only for an image that has them (nuclear stain, or all merged)."""
+        self.channel.reset_choices()
+        self.channel.visible = len(self.channel.choices) > 1
+
     def _review_choices(self, _widget=None) -> list[tuple[str, int]]:
         """Read from the session each time, so napari's reset on any layer change keeps them."""
         results = self.session.folder_results
@@ -130,21 +141,7 @@ class SegmentWidget(Container):
 
     def _loader(self):
         """A function the worker calls to get (model, config, device); errors name the file."""
-        from .checkpoint import load_model
-        from .devices import resolve_device
-
-        device_name = self.device.value.value
-        path = model_file(self.model.value, path_or_none(self.checkpoint))
-
-        def load():
-            device = resolve_device(device_name)
-            key = (str(path), path.stat().st_mtime if path.exists() else None, str(device))
-            if self._model is None or self._model[0] != key:
-                model, config = load_model(path, device)
-                self._model = (key, model, config, device)
-            return self._model[1:]
-
-        return load
+        return self._models.loader(model_file(self.model.value, path_or_none(self.checkpoint)), self.device.value.value)
 
     def error(self, message: str) -> None:
         """An error in a notification and in the dock's status line (a toast vanishes)."""
@@ -157,6 +154,7 @@ class SegmentWidget(Container):
         if self._worker is not None:
             self._stop = True
             button.enabled = False
+            self.progress.native.setFormat("cancelling...")  # at once: the worker stops within the tile
         else:
             start()
 
@@ -208,6 +206,7 @@ class SegmentWidget(Container):
             return self.stack_view.start(layer, loader)
         source = layer_meta(layer).get("source") or layer.source.path
         data = layer.data[0] if layer.multiscale else layer.data  # the full-resolution level
+        axis, channel = layer_channels(layer)[0], self.channel.value
         note = ""
         if not layer.visible:
             layer.visible = True
@@ -220,7 +219,8 @@ class SegmentWidget(Container):
                 self._show(ImageResult(Path(source) if source else None, raw, names), image_layer=layer)
 
         self._begin(self.run_button,
-                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value),
+                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value,
+                                           axis, channel),
                     lambda p: self._progress(p.done, p.total, "tile"), returned)
 
     def start_folder(self) -> None:
@@ -253,7 +253,8 @@ class SegmentWidget(Container):
                 self.review.value = 0  # shows the first image; the others wait in the review box
 
         self._begin(self.folder_button,
-                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value), arrived)
+                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value,
+                                          self.channel.value if len(self.channel.choices) > 1 else None), arrived)
 
     # ------------------------------------------------------------------ results -> layers
 

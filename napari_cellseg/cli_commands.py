@@ -98,12 +98,19 @@ def predict(args: argparse.Namespace) -> int:
 
 def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace) -> None:
     """One image -> ``<stem>_<class>.tif`` per class; a stack is segmented plane by plane."""
-    from .stacks import iter_predict_stack, link_over_time, read_stack, to_stack_labels, write_stack_labels
+    from .channels import read_image_channel
+    from .stacks import Stack, iter_predict_stack, link_over_time, read_stack, to_stack_labels, write_stack_labels
 
     stack = read_stack(path)
     classes = range(1, len(config.class_names) + 1)
+    channel = getattr(args, "channel", None)
+    if channel is not None and len(stack) > 1:  # every plane reduced to the chosen channel when read
+        from .channels import ChannelPlanes, channel_axis
+
+        stack = Stack(ChannelPlanes(stack.data, channel_axis(stack.data.shape[1:]), channel), stack.axis)
     if len(stack) == 1:
-        labels, _ = segment_image(model, stack.plane(0), score_thresh=args.score_thresh,
+        image = stack.plane(0) if channel is None else read_image_channel(path, channel)
+        labels, _ = segment_image(model, image, score_thresh=args.score_thresh,
                                   mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
         for class_id, image in labels.items():
             write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
@@ -144,6 +151,8 @@ def export(args: argparse.Namespace) -> int:
 
     absent: list[str] = []
     items = _export_items(args, absent)
+    if getattr(args, "channel", None) is not None:
+        items = [dataclasses.replace(item, channel=args.channel) for item in items]
     ctx = setup_sharding(args.device)
     try:
         model, _ = load_model(args.checkpoint, ctx.device or resolve_device(args.device))

@@ -71,6 +71,7 @@ class ExportItem:
     path: Path
     shape: tuple[int, int] | None = None
     plane: int | None = None
+    channel: int | str | None = None  # ``channels.choose``: None as is, a 0-based channel, or "merged"
 
 
 def sample_image_id(sample_names: Sequence[str], name: str) -> int:

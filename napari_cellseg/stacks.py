@@ -347,7 +347,15 @@ def _single(path: Path) -> bool:
 
 def item_image(item: ExportItem) -> np.ndarray:
     """The RGB image of an export item: the file, or one plane of a stack."""
-    plane = getattr(item, "plane", None)
+    plane, channel = getattr(item, "plane", None), getattr(item, "channel", None)
+    if channel is not None:
+        from .channels import choose_in_plane, read_image_channel
+
+        if plane is None:
+            return read_image_channel(item.path, channel)
+        read_plane(item.path, plane)  # checks the plane, caches the stack
+        stat = Path(item.path).stat()
+        return choose_in_plane(_cached_stack(str(item.path), stat.st_mtime_ns, stat.st_size).data[plane], channel)
     return read_image(item.path) if plane is None else read_plane(item.path, plane)
 
 

@@ -287,3 +287,33 @@ def test_a_cell_drawn_with_new_label_scores_one_and_exports_from_my_own_image(
     export.export()  # again: the same ids, the file unchanged
     qtbot.waitUntil(lambda: export._worker is None, timeout=30_000)
     assert json.loads(Path(f"{out}.images.json").read_text()) == ids
+
+
+def test_channels_are_never_planes_and_the_chosen_one_is_segmented(make_napari_viewer, qtbot, untrained):
+    """(2, H, W) and (H, W, 2) are one image of two channels: no stack, a channel choice; the network
+    sees the chosen channel (the same instances as the library on that channel alone)."""
+    from napari_cellseg.channels import MERGED, choose
+    from napari_cellseg.checkpoint import load_model
+
+    rng = np.random.default_rng(0)
+    nuclei = np.zeros((64, 72), np.uint16)
+    nuclei[10:30, 10:30], nuclei[40:56, 44:64] = 3000, 2500
+    other = rng.integers(0, 4000, (64, 72)).astype(np.uint16)
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.checkpoint.value, widget.device.value = untrained, Device.cpu
+    model, _ = load_model(untrained, "cpu")
+    assert widget.channel.native.isHidden()  # no image yet: nothing to choose
+    for name, data, axis in (("first", np.stack([other, nuclei]), 0), ("last", np.stack([other, nuclei], -1), 2)):
+        layer = viewer.add_image(data, name=name)
+        assert widget.image.value is layer and not widget.channel.native.isHidden()
+        assert list(widget.channel.choices) == [0, 1, MERGED]
+        widget.channel.value = 1  # "channel 2": the nuclei
+        widget.run_button.clicked()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+        assert widget.stack_view.current is None and widget.current.image is layer  # not a 2-plane stack
+        expected = inference.predict(model, choose(data, axis, 1), tile_size=widget.tile_size)
+        np.testing.assert_allclose(widget.current.result.raw.scores, expected.scores, rtol=1e-5)
+        assert widget.current.result.raw.image_shape == (64, 72)
+    viewer.add_image(np.zeros((64, 72), np.uint8), name="grey")
+    assert widget.channel.native.isHidden()
