@@ -102,6 +102,10 @@ SEGMENT = {
         "You edited {names} in the folder review and have not exported them since. A new folder run "
         "replaces that review.\n\nDiscard those edits (Yes) or keep reviewing (No)?"
     ),
+    "discard_rerun": (
+        "You edited {names} by hand. The new segmentation of this image would replace those "
+        "layers.\n\nDiscard the edits and show the new segmentation (Yes), or keep the edits (No)?"
+    ),
     "discard": (
         "You edited {names} by hand. Moving the slider redraws the cells from the model and "
         "would throw those edits away.\n\nDiscard the edits (Yes) or keep them and leave "

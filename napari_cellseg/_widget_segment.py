@@ -273,7 +273,8 @@ class SegmentWidget(Container):
         if shown is not None and shown.result is not result:
             if layer_meta(image_layer).get("role") != REVIEW and shown.edited:  # a re-run on this image
                 live = shown.live(self.viewer)
-                if not ask_discard(self.native, [live[k].name for k in sorted(shown.edited) if k in live]):
+                names = [live[k].name for k in sorted(shown.edited) if k in live]
+                if not ask_discard(self.native, names, TIPS["discard_rerun"]):  # a re-run, not a slider
                     self.status.value = f"{image_layer.name}: kept your edits; the new segmentation was not shown"
                     return
             shown.remember_edits(copy=True)  # the layers will show another result
