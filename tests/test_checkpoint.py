@@ -75,3 +75,9 @@ def test_checkpoint_from_another_class_count_is_refused(saved, tmp_path):
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="does not fit"):
         load_model(other)
+
+
+def test_a_folder_is_named_as_a_folder_not_missing(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file; pick the \.pt file in it \(best\.pt\)"):
+        load_checkpoint(tmp_path)
