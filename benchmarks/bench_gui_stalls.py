@@ -57,7 +57,7 @@ def main() -> None:
             time.sleep(0.002)
 
     def wait(phase: str, busy, start: int | None = None) -> None:
-        start = len(ticks) if start is None else start
+        start = max(0, (len(ticks) if start is None else start) - 1)  # the gap that spans the first call too
         while busy():
             app.processEvents()
             time.sleep(0.002)

@@ -44,6 +44,7 @@ class CellsegWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
+        _gui_session.warm_up()  # imports for the first layer and run, off the GUI thread
         self.viewer = napari_viewer
         self.train = TrainWidget(napari_viewer)
         self.segment = SegmentWidget(napari_viewer)

@@ -97,3 +97,22 @@ def test_the_menu_offers_the_one_dock_only(make_napari_viewer):
     assert [w.display_name for w in widgets] == ["Cell segmentation"]
     _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
     assert main.segment.status.native is not None
+
+
+def test_the_training_progress_text_is_readable_in_the_dock(laptop, qtbot):
+    """'ep 6/12 - loss 2.496 - l' cut the ETA off: the bar holds the step, a wrapping line the rest."""
+    from napari_cellseg.engine import StepEvent
+
+    _, _, main = laptop
+    main.show_tab("Train")
+    train = main.train
+    for step in (1, 1234):
+        train._on_step(StepEvent(epoch=12, step=step, total_steps=12000, losses={"loss": 2.4961}, lr=1e-4,
+                                 images_per_s=3.0))
+    qtbot.wait(20)
+    bar = train.progress.native
+    text = bar.text()
+    assert text == "step 1234/12000" and bar.fontMetrics().horizontalAdvance(text) + 12 <= bar.width()
+    info = train.step_info.native  # the second line wraps in the dock's width
+    assert info.text().startswith("epoch 12, loss 2.496, ETA ") and info.wordWrap()
+    assert info.width() <= train.native.width() and info.heightForWidth(info.width()) <= info.height() + 1
