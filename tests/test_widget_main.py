@@ -49,6 +49,8 @@ def test_the_main_dock_fits_a_laptop_screen(laptop, qtbot):
         assert area.viewport().width() >= widget.native.minimumSizeHint().width()
     main.show_tab("Export")
     assert main.tabs.currentWidget().widget().isAncestorOf(main.export.native)
+    title = dock.title.title  # napari's title bar: not cut in the 310 px dock
+    assert title.text() == "Cell segmentation" and title.fontMetrics().horizontalAdvance(title.text()) <= title.width()
     # long names (a layer, a path) leave the canvas its half
     viewer.add_image(np.zeros((8, 8)), name="a_very_long_image_name_from_the_microscope_" * 4)
     main.train.dataset.value = "/data/" + "a_very_long_folder_name_" * 8

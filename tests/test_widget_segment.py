@@ -180,12 +180,16 @@ def test_cancel_a_folder_run_keeps_the_finished_images(make_napari_viewer, qtbot
         return read_image(path)
     monkeypatch.setattr(images, "read_image", read_after_cancel)
 
+    texts = []
+
     def cancel(item):
         widget.folder_button.clicked()
+        texts.append(widget.progress.native.format())  # said at once, before the worker has stopped
         cancelled.set()
     widget.folder_button.clicked()
     widget._worker.yielded.connect(cancel)
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert texts == ["cancelling..."]
     assert [r.name for r in session_for(viewer).folder_results] == ["test_0.tif"]
     assert widget.progress.native.format() == "cancelled"
     assert widget.folder_button.text == "Segment folder" and widget.run_button.enabled
