@@ -27,7 +27,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="training steps with the live plot")
     p.add_argument("--images", type=int, default=3, help="images in the folder run")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--quick", action="store_true", help="a smoke test: 2 steps, 2 images")
     args = p.parse_args()
+    if args.quick:
+        args.steps, args.images = 2, 2
 
     import napari
     import numpy as np
