@@ -41,7 +41,10 @@ def _movie(planes=5) -> np.ndarray:
 
 def test_is_stack_follows_napari_dims(make_napari_viewer):
     viewer = make_napari_viewer()
-    assert is_stack(viewer.add_image(np.zeros((3, 20, 30))))
+    assert is_stack(viewer.add_image(np.zeros((5, 20, 30))))
+    assert not is_stack(viewer.add_image(np.zeros((3, 20, 30))))  # 3 channels, not 3 planes (channels.py)
+    assert not is_stack(viewer.add_image(np.zeros((20, 30, 2))))  # channel-last: not 20 planes of 30 x 2
+    assert is_stack(viewer.add_image(np.zeros((5, 20, 30, 2))))  # planes of 2-channel images
     assert is_stack(viewer.add_image(np.zeros((3, 20, 30, 3), np.uint8), rgb=True))
     assert not is_stack(viewer.add_image(np.zeros((20, 30, 3), np.uint8), rgb=True))
     assert not is_stack(viewer.add_image(np.zeros((20, 30))))
@@ -88,7 +91,7 @@ def test_stack_edits_are_not_silently_overwritten(make_napari_viewer, untrained,
     widget = SegmentWidget(viewer)
     widget.checkpoint.value, widget.device.value, widget.synchronous = untrained, Device.cpu, True
     widget.score.value, widget.mask.value = 0.0, 0.3
-    widget.image.value = viewer.add_image(_movie(2), name="movie")
+    widget.image.value = viewer.add_image(_movie(5), name="movie")  # 5 planes: more than channels
     widget.run_button.clicked()
     asked = []
     monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names: asked.append(names) or False)
