@@ -114,13 +114,11 @@ def test_iter_predict_reports_each_tile_and_returns_the_result(tiny_model):
 
 
 def test_iter_predict_stops_between_tiles_when_asked(tiny_model):
-    calls = []
+    seen = []  # Cancel is clicked once two tiles are done (checks run inside tiles too: see below)
     steps = iter_predict(tiny_model, _image(80, 90, seed=2), tile_size=48, overlap=16,
-                         should_stop=lambda: calls.append(1) or len(calls) > 2)
-    seen = []
+                         should_stop=lambda: len(seen) >= 2)
     assert drain(steps, seen.append) is None  # stopped: no result
-    assert [p.done for p in seen] == [1, 2]  # checked before every tile: the third is never run
-    assert len(calls) == 3
+    assert [p.done for p in seen] == [1, 2]  # the third tile never finishes
 
 
 def test_max_detections_caps_each_tile_and_settings_come_back(tiny_model):
