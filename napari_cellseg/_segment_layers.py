@@ -10,7 +10,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ._gui_session import ImageResult
-from ._reader import META, features_table, layer_meta
+from ._reader import GROUND_TRUTH, META, PREDICTION, features_table, layer_meta
 from ._writer import scores_from_features
 
 REVIEW = "review"  # the role of the one image layer a folder review steps through
@@ -98,6 +98,18 @@ def update_labels(layer: Labels, data: np.ndarray) -> None:
             reset = getattr(layer, "_reset_history", None)  # a slider move is not an undoable edit
         if reset is not None:
             reset()
+
+
+def truth_below_predictions(viewer, layer) -> None:
+    """A ground-truth layer opened while segmentations are shown goes below the lowest of them: added on
+    top, it hid the cells being reviewed."""
+    if not isinstance(layer, Labels) or layer_meta(layer).get("role") != GROUND_TRUTH or layer not in viewer.layers:
+        return
+    below = [i for i, la in enumerate(viewer.layers)
+             if isinstance(la, Labels) and layer_meta(la).get("role") == PREDICTION]
+    index = viewer.layers.index(layer)
+    if below and index > min(below):
+        viewer.layers.move(index, min(below))
 
 
 def review_image(viewer, result: ImageResult) -> Image:

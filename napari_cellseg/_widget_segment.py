@@ -27,7 +27,9 @@ from ._segment_jobs import (
     CHECKPOINT_FILE, ModelCache, channel_choices, first_model, folder_events, folder_images, layer_channels,
     model_choices, model_file, painted_values, predict_events,
 )
-from ._segment_layers import REVIEW, Shown, count_text, present_ids, review_image, update_labels
+from ._segment_layers import (
+    REVIEW, Shown, count_text, present_ids, review_image, truth_below_predictions, update_labels,
+)
 from ._tooltips import SEGMENT as TIPS
 from .defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 
@@ -110,6 +112,7 @@ class SegmentWidget(Container):
         """A newly opened image becomes the one to segment (not the review's own image layer)."""
         self._layers_changed()
         layer = getattr(event, "value", None)
+        QTimer.singleShot(0, lambda: truth_below_predictions(self.viewer, layer))  # once the insert is over
         if isinstance(layer, Image) and layer_meta(layer).get("role") != REVIEW:
             self.image.value = layer
 

@@ -321,3 +321,13 @@ def test_channels_are_never_planes_and_the_chosen_one_is_segmented(make_napari_v
         assert widget.current.result.raw.image_shape == (64, 72)
     viewer.add_image(np.zeros((64, 72), np.uint8), name="grey")
     assert widget.channel.native.isHidden()
+
+
+def test_ground_truth_opened_later_goes_below_the_segmentation(make_napari_viewer, qtbot, tiny_dataset):
+    viewer = make_napari_viewer()
+    widget = shown_widget(viewer, tiny_dataset / "val" / "val_0" / "image.tif")
+    viewer.open(str(tiny_dataset / "val" / "val_0"), plugin="napari-cellseg")  # image + ground truth, on top
+    truth = [la for la in viewer.layers if la.name.endswith("(ground truth)")]
+    assert truth and widget.current.layers
+    lowest = lambda: min(viewer.layers.index(la) for la in widget.current.layers.values())  # noqa: E731
+    qtbot.waitUntil(lambda: all(viewer.layers.index(t) < lowest() for t in truth), timeout=5_000)
