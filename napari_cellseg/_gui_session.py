@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -268,6 +269,35 @@ def _show_full_path(edit) -> None:
 
     line.textChanged.connect(update)
     update()
+
+
+WARM_MODULES = ("pandas", "napari.layers.labels", "napari_cellseg.postprocess", "napari_cellseg.channels",
+                "napari_cellseg.checkpoint", "napari_cellseg.inference", "napari_cellseg.coco")
+"""Imported off the GUI thread when the dock opens: napari's first Labels layer imported pandas for its
+features table in the GUI thread (0.7 s on a busy CPU), the first run the model's modules."""
+_warmed: list[threading.Thread] = []
+
+
+def warm_up() -> threading.Thread:
+    """Import ``WARM_MODULES`` and set up napari's unit registry (1.2 s at the first layer) in a
+    background thread, once per process; the GUI thread meets them ready (or waits on the import
+    lock, as it would have anyway)."""
+    if not _warmed:
+        def work() -> None:
+            import importlib
+
+            try:
+                import pint
+
+                _ = pint.get_application_registry().pixel  # the lazy registry is built on first use
+                for name in WARM_MODULES:
+                    importlib.import_module(name)
+            except Exception:  # a warm-up never breaks the dock: the GUI thread imports what is missing
+                log.debug("warm-up import failed", exc_info=True)
+
+        _warmed.append(threading.Thread(target=work, name="cellseg-warm-up", daemon=True))
+        _warmed[0].start()
+    return _warmed[0]
 
 
 def guarded(factory: Callable[[], Iterator[Any]]) -> Generator[Any, None, Any]:

@@ -7,8 +7,8 @@ Where things go, in one hop:
 - Confidence / mask sliders -> ``StackView._rethreshold`` -> ``stacks.to_stack_labels`` on the
   cached raw instances of every plane, into the arrays on screen; the network never runs again.
 - A hand edit marks its layer; the next slider move asks (``ask_discard``, given by the widget) first.
-These layers have the role ``stack`` and no class id, so the Export dock (2-D images) leaves them
-out; export stacks with ``napari-cellseg export`` (planes named ``<file>#<plane>``).
+These layers have the role ``stack``: the Export dock (``_writer.group_layers``) and the writer take
+them plane by plane, named ``<file>#<plane>`` as ``napari-cellseg export`` names them.
 """
 
 from __future__ import annotations
@@ -20,24 +20,34 @@ from functools import partial
 import numpy as np
 from napari.layers import Image, Labels
 
-from ._reader import features_table, labels_layer_kwargs, layer_meta
+from ._reader import STACK_ROLE, features_table, labels_layer_kwargs, layer_meta
+from ._segment_jobs import AS_IS, layer_channels, painted_values
+from ._segment_layers import count_text, drawn_ids
+from ._writer import scores_from_features
 from .defaults import TILE_SIZE, overlap_for
 from .progress import Progress
 
-ROLE = "stack"
+ROLE = STACK_ROLE
 
 
 def is_stack(layer: Image) -> bool:
-    """An image layer with planes: 3-D grey, or 4-D RGB(A) (napari's dims show a plane slider)."""
+    """An image layer with planes: 3-D once its channels are set apart (``channels.channel_axis``:
+    a (2, H, W) or (H, W, 2) image has channels, never planes)."""
     data = layer.data[0] if layer.multiscale else layer.data
-    return data.ndim == (4 if layer.rgb else 3)
+    return data.ndim - (layer_channels(layer)[0] is not None) == 3
 
 
-def stack_events(loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False) -> Iterator[Progress]:
-    """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped."""
+def stack_events(
+    loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False, axis: int | None = None, channel=None
+) -> Iterator[Progress]:
+    """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped.
+    ``axis``: the channel axis of the layer's data (planes first), ``channel`` the one to segment."""
+    from .channels import ChannelPlanes
     from .stacks import Stack, iter_predict_stack
 
     model, config, device = loader()
+    if axis is not None:
+        data = ChannelPlanes(data, axis - 1, None if channel == AS_IS else channel)
     overlap = overlap_for(tile_size)
     steps = iter_predict_stack(model, Stack(data), device=device, tile_size=tile_size, overlap=overlap, flip=flip,
                                should_stop=stop)
@@ -74,7 +84,9 @@ class StackView:
             if value is not None:
                 self._show(*value, layer, source)
 
-        w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value),
+        axis, channel = layer_channels(layer)[0], w.channel.value
+        w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value, axis,
+                                                    channel),
                  lambda p: w._progress(p.done, p.total, "plane"), returned)
 
     def _show(self, result, class_names: list[str], image: Image, source) -> None:
@@ -85,8 +97,7 @@ class StackView:
                 old = None
         layers = {}
         for k, name in enumerate(class_names, start=1):
-            kwargs = labels_layer_kwargs(k, name, source=source, role=ROLE)
-            kwargs["metadata"]["cellseg"].pop("class_id")  # not a 2-D image the Export dock could take
+            kwargs = labels_layer_kwargs(k, name, source=source, role=ROLE)  # Export takes it plane by plane
             layer = old.layers.get(k) if old is not None else None
             if layer is None or layer not in self.widget.viewer.layers or layer.data.shape != result.shape:
                 layer = self.widget.viewer.add_labels(
@@ -97,13 +108,21 @@ class StackView:
             layers[k] = layer
         self.current = StackShown(result, class_names, layers)
         self._redraw()
-        planes = len(result.planes)
-        self.widget.status.value = f"{planes} planes: the model found {len(result)} cells in all"
 
-    def _on_edit(self, class_id: int, _event=None) -> None:
-        if not self._redrawing and self.current is not None:
-            self.current.edited.add(class_id)
-            self.current.kept.discard(class_id)
+    def _on_edit(self, class_id: int, event=None) -> None:
+        """A hand edit: remembered, and cells drawn by hand score 1.0 whatever id napari gave them."""
+        if self._redrawing or self.current is None:
+            return
+        shown = self.current
+        shown.edited.add(class_id)
+        shown.kept.discard(class_id)
+        layer = shown.layers[class_id]
+        table = scores_from_features(layer.features)  # the ids on screen: hidden detections have no row
+        drawn = drawn_ids(painted_values(getattr(event, "value", None)), table, set(table))
+        if drawn:
+            table.update(dict.fromkeys(drawn, 1.0))
+            ids = np.array(sorted(table), np.int64)
+            layer.features = features_table(ids, shown.class_names[class_id - 1], table)
 
     def _rethreshold(self, _value=None) -> None:
         shown = self.current
@@ -136,3 +155,6 @@ class StackView:
                 layer.features = features_table(present[present > 0], shown.class_names[k - 1], scores)
         finally:
             self._redrawing = False
+        on_screen = sum(len(layer.features) for layer in shown.layers.values())
+        below = int(sum(np.count_nonzero(p.scores < w.score.value) for p in shown.result.planes))
+        w.status.value = count_text(f"{len(shown.result.planes)} planes", on_screen, below)

@@ -22,6 +22,7 @@ from .layout import IMAGE_NAME, MAPPING_NAME, TEST_FOLDER, class_name, find_mapp
 META = "cellseg"
 PREDICTION = "prediction"
 GROUND_TRUTH = "ground truth"
+STACK_ROLE = "stack"  # a segmented stack: one (planes, H, W) layer per class, exported plane by plane
 
 
 # ---------------------------------------------------------------- how our layers look

@@ -46,31 +46,81 @@ def model_file(choice: str, checkpoint: Path | None) -> Path:
     return checkpoint
 
 
-def predict_events(loader, image_data, stop, tile_size: int = TILE_SIZE, flip: bool = False) -> Iterator[Progress]:
-    """Yield ``Progress`` per tile while predicting; return (RawInstances, class names) or None if stopped."""
-    from .images import to_rgb_uint8
+AS_IS = "as is"
+"""The channel choice that keeps an image as it is (``channels.choose`` with None)."""
+
+
+def layer_channels(layer) -> tuple[int | None, int]:
+    """The channel axis of an image layer's data (``channels.channel_axis``) and how many channels."""
+    from .channels import channel_axis
+
+    data = layer.data[0] if layer.multiscale else layer.data
+    axis = channel_axis(tuple(data.shape), rgb=layer.rgb)
+    return axis, 1 if axis is None else int(data.shape[axis])
+
+
+def channel_choices(count: int) -> list[tuple[str, object]]:
+    """The Segment dock's channel choices for an image of ``count`` channels."""
+    from .channels import MERGED
+
+    if count < 2:
+        return [(AS_IS, AS_IS)]
+    colour = [("colour, as it is", AS_IS)] if count >= 3 else []
+    return [*colour, *((f"channel {c + 1}", c) for c in range(count)), ("merged (brightest)", MERGED)]
+
+
+class ModelCache:
+    """The last model loaded, reused while its file (path, time stamp) and device are unchanged."""
+
+    def __init__(self) -> None:
+        self.entry = None  # (key, model, config, device)
+
+    def loader(self, path: Path, device_name: str):
+        """A function the worker calls to get (model, config, device)."""
+        from .checkpoint import load_model
+        from .devices import resolve_device
+
+        def load():
+            device = resolve_device(device_name)
+            key = (str(path), path.stat().st_mtime if path.exists() else None, str(device))
+            if self.entry is None or self.entry[0] != key:
+                model, config = load_model(path, device)
+                self.entry = (key, model, config, device)
+            return self.entry[1:]
+
+        return load
+
+
+def predict_events(
+    loader, image_data, stop, tile_size: int = TILE_SIZE, flip: bool = False, axis: int | None = None,
+    channel=None,
+) -> Iterator[Progress]:
+    """Yield ``Progress`` per tile while predicting; return (RawInstances, class names) or None if stopped.
+    ``axis``/``channel``: the image's channel axis and the channel to segment (``channels.choose``)."""
+    from .channels import choose
     from .inference import iter_predict
 
     model, config, device = loader()
-    image = to_rgb_uint8(np.asarray(image_data))
+    image = choose(np.asarray(image_data), axis, None if channel == AS_IS else channel)
     raw = yield from iter_predict(model, image, device=device, tile_size=tile_size, overlap=overlap(tile_size),
                                   flip=flip, should_stop=stop)
     return None if raw is None else (raw, list(config.class_names))
 
 
 def folder_events(
-    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False
+    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False, channel=None
 ) -> Iterator[tuple[int, int, ImageResult]]:
     """Yield (done, total, ImageResult) image by image; a cancel stops between tiles (the image
     being segmented is dropped, the finished ones are kept)."""
-    from .images import read_image
+    from .channels import read_image_channel
     from .inference import iter_predict
 
     model, config, device = loader()
+    channel = None if channel == AS_IS else channel
     for n, path in enumerate(paths, start=1):
         if stop():
             return
-        raw = drain(iter_predict(model, read_image(path), device=device, tile_size=tile_size,
+        raw = drain(iter_predict(model, read_image_channel(path, channel), device=device, tile_size=tile_size,
                                  overlap=overlap(tile_size), flip=flip, should_stop=stop))
         if raw is None:
             return

@@ -71,6 +71,10 @@ SEGMENT = {
         "model you just trained."
     ),
     "image": "The image layer to segment. Greyscale, colour and RGBA images all work.",
+    "channel": (
+        "For an image of several channels: the one to segment (e.g. the nuclear stain, DAPI or Hoechst), "
+        "or all of them merged (each stretched, the brightest kept). Channels are never taken for planes."
+    ),
     "device": TRAIN["device"],
     "run": "Find the cells in the chosen image. Click again to cancel.",
     "flip": (
@@ -98,6 +102,10 @@ SEGMENT = {
         "You edited {names} in the folder review and have not exported them since. A new folder run "
         "replaces that review.\n\nDiscard those edits (Yes) or keep reviewing (No)?"
     ),
+    "discard_rerun": (
+        "You edited {names} by hand. The new segmentation of this image would replace those "
+        "layers.\n\nDiscard the edits and show the new segmentation (Yes), or keep the edits (No)?"
+    ),
     "discard": (
         "You edited {names} by hand. Moving the slider redraws the cells from the model and "
         "would throw those edits away.\n\nDiscard the edits (Yes) or keep them and leave "
@@ -108,7 +116,8 @@ SEGMENT = {
 EXPORT = {
     "mapping": (
         "The file that gives each test image its number (test_image_name_to_ids.json). "
-        "Left empty, it is looked for next to the image and one folder up."
+        "Left empty, it is looked for next to the image and one folder up; your own images, "
+        "which no such file lists, get numbers kept in <results file>.images.json beside it."
     ),
     "out": "The results file to write, in the COCO format of the challenge (e.g. test-results.json).",
     "export_layers": (

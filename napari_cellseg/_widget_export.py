@@ -1,13 +1,14 @@
 """Export & Evaluate widget: segmentations (edited or not) -> COCO results JSON, and COCO AP.
 
 What is exported, chosen in "source":
-- "visible layers": every visible Labels layer made by the Segment widget or opened from a
-  results file, grouped by the image it belongs to (``_writer.group_layers``);
+- "visible layers": every visible Labels layer made by the Segment widget (a stack plane by
+  plane) or opened from a results file, grouped by the image it belongs to (``_writer.group_layers``);
 - "segmented folder": every image of the Segment widget's folder run, with the edits made in
   the review and the current slider values for the rest (``ImageResult.labels_and_scores``).
 
 Both become results through ``_writer.to_results`` (``coco.labels_to_results``; image ids from
-the mapping file) and are written by ``coco.write_json`` (atomic). Evaluate compares the same
+the mapping file, or for the user's own images from ``<results>.images.json``)
+and are written by ``coco.write_json`` (atomic). Evaluate compares the same
 results with ground truth by image name through ``evaluation.evaluate`` (the CLI's function too).
 """
 
@@ -27,7 +28,7 @@ from ._reader import GROUND_TRUTH, PREDICTION, layer_meta
 from ._tooltips import EXPORT as TIPS
 from ._writer import ImageLabels, group_layers, to_results
 from .errors import DatasetError, LayerError
-from .layout import IMAGE_NAME, class_name, image_name, is_sample_image
+from .layout import IMAGE_NAME, PLANE_SEPARATOR, class_name, ids_file, image_name, is_sample_image
 from .progress import Progress
 
 LAYERS, FOLDER = "visible layers", "segmented folder"
@@ -64,7 +65,7 @@ def export_events(groups: list[ImageLabels], out: Path, mapping: Path | None, ce
 
     results: list[dict] = []
     for n, group in enumerate(groups, start=1):
-        results += to_results([group], mapping)
+        results += to_results([group], mapping, ids_file=ids_file(out))
         if cell_formats:
             _write_cell_files(group, n, out.parent, cell_formats, class_names or [])
         yield Progress(n, len(groups), "image")
@@ -222,7 +223,8 @@ class ExportWidget(Container):
             self.error(_gui_session.report(exc))
             return
         names = [image_name(g.source) if g.source is not None else "an unnamed image" for g in groups]
-        if self.source.value == LAYERS and len(groups) > 1 and not ask_several(self.native, names):
+        files = {str(g.source).rsplit(PLANE_SEPARATOR, 1)[0] for g in groups}  # a stack's planes: one file
+        if self.source.value == LAYERS and len(files) > 1 and not ask_several(self.native, names):
             self.status.value = f"not exported: the visible layers cover {covered(groups)}"
             return
         mapping, folder = path_or_none(self.mapping), self.source.value == FOLDER

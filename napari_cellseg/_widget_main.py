@@ -11,7 +11,7 @@ model just trained is what Segment uses, and Segment's results are what Export w
 from __future__ import annotations
 
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QDockWidget, QFrame, QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from . import _gui_session
 from ._gui_session import DOCK_WIDTH
@@ -20,6 +20,8 @@ from ._widget_finetune import FineTuneWidget
 from ._widget_segment import SegmentWidget
 from ._widget_train import TrainWidget
 
+TITLE = "Cell segmentation"
+"""The dock's title bar text (napari's own adds the plugin name, which a 310 px dock cuts)."""
 MAX_DOCK_WIDTH = 520
 """Widest the dock may be dragged (px): on a 1366 px screen the canvas keeps half the window."""
 
@@ -44,6 +46,7 @@ class CellsegWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
+        _gui_session.warm_up()  # imports for the first layer and run, off the GUI thread
         self.viewer = napari_viewer
         self.train = TrainWidget(napari_viewer)
         self.segment = SegmentWidget(napari_viewer)
@@ -65,6 +68,18 @@ class CellsegWidget(QWidget):
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802
         return QSize(min(DOCK_WIDTH, super().minimumSizeHint().width()), 200)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """napari titles the dock "Cell segmentation (napari-cellseg)", cut at 310 px: the short
+        title in the bar, the whole one in its tooltip (napari's title bar holds a QLabel ``title``)."""
+        super().showEvent(event)
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        label = getattr(getattr(dock, "title", None), "title", None)
+        if isinstance(label, QLabel) and label.text() != TITLE:
+            label.setToolTip(label.text())
+            label.setText(TITLE)
 
     def show_tab(self, title: str) -> None:
         """Bring the tab called ``title`` (Train, Segment, Export, Fine-tune) to the front."""

@@ -24,12 +24,13 @@ from . import _gui_session, _gui_stack
 from ._gui_session import Device, ImageResult, path_or_none
 from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from ._segment_jobs import (
-    CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values,
-    predict_events,
+    CHECKPOINT_FILE, ModelCache, channel_choices, first_model, folder_events, folder_images, layer_channels,
+    model_choices, model_file, painted_values, predict_events,
 )
-from ._segment_layers import REVIEW, Shown, review_image, update_labels
+from ._segment_layers import (
+    REVIEW, Shown, count_text, present_ids, review_image, truth_below_predictions, update_labels,
+)
 from ._tooltips import SEGMENT as TIPS
-from ._writer import scores_from_features
 from .defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 
 def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
@@ -52,6 +53,7 @@ class SegmentWidget(Container):
         self.model = ComboBox(choices=model_choices(), value=first_model(), label="model", tooltip=TIPS["model"])
         self.checkpoint = FileEdit(mode="r", filter="*.pt", label="checkpoint", tooltip=TIPS["checkpoint"])
         self.image = ComboBox(choices=self._image_layers, label="image", tooltip=TIPS["image"])
+        self.channel = ComboBox(choices=self._channel_choices, label="channel", tooltip=TIPS["channel"])
         self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
         self.flip = CheckBox(value=False, text="test-time flips (2x slower)", tooltip=TIPS["flip"])
         self.run_button = PushButton(text="Segment image", tooltip=TIPS["run"])
@@ -64,8 +66,8 @@ class SegmentWidget(Container):
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
         self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])
         self.status = Label(value="", label="status")
-        self.extend([self.model, self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score,
-                     self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
+        self.extend([self.model, self.checkpoint, self.image, self.channel, self.device, self.flip, self.run_button,
+                     self.score, self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
         _gui_session.keep_narrow(self)  # long file names must not widen the dock
         self.progress.native.setFormat("idle")
@@ -74,7 +76,7 @@ class SegmentWidget(Container):
         self._worker = None
         self._stop = False
         self._redrawing = False
-        self._model = None  # (key, model, config, device): reused while the file is unchanged
+        self._models = ModelCache()  # the model is reused while its file is unchanged
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._timer_fired)
@@ -87,6 +89,8 @@ class SegmentWidget(Container):
         self.score.changed.connect(self._slider_moved)
         self.mask.changed.connect(self._slider_moved)
         self.review.changed.connect(self._on_review)
+        self.image.changed.connect(self._image_chosen)
+        self._image_chosen()
         self.session.events.last_checkpoint.connect(self._on_new_checkpoint)
         events = napari_viewer.layers.events
         events.inserted.connect(self._layer_inserted)  # held weakly
@@ -108,11 +112,20 @@ class SegmentWidget(Container):
         """A newly opened image becomes the one to segment (not the review's own image layer)."""
         self._layers_changed()
         layer = getattr(event, "value", None)
+        QTimer.singleShot(0, lambda: truth_below_predictions(self.viewer, layer))  # once the insert is over
         if isinstance(layer, Image) and layer_meta(layer).get("role") != REVIEW:
             self.image.value = layer
 
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _channel_choices(self, _widget=None) -> list[tuple[str, object]]:
+        return channel_choices(layer_channels(self.image.value)[1] if self.image.value is not None else 1)
+
+    def _image_chosen(self, _value=None) -> None:
+        """Channels are offered only for an image that has them (nuclear stain, or all merged)."""
+        self.channel.reset_choices()
+        self.channel.visible = len(self.channel.choices) > 1
 
     def _review_choices(self, _widget=None) -> list[tuple[str, int]]:
         """Read from the session each time, so napari's reset on any layer change keeps them."""
@@ -131,21 +144,7 @@ class SegmentWidget(Container):
 
     def _loader(self):
         """A function the worker calls to get (model, config, device); errors name the file."""
-        from .checkpoint import load_model
-        from .devices import resolve_device
-
-        device_name = self.device.value.value
-        path = model_file(self.model.value, path_or_none(self.checkpoint))
-
-        def load():
-            device = resolve_device(device_name)
-            key = (str(path), path.stat().st_mtime if path.exists() else None, str(device))
-            if self._model is None or self._model[0] != key:
-                model, config = load_model(path, device)
-                self._model = (key, model, config, device)
-            return self._model[1:]
-
-        return load
+        return self._models.loader(model_file(self.model.value, path_or_none(self.checkpoint)), self.device.value.value)
 
     def error(self, message: str) -> None:
         """An error in a notification and in the dock's status line (a toast vanishes)."""
@@ -158,6 +157,7 @@ class SegmentWidget(Container):
         if self._worker is not None:
             self._stop = True
             button.enabled = False
+            self.progress.native.setFormat("cancelling...")  # at once: the worker stops within the tile
         else:
             start()
 
@@ -209,6 +209,7 @@ class SegmentWidget(Container):
             return self.stack_view.start(layer, loader)
         source = layer_meta(layer).get("source") or layer.source.path
         data = layer.data[0] if layer.multiscale else layer.data  # the full-resolution level
+        axis, channel = layer_channels(layer)[0], self.channel.value
         note = ""
         if not layer.visible:
             layer.visible = True
@@ -221,7 +222,8 @@ class SegmentWidget(Container):
                 self._show(ImageResult(Path(source) if source else None, raw, names), image_layer=layer)
 
         self._begin(self.run_button,
-                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value),
+                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value,
+                                           axis, channel),
                     lambda p: self._progress(p.done, p.total, "tile"), returned)
 
     def start_folder(self) -> None:
@@ -254,7 +256,8 @@ class SegmentWidget(Container):
                 self.review.value = 0  # shows the first image; the others wait in the review box
 
         self._begin(self.folder_button,
-                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value), arrived)
+                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value,
+                                          self.channel.value if len(self.channel.choices) > 1 else None), arrived)
 
     # ------------------------------------------------------------------ results -> layers
 
@@ -273,10 +276,11 @@ class SegmentWidget(Container):
         if shown is not None and shown.result is not result:
             if layer_meta(image_layer).get("role") != REVIEW and shown.edited:  # a re-run on this image
                 live = shown.live(self.viewer)
-                if not ask_discard(self.native, [live[k].name for k in sorted(shown.edited) if k in live]):
+                names = [live[k].name for k in sorted(shown.edited) if k in live]
+                if not ask_discard(self.native, names, TIPS["discard_rerun"]):  # a re-run, not a slider
                     self.status.value = f"{image_layer.name}: kept your edits; the new segmentation was not shown"
                     return
-            self._remember_edits(shown, copy=True)  # the layers will show another result
+            shown.remember_edits(copy=True)  # the layers will show another result
         if shown is None:
             shown = Shown(result, image_layer, {})
             self.sets.append(shown)
@@ -351,6 +355,7 @@ class SegmentWidget(Container):
                 if k not in live:
                     continue
                 update_labels(live[k], data)
+                shown.visible[k] = present_ids(data)
                 if k in (reviewed or {}):  # the user's table: drawn cells have score 1.0
                     table = (result.reviewed_scores or {}).get(k, model_scores)
                     ids = np.array(sorted(table), np.int64)
@@ -362,38 +367,28 @@ class SegmentWidget(Container):
                     shown.model_tables.add(k)
         finally:
             self._redrawing = False
-        self._remember_edits(shown)
+        shown.remember_edits()
         self.status.value = self._describe(shown)
 
     def _describe(self, shown: Shown) -> str:
-        text = f"{_gui_session.short_name(shown.result.name)}: the model found {len(shown.result.raw)} cells"
+        raw, live = shown.result.raw, shown.live(self.viewer)
+        on_screen = sum(len(shown.visible.get(k, ())) for k in live)
+        below = int(np.count_nonzero(np.isin(raw.labels, list(live)) & (raw.scores < self.score.value)))
+        text = count_text(_gui_session.short_name(shown.result.name), on_screen, below)
         if shown.kept:
             names = ", ".join(shown.layers[k].name for k in sorted(shown.kept))
             text += f"; {names}: your edits are kept, the sliders leave them alone until you edit again"
         return text
 
     def _on_edit(self, shown: Shown, class_id: int, event) -> None:
-        """A hand edit: remember it, give new cells score 1.0, keep the edit with its image."""
-        layer = shown.layers.get(class_id)
-        if self._redrawing or layer is None:
-            return
-        shown.edited.add(class_id)
-        shown.kept.discard(class_id)
-        self.session.folder_exported = False
-        if event is not None:
-            table = scores_from_features(layer.features)
-            drawn = {v for v in painted_values(event.value) if v > 0 and v not in table}
-            if drawn:
-                table.update(dict.fromkeys(drawn, 1.0))
-                shown.model_tables.discard(class_id)
-                ids = np.array(sorted(table), dtype=np.int64)
-                layer.features = features_table(ids, shown.result.class_names[class_id - 1], table)
-        self._remember_edits(shown)
+        """A hand edit: remember it, give new cells score 1.0 (``Shown.edit``), keep it with its image."""
+        if not self._redrawing and class_id in shown.layers:
+            shown.edit(class_id, None if event is None else painted_values(event.value))
+            self.session.folder_exported = False
+            QTimer.singleShot(0, lambda: self._recount(shown, class_id))  # once napari has written the pixels
 
-    def _remember_edits(self, shown: Shown, copy: bool = False) -> None:
-        """Edited classes stay with their result: by reference while shown, copied when the layers
-        move on to another image."""
-        edited = [k for k in sorted(shown.edited) if k in shown.layers]
-        data = {k: shown.layers[k].data for k in edited}
-        shown.result.reviewed = {k: (v.copy() if copy else v) for k, v in data.items()} or None
-        shown.result.reviewed_scores = {k: scores_from_features(shown.layers[k].features) for k in edited} or None
+    def _recount(self, shown: Shown, class_id: int) -> None:
+        if class_id in shown.live(self.viewer):
+            shown.visible[class_id] = present_ids(shown.layers[class_id].data)
+            if shown is self.current:
+                self.status.value = self._describe(shown)

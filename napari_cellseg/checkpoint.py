@@ -83,6 +83,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a napari-cellseg checkpoint (a path or a built-in model's name) safely; every failure
     is one clear ``CheckpointError``."""
     asked, path = path, resolve_checkpoint(path)
+    if path.is_dir():  # "not found" misled a user who had picked the run folder
+        inside = ", ".join(sorted(p.name for p in path.glob("*.pt"))[:3]) or "no .pt file"
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; pick the .pt file in it ({inside})")
     if not path.is_file():
         names = ", ".join(builtin_models()) or "none installed"
         raise CheckpointError(f"checkpoint not found: {path} (built-in models: {names})")

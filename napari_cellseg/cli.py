@@ -74,6 +74,16 @@ def _formats(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _channel(text: str):
+    from .channels import parse_channel
+    from .errors import DatasetError
+
+    try:
+        return parse_channel(text)
+    except DatasetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
                    help=f"keep instances at least this confident (the detector itself drops those below "
@@ -84,6 +94,10 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-size", type=_positive_int, default=TILE_SIZE, help="larger images are segmented in tiles")
     p.add_argument("--flip-tta", action="store_true",
                    help="also segment the mirror image and average the two (twice the time, a little more AP)")
+    p.add_argument("--channel", type=_channel, default=None, metavar="N|merged",
+                   help="of a multi-channel image, segment channel N (1-based, e.g. the nuclear stain) or "
+                        "'merged' (every channel stretched, the brightest kept); default: colour as is, "
+                        "of two channels the first")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from .engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, tr
 from .errors import CellsegError, DatasetError, OutputError
 from .evaluation import evaluate_file
 from .images import write_labels
-from .layout import TEST_FOLDER, image_files, printable
+from .layout import TEST_FOLDER, ids_file, image_files, printable
 from .metrics import format_metrics
 from .pipeline import export_items, iter_export, segment_image
 from .pretrained import builtin_models
@@ -100,14 +100,20 @@ def predict(args: argparse.Namespace) -> int:
 
 def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace) -> None:
     """One image -> ``<stem>_<class>.tif`` per class; a stack is segmented plane by plane."""
-    from .stacks import (iter_predict_stack, link_over_time, read_stack, stack_scores, to_stack_labels,
+    from .channels import read_image_channel
+    from .stacks import (Stack, iter_predict_stack, link_over_time, read_stack, stack_scores, to_stack_labels,
                          write_stack_labels)
 
     stack = read_stack(path)
     classes = range(1, len(config.class_names) + 1)
     formats = getattr(args, "format", ("labels",))
+    channel = getattr(args, "channel", None)
+    if channel is not None and len(stack) > 1:  # every plane reduced to the chosen channel when read
+        from .channels import ChannelPlanes, channel_axis
+
+        stack = Stack(ChannelPlanes(stack.data, channel_axis(stack.data.shape[1:]), channel), stack.axis)
     if len(stack) == 1:
-        image = stack.plane(0)
+        image = stack.plane(0) if channel is None else read_image_channel(path, channel)
         labels, scores = segment_image(model, image, score_thresh=args.score_thresh,
                                        mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
         for class_id, label_image in labels.items():
@@ -169,6 +175,8 @@ def export(args: argparse.Namespace) -> int:
 
     absent: list[str] = []
     items = _export_items(args, absent)
+    if getattr(args, "channel", None) is not None:
+        items = [dataclasses.replace(item, channel=args.channel) for item in items]
     ctx = setup_sharding(args.device)
     try:
         model, _ = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
@@ -202,7 +210,7 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
     except DatasetError:
         return export_items(dataset)  # a folder of samples (or the error that says what is missing)
     entries = folder_mapping(files)  # every process numbers the same headers the same way
-    mapping = Path(f"{args.out}.images.json")
+    mapping = ids_file(args.out)
     if env_rank() == 0:
         write_json(mapping, entries)
     return mapped_items(files, {e["file_name"]: e for e in entries}, mapping)

@@ -214,6 +214,23 @@ def check_image_in_mapping(
     return int(entry["id"])
 
 
+def stable_image_ids(ids_path: str | os.PathLike, images: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """Ids for images no mapping file lists (file name -> H, W): the ids ``ids_path`` already gives,
+    new ones after its largest for the rest; the file is rewritten (atomically) when it grows, so
+    a re-export of the same images keeps their ids and a results file can be read back."""
+    ids_path = Path(ids_path)
+    known = load_mapping(ids_path) if ids_path.exists() else {}
+    next_id = max((int(e["id"]) for e in known.values()), default=0) + 1
+    added = False
+    for name, shape in images.items():
+        if name not in known:
+            known[name] = {"id": next_id, "height": int(shape[0]), "width": int(shape[1])}
+            next_id, added = next_id + 1, True
+    if added:
+        write_json(ids_path, [{"file_name": n, **e} for n, e in known.items()])
+    return {name: check_image_in_mapping(known, name, shape, source=ids_path.name) for name, shape in images.items()}
+
+
 # ---------------------------------------------------------------- ground truth, JSON files
 
 

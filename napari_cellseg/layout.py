@@ -22,6 +22,8 @@ IMAGE_NAME = "image.tif"
 TEST_FOLDER = "test_release"
 """The test images of a HW3 root."""
 MAPPING_NAME = "test_image_name_to_ids.json"
+PLANE_SEPARATOR = "#"
+"""A plane of a stack is named ``<file>#<plane>`` (0-based) in mapping files and COCO image entries."""
 """Test image file name -> submission id, height and width; lives in the HW3 root."""
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 """Files a folder of images may hold (``predict``, ``export``, Segment folder); the format itself is
@@ -93,6 +95,7 @@ class ExportItem:
     path: Path
     shape: tuple[int, int] | None = None
     plane: int | None = None
+    channel: int | str | None = None  # ``channels.choose``: None as is, a 0-based channel, or "merged"
 
 
 def sample_image_id(sample_names: Sequence[str], name: str) -> int:
@@ -105,6 +108,12 @@ def image_name(path: str | Path) -> str:
     """The name an image goes by: a sample's image by its folder's name, any other file by its own."""
     path = Path(path)
     return path.parent.name if is_sample_image(path) else path.name
+
+
+def ids_file(results: str | Path) -> Path:
+    """``<results>.images.json``: the ids given to images no mapping file lists (the user's own), in the
+    mapping file's format beside the results, so the results can be read back and a re-export keeps them."""
+    return Path(f"{results}.images.json")
 
 
 def find_mapping(start: str | Path) -> Path | None:

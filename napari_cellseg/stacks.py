@@ -31,12 +31,10 @@ from .defaults import OVERLAP, TILE_SIZE
 from .errors import DatasetError
 from .images import MAX_CHANNELS, _check_file, _check_has_pixels, _check_size, _is_tiff, read_image, to_rgb_uint8
 from .inference import RawInstances, iter_predict
-from .layout import ExportItem
+from .layout import PLANE_SEPARATOR, ExportItem
 from .postprocess import to_labels
 from .progress import Progress, StopCheck, drain, stopped
 
-PLANE_SEPARATOR = "#"
-"""A plane of a stack is named ``<file>#<plane>`` (0-based) in mapping files and COCO image entries."""
 _NAMED = "TZ"
 _UNNAMED = "QIR"  # tifffile's letters for an axis without metadata (Q), a page sequence (I), tiles (R)
 
@@ -357,7 +355,15 @@ def _single(path: Path) -> bool:
 
 def item_image(item: ExportItem) -> np.ndarray:
     """The RGB image of an export item: the file, or one plane of a stack."""
-    plane = getattr(item, "plane", None)
+    plane, channel = getattr(item, "plane", None), getattr(item, "channel", None)
+    if channel is not None:
+        from .channels import choose_in_plane, read_image_channel
+
+        if plane is None:
+            return read_image_channel(item.path, channel)
+        read_plane(item.path, plane)  # checks the plane, caches the stack
+        stat = Path(item.path).stat()
+        return choose_in_plane(_cached_stack(str(item.path), stat.st_mtime_ns, stat.st_size).data[plane], channel)
     return read_image(item.path) if plane is None else read_plane(item.path, plane)
 
 

@@ -99,3 +99,9 @@ def test_non_finite_weights_are_refused(tmp_path, value):
     path = save_checkpoint(tmp_path / "diverged.pt", model, cfg)
     with pytest.raises(CheckpointError, match=r"diverged.pt is unusable: .*cls_score.weight are not finite numbers"):
         load_model(path)
+
+
+def test_a_folder_is_named_as_a_folder_not_missing(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file; pick the \.pt file in it \(best"):
+        load_checkpoint(tmp_path)

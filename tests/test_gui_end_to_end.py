@@ -19,9 +19,8 @@ def test_sample_train_segment_edit_export(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-cellseg", "fluorescence")
     image = viewer.layers[0]
-    _, train = viewer.window.add_plugin_dock_widget("napari-cellseg", "Train")
-    _, segment = viewer.window.add_plugin_dock_widget("napari-cellseg", "Segment")
-    _, export = viewer.window.add_plugin_dock_widget("napari-cellseg", "Export & Evaluate")
+    _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
+    train, segment, export = main.train, main.segment, main.export
 
     # train a few steps of the light model in the worker
     train.dataset.value, train.out_dir.value = SAMPLE_DATASET, tmp_path / "run"

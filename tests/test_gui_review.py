@@ -92,7 +92,7 @@ def test_runs_replace_their_layers_and_hide_other_images(make_napari_viewer, qtb
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     hidden = {layer.name for layer in viewer.layers if not layer.visible}
     assert hidden == {"first"} | {layer.name for layer in layers}  # only the current image's cells show
-    assert widget.status.value.startswith("image: the model found") and not errors
+    assert widget.status.value.startswith("image: ") and " shown" in widget.status.value and not errors
 
 
 def test_errors_are_written_in_the_dock_and_status_starts_fresh(make_napari_viewer, qtbot, tmp_path, untrained, errors):
@@ -108,7 +108,7 @@ def test_errors_are_written_in_the_dock_and_status_starts_fresh(make_napari_view
     widget.run_button.clicked()
     assert "stopped" not in widget.status.value  # a new run does not show the old error
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
-    assert "found" in widget.status.value and widget.progress.native.format() == "done"
+    assert " shown" in widget.status.value and widget.progress.native.format() == "done"
 
 
 def test_a_drag_draws_only_the_latest_value(make_napari_viewer, qtbot, untrained, monkeypatch):

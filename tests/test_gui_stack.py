@@ -41,7 +41,10 @@ def _movie(planes=5) -> np.ndarray:
 
 def test_is_stack_follows_napari_dims(make_napari_viewer):
     viewer = make_napari_viewer()
-    assert is_stack(viewer.add_image(np.zeros((3, 20, 30))))
+    assert is_stack(viewer.add_image(np.zeros((5, 20, 30))))
+    assert not is_stack(viewer.add_image(np.zeros((3, 20, 30))))  # 3 channels, not 3 planes (channels.py)
+    assert not is_stack(viewer.add_image(np.zeros((20, 30, 2))))  # channel-last: not 20 planes of 30 x 2
+    assert is_stack(viewer.add_image(np.zeros((5, 20, 30, 2))))  # planes of 2-channel images
     assert is_stack(viewer.add_image(np.zeros((3, 20, 30, 3), np.uint8), rgb=True))
     assert not is_stack(viewer.add_image(np.zeros((20, 30, 3), np.uint8), rgb=True))
     assert not is_stack(viewer.add_image(np.zeros((20, 30))))
@@ -88,7 +91,7 @@ def test_stack_edits_are_not_silently_overwritten(make_napari_viewer, untrained,
     widget = SegmentWidget(viewer)
     widget.checkpoint.value, widget.device.value, widget.synchronous = untrained, Device.cpu, True
     widget.score.value, widget.mask.value = 0.0, 0.3
-    widget.image.value = viewer.add_image(_movie(2), name="movie")
+    widget.image.value = viewer.add_image(_movie(5), name="movie")  # 5 planes: more than channels
     widget.run_button.clicked()
     asked = []
     monkeypatch.setattr(_widget_segment, "ask_discard", lambda parent, names: asked.append(names) or False)
@@ -111,3 +114,38 @@ def test_cancel_stops_between_planes(make_napari_viewer, untrained):
     with pytest.raises(StopIteration) as stopped:
         next(events)
     assert calls == [(1, 4, "plane")] and stopped.value.value is None
+
+
+def test_a_stack_exports_plane_by_plane_from_the_gui(make_napari_viewer, qtbot, untrained, tmp_path):
+    """As ``napari-cellseg export`` does: one image per plane (``<file>#<plane>``), ids kept beside."""
+    import json
+
+    import tifffile
+
+    from napari_cellseg._widget_export import ExportWidget
+    from napari_cellseg.stacks import stack_scores
+
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, _movie(5), photometric="minisblack")  # 5 planes: more than colour channels
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path))
+    widget = SegmentWidget(viewer)
+    widget.checkpoint.value, widget.device.value, widget.image.value = untrained, Device.cpu, layer
+    widget.score.value = 0.0
+    widget.run_button.clicked()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    shown = widget.stack_view.current
+    on_screen = {k: set(np.unique(la.data)) - {0} for k, la in shown.layers.items()}
+    total = sum(len(ids) for ids in on_screen.values())
+    assert widget.status.value == f"5 planes: {total} cells shown"  # one count: what is on screen
+    export = ExportWidget(viewer)
+    export.out.value = tmp_path / "out" / "movie.json"
+    export.export()
+    qtbot.waitUntil(lambda: export._worker is None, timeout=30_000)
+    ids = json.loads((tmp_path / "out" / "movie.json.images.json").read_text())
+    assert [e["file_name"] for e in ids] == [f"movie.tif#{p}" for p in range(5)]
+    results = json.loads((tmp_path / "out" / "movie.json").read_text())
+    assert len(results) == total and {r["image_id"] for r in results} <= {1, 2, 3, 4, 5}
+    scores = stack_scores(shown.result)
+    assert sorted(r["score"] for r in results) == pytest.approx(
+        sorted(scores[i] for ids in on_screen.values() for i in ids), abs=1e-6)

@@ -41,7 +41,7 @@ def test_open_sample_through_napari(make_napari_viewer):
 def check_manifest(manifest: npe2.PluginManifest) -> None:
     contributions = manifest.contributions
     names = [w.display_name for w in contributions.widgets]
-    assert names == ["Cell segmentation", "Train", "Segment", "Export & Evaluate"]
+    assert names == ["Cell segmentation"]  # one dock: four open at once needed 663 x 1770 px
     assert {s.key for s in contributions.sample_data} == {"fluorescence", "brightfield"}
     assert contributions.readers[0].accepts_directories and contributions.writers[0].filename_extensions == [".json"]
     for command in contributions.commands:  # every command points at something that exists
@@ -92,5 +92,5 @@ def test_manifest_and_sample_data_are_in_the_wheel(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     module_file, widgets = out.stdout.split()
-    assert Path(module_file).is_relative_to(tmp_path / "site") and widgets == "4"
+    assert Path(module_file).is_relative_to(tmp_path / "site") and widgets == "1"
     check_manifest(npe2.PluginManifest.from_file(tmp_path / "site" / "napari_cellseg" / "napari.yaml"))

@@ -96,14 +96,11 @@ def test_raw_instances_stay_compact(tmp_path, model):
 
 def test_cancel_stops_between_planes(tmp_path, model):
     _movie(tmp_path / "movie.tif", planes=3)
-    calls = []
+    seen = []  # Cancel is clicked once plane 1 is done
 
-    def stop():
-        calls.append(1)
-        return len(calls) > 2  # before plane 1, during plane 1 (one tile), then stop
-
-    steps = stacks.iter_predict_stack(model, stacks.read_stack(tmp_path / "movie.tif"), should_stop=stop)
-    assert next(steps)[:2] == (1, 3)
+    steps = stacks.iter_predict_stack(model, stacks.read_stack(tmp_path / "movie.tif"), should_stop=lambda: bool(seen))
+    seen.append(next(steps))
+    assert seen[0][:2] == (1, 3)
     with pytest.raises(StopIteration) as stopped:
         next(steps)
     assert stopped.value.value is None

@@ -49,6 +49,8 @@ def test_the_main_dock_fits_a_laptop_screen(laptop, qtbot):
         assert area.viewport().width() >= widget.native.minimumSizeHint().width()
     main.show_tab("Export")
     assert main.tabs.currentWidget().widget().isAncestorOf(main.export.native)
+    title = dock.title.title  # napari's title bar: not cut in the 310 px dock
+    assert title.text() == "Cell segmentation" and title.fontMetrics().horizontalAdvance(title.text()) <= title.width()
     # long names (a layer, a path) leave the canvas its half
     viewer.add_image(np.zeros((8, 8)), name="a_very_long_image_name_from_the_microscope_" * 4)
     main.train.dataset.value = "/data/" + "a_very_long_folder_name_" * 8
@@ -87,8 +89,32 @@ def test_the_tabs_share_one_session_and_training_is_cancelled_from_its_tab(lapto
     assert train.start.text == "Start training" and train.dataset.enabled
 
 
-def test_the_separate_docks_still_open(make_napari_viewer):
+def test_the_menu_offers_the_one_dock_only(make_napari_viewer):
+    """Three separate docks besides the combined one made two live Segment widgets and a window of
+    663 x 1770 px; the menu offers the combined dock alone."""
+    from npe2 import PluginManager
+
     viewer = make_napari_viewer()
-    for name in ("Train", "Segment", "Export & Evaluate"):
-        _, widget = viewer.window.add_plugin_dock_widget("napari-cellseg", name)
-        assert widget.status.native is not None
+    widgets = PluginManager.instance().get_manifest("napari-cellseg").contributions.widgets
+    assert [w.display_name for w in widgets] == ["Cell segmentation"]
+    _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
+    assert main.segment.status.native is not None
+
+
+def test_the_training_progress_text_is_readable_in_the_dock(laptop, qtbot):
+    """'ep 6/12 - loss 2.496 - l' cut the ETA off: the bar holds the step, a wrapping line the rest."""
+    from napari_cellseg.engine import StepEvent
+
+    _, _, main = laptop
+    main.show_tab("Train")
+    train = main.train
+    for step in (1, 1234):
+        train._on_step(StepEvent(epoch=12, step=step, total_steps=12000, losses={"loss": 2.4961}, lr=1e-4,
+                                 images_per_s=3.0))
+    qtbot.wait(20)
+    bar = train.progress.native
+    text = bar.text()
+    assert text == "step 1234/12000" and bar.fontMetrics().horizontalAdvance(text) + 12 <= bar.width()
+    info = train.step_info.native  # the second line wraps in the dock's width
+    assert info.text().startswith("epoch 12, loss 2.496, ETA ") and info.wordWrap()
+    assert info.width() <= train.native.width() and info.heightForWidth(info.width()) <= info.height() + 1

@@ -180,12 +180,16 @@ def test_cancel_a_folder_run_keeps_the_finished_images(make_napari_viewer, qtbot
         return read_image(path)
     monkeypatch.setattr(images, "read_image", read_after_cancel)
 
+    texts = []
+
     def cancel(item):
         widget.folder_button.clicked()
+        texts.append(widget.progress.native.format())  # said at once, before the worker has stopped
         cancelled.set()
     widget.folder_button.clicked()
     widget._worker.yielded.connect(cancel)
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert texts == ["cancelling..."]
     assert [r.name for r in session_for(viewer).folder_results] == ["test_0.tif"]
     assert widget.progress.native.format() == "cancelled"
     assert widget.folder_button.text == "Segment folder" and widget.run_button.enabled
@@ -228,3 +232,102 @@ def test_the_builtin_model_is_chosen_until_the_user_picks_a_file(make_napari_vie
     assert widget.model.value == CHECKPOINT_FILE and not widget.checkpoint.native.isHidden()
     widget.model.value = "nuclei"  # and back in one click
     assert widget.checkpoint.native.isHidden()
+
+
+def test_a_cell_drawn_with_new_label_scores_one_and_exports_from_my_own_image(
+    make_napari_viewer, qtbot, untrained, tmp_path
+):
+    """napari's *new label* (largest id + 1) is often a detection hidden below the confidence: the
+    drawn cell must show and export with 1.0, and the user's own image exports without a mapping."""
+    import json
+
+    import tifffile
+    from napari.layers.labels._labels_key_bindings import new_label
+
+    from napari_cellseg._widget_export import ExportWidget
+
+    path = tmp_path / "own" / "my cells.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, np.random.default_rng(1).integers(0, 4000, (64, 72), dtype=np.uint16))
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path))  # napari's own reader: no HW3 folder, no mapping file
+    widget = SegmentWidget(viewer)
+    widget.checkpoint.value, widget.device.value, widget.image.value = untrained, Device.cpu, layer
+    widget.run_button.clicked()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    raw = widget.current.result.raw
+    pairs = [i for i in range(len(raw) - 1) if raw.labels[i] == raw.labels[i + 1]]
+    assert pairs, "the untrained model gave no two detections of one class in a row"
+    i = pairs[-1]  # ids i + 1 (shown) and i + 2 (hidden) of one class
+    widget.score.value = round(float(raw.scores[i] + raw.scores[i + 1]) / 2, 4)
+    k = int(raw.labels[i])
+    labels = widget.current.layers[k]
+    visible = widget.current.visible[k]
+    assert max(visible) == i + 1 and i + 2 not in visible
+    below = int(np.count_nonzero(raw.scores < widget.score.value))
+    shown = sum(len(ids) for ids in widget.current.visible.values())
+    assert f": {shown} cell" in widget.status.value and f"shown ({below} below the confidence)" in widget.status.value
+    new_label(labels)
+    assert labels.selected_label == i + 2  # the hidden detection's id
+    labels.brush_size = 1
+    y, x = np.argwhere(labels.data == 0)[-1]  # background: no shown cell is painted over
+    labels.paint((y, x), i + 2, refresh=True)
+    table = dict(zip(labels.features["index"], labels.features["score"]))
+    assert table[i + 2] == 1.0 and np.isclose(table[i + 1], raw.scores[i])
+    qtbot.waitUntil(lambda: f": {shown + 1} cells shown" in widget.status.value)  # one count: what is on screen
+
+    export = ExportWidget(viewer)  # a real worker, as in napari
+    out = tmp_path / "results" / "mine.json"
+    out.parent.mkdir()
+    export.out.value = out
+    export.export()
+    qtbot.waitUntil(lambda: export._worker is None, timeout=30_000)
+    results = json.loads(out.read_text())
+    ids = json.loads(Path(f"{out}.images.json").read_text())
+    assert ids == [{"file_name": "my cells.tif", "id": 1, "height": 64, "width": 72}]
+    assert {r["image_id"] for r in results} == {1} and len(results) == shown + 1
+    drawn = [r for r in results if r["category_id"] == k and r["bbox"][:2] == [float(x), float(y)]]
+    assert [r["score"] for r in drawn] == [1.0]
+    export.export()  # again: the same ids, the file unchanged
+    qtbot.waitUntil(lambda: export._worker is None, timeout=30_000)
+    assert json.loads(Path(f"{out}.images.json").read_text()) == ids
+
+
+def test_channels_are_never_planes_and_the_chosen_one_is_segmented(make_napari_viewer, qtbot, untrained):
+    """(2, H, W) and (H, W, 2) are one image of two channels: no stack, a channel choice; the network
+    sees the chosen channel (the same instances as the library on that channel alone)."""
+    from napari_cellseg.channels import MERGED, choose
+    from napari_cellseg.checkpoint import load_model
+
+    rng = np.random.default_rng(0)
+    nuclei = np.zeros((64, 72), np.uint16)
+    nuclei[10:30, 10:30], nuclei[40:56, 44:64] = 3000, 2500
+    other = rng.integers(0, 4000, (64, 72)).astype(np.uint16)
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.checkpoint.value, widget.device.value = untrained, Device.cpu
+    model, _ = load_model(untrained, "cpu")
+    assert widget.channel.native.isHidden()  # no image yet: nothing to choose
+    for name, data, axis in (("first", np.stack([other, nuclei]), 0), ("last", np.stack([other, nuclei], -1), 2)):
+        layer = viewer.add_image(data, name=name)
+        assert widget.image.value is layer and not widget.channel.native.isHidden()
+        assert list(widget.channel.choices) == [0, 1, MERGED]
+        widget.channel.value = 1  # "channel 2": the nuclei
+        widget.run_button.clicked()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+        assert widget.stack_view.current is None and widget.current.image is layer  # not a 2-plane stack
+        expected = inference.predict(model, choose(data, axis, 1), tile_size=widget.tile_size)
+        np.testing.assert_allclose(widget.current.result.raw.scores, expected.scores, rtol=1e-5)
+        assert widget.current.result.raw.image_shape == (64, 72)
+    viewer.add_image(np.zeros((64, 72), np.uint8), name="grey")
+    assert widget.channel.native.isHidden()
+
+
+def test_ground_truth_opened_later_goes_below_the_segmentation(make_napari_viewer, qtbot, tiny_dataset):
+    viewer = make_napari_viewer()
+    widget = shown_widget(viewer, tiny_dataset / "val" / "val_0" / "image.tif")
+    viewer.open(str(tiny_dataset / "val" / "val_0"), plugin="napari-cellseg")  # image + ground truth, on top
+    truth = [la for la in viewer.layers if la.name.endswith("(ground truth)")]
+    assert truth and widget.current.layers
+    lowest = lambda: min(viewer.layers.index(la) for la in widget.current.layers.values())  # noqa: E731
+    qtbot.waitUntil(lambda: all(viewer.layers.index(t) < lowest() for t in truth), timeout=5_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -76,3 +77,27 @@ def test_layer_ids_beyond_int32_are_refused_not_wrapped():
     data[2:6, 2:6] = 2**31 - 1
     (group,) = group_layers([("class1", data, {}, None)])
     assert int(group.labels[1].max()) == 2**31 - 1
+
+
+def test_save_my_own_image_and_its_labels_through_napari(make_napari_viewer, tmp_path):
+    """An image of the user's own (no mapping file) with its labels: File > Save All Layers writes
+    the results and the ids file beside them; saving again keeps the id."""
+    import tifffile
+
+    path = tmp_path / "mine" / "cells.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, np.zeros((32, 40), np.uint8))
+    viewer = make_napari_viewer()
+    viewer.open(str(path))
+    labels = np.zeros((32, 40), np.int32)
+    labels[2:6, 3:9] = 5
+    viewer.add_labels(labels, **labels_layer_kwargs(1, "class1", source=path, role=PREDICTION))
+    out = tmp_path / "out" / "cells.json"
+    out.parent.mkdir()
+    for _ in range(2):
+        viewer.layers.save(str(out), plugin="napari-cellseg")  # every layer: the image and the labels
+        results = json.loads(out.read_text())
+        found = [(r["image_id"], r["category_id"], r["score"], r["bbox"]) for r in results]
+        assert found == [(1, 1, 1.0, [3, 2, 6, 4])]
+        ids = json.loads(Path(f"{out}.images.json").read_text())
+        assert ids == [{"file_name": "cells.tif", "id": 1, "height": 32, "width": 40}]

@@ -1,0 +1,145 @@
+"""The longest GUI-thread stall a user feels, step by step: add the dock, open, segment, slide,
+segment a folder and review it, train with the live plot, export, and Cancel on a 4000 x 4000 image.
+
+A 10 ms QTimer runs throughout; the longest gap between its ticks in a step is that step's stall
+(the target is under 250 ms on an idle machine). Steps that run in the GUI thread (adding the dock,
+opening, a review step, a slider move) are timed as calls as well. Cancel: how long from the click
+until the worker has stopped, and the progress text right after the click.
+Run under a display: xvfb-run -a -s "-screen 0 1366x768x24" python benchmarks/bench_gui_stalls.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+from _common import DEFAULT_DATA
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=6, help="training steps with the live plot")
+    p.add_argument("--images", type=int, default=3, help="images in the folder run")
+    p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--quick", action="store_true", help="a smoke test: 2 steps, 2 images")
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.images = 2, 2
+
+    import napari
+    import numpy as np
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_cellseg import _widget_segment
+    from napari_cellseg._gui_session import Device
+    from napari_cellseg._widget_train import Amp
+    from napari_cellseg.sample_data import SAMPLE_DATASET
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    app = QApplication.instance()
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(10)
+    stalls: dict[str, float] = {}
+    calls: dict[str, float] = {}
+    _widget_segment.ask_discard = lambda *a, **k: True
+
+    def settle(seconds: float = 0.3) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.002)
+
+    def wait(phase: str, busy, start: int | None = None) -> None:
+        start = max(0, (len(ticks) if start is None else start) - 1)  # the gap that spans the first call too
+        while busy():
+            app.processEvents()
+            time.sleep(0.002)
+        settle(0.1)
+        gaps = [b - a for a, b in zip(ticks[start:], ticks[start + 1:])]
+        stalls[phase] = round(max(gaps, default=0.0) * 1000, 1)
+
+    def timed(phase: str, action) -> object:
+        settle(0.05)
+        start = len(ticks)
+        tick = time.perf_counter()
+        value = action()
+        calls[phase] = round((time.perf_counter() - tick) * 1000, 1)
+        wait(phase, lambda: False, start)
+        return value
+
+    settle()
+    _, main = timed("add the dock", lambda: viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation"))
+    segment, export, train = main.segment, main.export, main.train
+    segment.device.value = train.device.value = Device.cpu
+    images = sorted((DEFAULT_DATA / "test_release").glob("*.tif"))[: args.images]
+    (layer,) = timed("open an image", lambda: viewer.open(str(images[-1])))
+    segment.image.value = layer
+    start = len(ticks)
+    segment.start()
+    wait("segment (worker)", lambda: segment._worker is not None, start)
+    for value in (0.3, 0.7, 0.5):
+        timed(f"slider to {value}", lambda value=value: setattr(segment.score, "value", value))
+    folder = Path(tempfile.mkdtemp(prefix="cellseg-stalls-"))
+    for image in images:
+        shutil.copy(image, folder / image.name)
+    segment.folder.value = folder
+    start = len(ticks)
+    segment.start_folder()
+    wait("segment folder (worker)", lambda: segment._worker is not None, start)
+    for n in range(1, len(images)):
+        timed(f"review image {n + 1}", lambda n=n: setattr(segment.review, "value", n))
+
+    main.show_tab("Export")
+    export.out.value = folder / "results.json"
+    for other in viewer.layers:
+        other.visible = other in segment.current.layers.values()  # the reviewed image only
+    start = len(ticks)
+    export.export()
+    wait("export (worker)", lambda: export._worker is not None, start)
+
+    main.show_tab("Train")
+    train.dataset.value, train.out_dir.value = SAMPLE_DATASET, folder / "run"
+    train.arch.value, train.epochs.value, train.max_steps.value = "resnet18", 1000, args.steps
+    train.batch_size.value, train.crop_size.value, train.val_limit.value = 2, 128, 1
+    train.lr.value, train.amp.value = 1e-3, Amp.off
+    start = len(ticks)
+    train.start.clicked()
+    wait("train with the live plot (worker)", lambda: train._worker is not None, start)
+
+    main.show_tab("Segment")
+    big = np.tile(np.asarray(layer.data)[..., :3], (8, 8, 1))[:4000, :4000]
+    segment.image.value = viewer.add_image(big, name="large", rgb=True)
+    segment.tile_size = 1024
+    start = len(ticks)
+    segment.start()
+    while segment._worker is not None and "tile" not in segment.progress.native.format():
+        settle(0.05)  # the model is loaded and the first tile is running
+    settle(1.0)
+    tick = time.perf_counter()
+    segment.run_button.clicked()  # Cancel
+    cancel_text = segment.progress.native.format()
+    wait("cancel a 4000 x 4000 image", lambda: segment._worker is not None, start)
+    cancel_s = round(time.perf_counter() - tick, 2)
+
+    result = {"longest_stall_ms": stalls, "call_ms": calls, "cancel_s": cancel_s, "cancel_text": cancel_text,
+              "segment_status": segment.status.value, "export_status": export.status.value,
+              "train_status": train.status.value}
+    sys.stdout.write(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    viewer.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
