@@ -65,7 +65,9 @@ def run_training(cfg: TrainConfig) -> DoneEvent | None:
         if bar is not None:
             bar.close()
     if done is not None and env_rank() == 0:
-        print(f"last checkpoint: {done.last}\nbest checkpoint: {done.best}")
+        best = (f"{done.best} (best validation AP {done.best_ap:.3f})" if done.best is not None
+                else "none (no validation images, or none validated yet)")
+        print(f"last checkpoint: {done.last}\nbest checkpoint: {best}\nmodel to use: {done.model}")
     return done
 
 
