@@ -133,7 +133,7 @@ class _Run:
     healthy: bool = True
     saved_ok: bool = True
     best_is_ours: bool = False
-    saved_at: float = field(default_factory=time.monotonic)
+    saved_at: float = field(default_factory=lambda: time.perf_counter())
 
     @property
     def last(self) -> Path:
@@ -151,7 +151,7 @@ class _Run:
         if path == self.last:
             state.update(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
         save_checkpoint(path, self.model, self.model_cfg, **state)
-        self.saved_ok, self.saved_at = True, time.monotonic()
+        self.saved_ok, self.saved_at = True, time.perf_counter()
         return path
 
 
@@ -334,7 +334,7 @@ def _validate_and_save(run: _Run, epoch: int, should_stop) -> Generator[Event, N
         improved = metrics.get("AP", 0.0) > run.best_ap
         run.best_ap = max(run.best_ap, metrics.get("AP", 0.0))
     if ctx.is_main:
-        if last_epoch or metrics is not None or time.monotonic() - run.saved_at >= SAVE_EVERY_S:
+        if last_epoch or metrics is not None or time.perf_counter() - run.saved_at >= SAVE_EVERY_S:
             saved = run.save(run.last, epoch + 1)
         if improved:
             run.save(run.best, epoch + 1)
