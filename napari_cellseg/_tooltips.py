@@ -54,6 +54,10 @@ TRAIN = {
     "init_file": "The model file (.pt) to fine-tune, e.g. the best.pt of an earlier run.",
     "resume": "Optional: a last.pt from an earlier run, to continue that training where it stopped.",
     "start": "Start training. While it runs this button cancels; the model trained so far is kept as last.pt.",
+    "use_cancelled": (
+        "A cancelled training's model is not used on its own: Segment keeps the model it had. "
+        "Click to segment with the cancelled training's last weights (last.pt) instead."
+    ),
     "plot": (
         "Left: the training losses per step (should go down). "
         "Right: validation AP and AP50 per epoch (should go up)."
