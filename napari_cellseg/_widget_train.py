@@ -23,6 +23,7 @@ from magicgui.widgets import (
     CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox,
 )
 from napari.utils.notifications import show_info
+from psygnal import Signal
 from qtpy.QtWidgets import QMessageBox
 
 from . import _gui_session
@@ -75,6 +76,9 @@ def _eta(seconds: float) -> str:
 
 class TrainWidget(Container):
     """Dock widget: dataset, model and training options, Start/Cancel, progress, live plot."""
+
+    trained = Signal(object)
+    """Emits each run's ``DoneEvent`` (finished or cancelled), after the session has its model."""
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
@@ -307,6 +311,7 @@ class TrainWidget(Container):
         else:
             _gui_session.session_for(self.viewer).last_checkpoint = Path(model)
             show_info(f"Training finished. The Segment widget now uses {model}")
+        self.trained.emit(event)
 
     def use_cancelled(self, _value=None) -> None:
         """The user takes the cancelled run's model after all: Segment switches to it."""

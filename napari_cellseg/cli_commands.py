@@ -217,9 +217,9 @@ def demo(args: argparse.Namespace) -> int:
             overwrite=True,  # the folder is the demo's own (checked above)
         )
         done = run_training(cfg)
-        if done is None or done.last is None:
+        if done is None or done.model is None:
             raise DatasetError("fine-tuning stopped before writing a checkpoint")
-        tuned, tuned_config = load_model(done.last, device)
+        tuned, tuned_config = load_model(done.model, device)
         metrics = _demo_val(tuned, tuned_config.class_names, out / "val-results-fine-tuned.json", device)
         print(f"fine-tuned AP50 on the sample val images (per class): {metrics['AP50']:.3f}")
     return 0

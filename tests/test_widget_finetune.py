@@ -87,3 +87,14 @@ def test_fine_tune_needs_corrected_images(main_dock, tmp_path):
 def test_few_image_settings_scale_with_the_images():
     assert [few_images_settings(n)["steps"] for n in (1, 5, 10, 20)] == [60, 150, 300, 400]
     assert few_images_settings(1)["batch_size"] == 1 and few_images_settings(10)["extra"]["val_fraction"] == 0.0
+
+
+def test_a_cancelled_fine_tuning_leaves_segment_alone(main_dock, tmp_path):
+    from napari_cellseg.engine import DoneEvent
+
+    viewer, main = main_dock
+    tune, before = main.finetune, main.segment.checkpoint.value
+    tune._waiting = True  # as after the Fine-tune button
+    main.train._on_finished(DoneEvent(tmp_path / "last.pt", None, cancelled=True))
+    assert "cancelled" in tune.status.value and not tune._waiting
+    assert session_for(viewer).last_checkpoint is None and main.segment.checkpoint.value == before
