@@ -105,6 +105,7 @@ def plot(rows: list[dict], out: str) -> None:
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    two = rows[0].get("task") == "two-class"
     shipped = [r["AP50"] for r in rows if r["n"] == 0]
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -116,9 +117,10 @@ def plot(rows: list[dict], out: str) -> None:
         group = sorted(group, key=lambda r: r["n"])
         ax.plot([r["n"] for r in group], [r["AP50"] for r in group], "o-", label=label)
     if shipped:
-        ax.axhline(shipped[0], color="grey", linestyle="--", label="nuclei as shipped")
-    ax.set_xlabel("corrected stained images (N)")
-    ax.set_ylabel("AP50, 18 stained val images")
+        ax.axhline(shipped[0], color="grey", linestyle="--",
+                   label="nuclei, two-class heads, untrained" if two else "nuclei as shipped")
+    ax.set_xlabel("training images, half of each class (N)" if two else "corrected stained images (N)")
+    ax.set_ylabel(f"per-class AP50, {rows[0]['images']} val images" if two else "AP50, 18 stained val images")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()

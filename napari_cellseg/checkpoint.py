@@ -170,17 +170,19 @@ def init_model(source: str | Path, class_names: list[str], **changes: Any) -> tu
     """A model for ``class_names`` that starts from ``source``'s weights (a checkpoint or built-in name).
 
     Why nothing starts random: the source already finds cells, so every class head starts from it
-    (``informed_heads``) and fine-tuning only has to learn which class is which. A dataset's own
-    names (``class1``, ... as ``layout.default_class_names`` gives them) give way to the source's
-    when the class count is the same, so ``nucleus`` stays ``nucleus``. ``changes`` sets inference
+    (``informed_heads``) and fine-tuning only has to learn which class is which. Names a dataset
+    only numbers (``class1``, ... as ``layout.default_class_names`` gives them) give way to the
+    source's classes when it has as many or more, so ``nucleus`` stays ``nucleus`` and a class the
+    corrected images happen to lack is not dropped (class k of such a dataset is the source's class k,
+    as when resuming). ``changes`` sets inference
     fields such as ``detections_per_img``; a ``None`` keeps the source's value. Returns the model,
     its config and whether the class heads were re-made. Unlike resuming, no schedule or
     optimizer state is carried over: this starts a new run.
     """
     kept, old = model_from_checkpoint(load_checkpoint(source), source)  # validated, weights loaded
     names = list(class_names)
-    if len(names) == len(old.class_names) and names == default_class_names(len(names)):
-        names = list(old.class_names)  # the dataset has no names of its own
+    if len(names) <= len(old.class_names) and names == default_class_names(len(names)):
+        names = list(old.class_names)  # the dataset has no names of its own, nor more classes
     changes = {k: v for k, v in changes.items() if v is not None}
     config = ModelConfig.from_dict({**old.to_dict(), **changes, "class_names": names})
     model = build_model(config)

@@ -53,8 +53,8 @@ class TrainConfig:
     resume: str | None = None
     init: str | None = None
     """Start from these weights (a checkpoint or a built-in model such as ``nuclei``): a new run,
-    fine-tuning; it keeps its class names, detections per image and RoI samples unless the dataset
-    has other classes or those fields are set; class heads start from its (``checkpoint.init_model``)."""
+    fine-tuning; it keeps its classes, detections per image and RoI samples unless the dataset has
+    more classes or those fields are set; class heads start from its (``checkpoint.init_model``)."""
     overwrite: bool = False
     """Replace the checkpoints of an earlier run in ``out_dir``; without it (or ``resume``) that is refused."""
 

@@ -131,6 +131,8 @@ def test_init_with_the_same_classes_keeps_everything(tmp_path):
     assert (config.detections_per_img, config.roi_samples) == (321, 64)  # None keeps the source's
     for (name, a), b in zip(source.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
+    _, config, remade = init_model(path, ["class1"])  # corrections that lack class 2 keep it
+    assert not remade and config.class_names == ["x", "y"]
 
 
 def _four_class_dataset(tiny_dataset: Path) -> Path:
