@@ -5,9 +5,15 @@ train images (seeded order; ground truth standing in for the user's corrections,
 fine-tune a start model for the same budget; AP50 is scored, class-agnostic, on the stained val
 images, which are never trained on. N = 0 is the start model as it is.
 
+``--task two-class`` asks what a start model is worth where the HW3 task needs it: N train images,
+half fluorescence (class1) and half stained (class2), keep their classes; per-class AP50 (the mean
+over the two classes, as HW3 scores it) on the first ``--limit`` val images of each class. N = 0 is
+the start model with its heads made for two classes (``checkpoint.init_model``), untrained.
+
 Run (the issue's tables):
   python benchmarks/bench_finetune.py --n 20 --init nuclei none --steps 60        # --init vs random
   python benchmarks/bench_finetune.py --n 0 5 10 20 --init nuclei --minutes 10    # the loop, AP50 vs N
+  python benchmarks/bench_finetune.py --task two-class --n 0 5 10 20 --init nuclei none --steps 60 --limit 18
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from _common import DEFAULT_DATA
 from bench_nuclei import figures, score
 
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import load_model
+from napari_cellseg.checkpoint import init_model, load_model
 from napari_cellseg.data import find_samples, read_sample
 from napari_cellseg.engine import DoneEvent, TrainConfig, train
+from napari_cellseg.metrics import evaluate
 from napari_cellseg.pipeline import samples_ground_truth
 from napari_cellseg.sample_writer import merge_classes, save_sample
 
@@ -48,18 +55,45 @@ def corrected_set(samples: list, n: int, dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+def two_class_set(pools: list[list], n: int, dest: Path, seed: int = 0) -> Path:
+    """``n`` samples, half from each class's pool (seeded order), their classes kept."""
+    rng = np.random.default_rng(seed)
+    for pool, count in zip(pools, (n - n // 2, n // 2)):
+        for i in rng.permutation(len(pool))[:count]:
+            image, labels = read_sample(pool[i])
+            save_sample(image, labels, dest / "train", pool[i].name, replace=True)
+    return dest
+
+
+def two_class_figures(gt: dict, results: list[dict]) -> dict:
+    """Per-class AP50 (mean over the classes) and each class's, plus the class-agnostic AP50."""
+    m = evaluate(gt, results, max_dets=1000)
+    agnostic = figures(gt, results)
+    per_class = {f"AP_{k}": v for k, v in m["AP_per_class"].items()}
+    return {"AP50": m["AP50"], "AP": m["AP"], "AP50_agnostic": agnostic["AP50"], **per_class,
+            **{f"AP50_{k}": _class_ap50(gt, results, i) for i, k in enumerate(("class1", "class2"), start=1)},
+            "images": m["num_images"]}
+
+
+def _class_ap50(gt: dict, results: list[dict], class_id: int) -> float:
+    """AP50 of one class: the evaluation with the other class's ground truth and results left out."""
+    sub = dict(gt, annotations=[a for a in gt["annotations"] if a["category_id"] == class_id],
+               categories=[c for c in gt["categories"] if c["id"] == class_id])
+    return evaluate(sub, [r for r in results if r["category_id"] == class_id], max_dets=1000)["AP50"]
+
+
 def fine_tune(data: Path, init: str, out: Path, args) -> tuple[Path, int, float]:
     cfg = TrainConfig(
         dataset=str(data), out_dir=str(out), init=None if init == "none" else init, arch="resnet18",
         epochs=10**4, max_steps=args.steps, time_limit=args.minutes, batch_size=2, lr=args.lr,
         warmup_steps=10, crop_size=256, augment="strong", val_fraction=0.0, detections_per_img=500,
-        roi_samples=128, device="cpu", amp=False, seed=args.seed,
+        roi_samples=128, device="cpu", amp=False, seed=args.seed, overwrite=True,
     )
     tick, done, steps = time.perf_counter(), None, 0
     for event in train(cfg):
         steps = getattr(event, "step", steps)
         done = event if isinstance(event, DoneEvent) else done
-    return done.last, steps, time.perf_counter() - tick
+    return done.model, steps, time.perf_counter() - tick
 
 
 def plot(rows: list[dict], out: str) -> None:
@@ -71,6 +105,7 @@ def plot(rows: list[dict], out: str) -> None:
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    two = rows[0].get("task") == "two-class"
     shipped = [r["AP50"] for r in rows if r["n"] == 0]
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -82,9 +117,10 @@ def plot(rows: list[dict], out: str) -> None:
         group = sorted(group, key=lambda r: r["n"])
         ax.plot([r["n"] for r in group], [r["AP50"] for r in group], "o-", label=label)
     if shipped:
-        ax.axhline(shipped[0], color="grey", linestyle="--", label="nuclei as shipped")
-    ax.set_xlabel("corrected stained images (N)")
-    ax.set_ylabel("AP50, 18 stained val images")
+        ax.axhline(shipped[0], color="grey", linestyle="--",
+                   label="nuclei, two-class heads, untrained" if two else "nuclei as shipped")
+    ax.set_xlabel("training images, half of each class (N)" if two else "corrected stained images (N)")
+    ax.set_ylabel(f"per-class AP50, {rows[0]['images']} val images" if two else "AP50, 18 stained val images")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -94,6 +130,7 @@ def plot(rows: list[dict], out: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--task", choices=["stained", "two-class"], default="stained")
     p.add_argument("--n", type=int, nargs="+", default=[0, 5, 10, 20])
     p.add_argument("--init", nargs="+", default=["nuclei"], help="start models: built-in name, checkpoint or none")
     p.add_argument("--steps", type=int, help="training steps per run")
@@ -101,7 +138,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--limit", type=int, help="score on the first N stained val images only (a quick check)")
+    p.add_argument("--limit", type=int,
+                   help="score on the first N stained (two-class: N of each class) val images only")
     p.add_argument("--json", help="write the table here")
     p.add_argument("--plot", nargs="+", metavar="JSON", help="only plot AP50 vs N from earlier --json files (to --out)")
     p.add_argument("--out", default="finetune_ap50.png")
@@ -113,7 +151,14 @@ def main() -> None:
         p.error("give --steps or --minutes")
     torch.set_num_threads(args.threads)
 
-    train_pool, held_out = stained(Path(args.data) / "train"), stained(Path(args.data) / "val")[: args.limit]
+    data_root = Path(args.data)
+    two = args.task == "two-class"
+    if two:
+        pools = [[s for s in find_samples(data_root / "train") if k in s.mask_paths] for k in (1, 2)]
+        val = find_samples(data_root / "val")
+        held_out = [s for k in (1, 2) for s in [x for x in val if k in x.mask_paths][: args.limit]]
+    else:
+        train_pool, held_out = stained(data_root / "train"), stained(data_root / "val")[: args.limit]
     gt = samples_ground_truth(held_out, ["class1", "class2"])
     rows = []
     with tempfile.TemporaryDirectory() as work:
@@ -124,20 +169,34 @@ def main() -> None:
                         continue
                     checkpoint, steps, seconds = init, 0, 0.0
                 else:
-                    data = corrected_set(train_pool, n, Path(work) / f"n{n}")
+                    data = (two_class_set(pools, n, Path(work) / f"n{n}") if two
+                            else corrected_set(train_pool, n, Path(work) / f"n{n}"))
                     checkpoint, steps, seconds = fine_tune(data, init, Path(work) / f"run-{init}-{n}", args)
-                model, _ = load_model(checkpoint)
+                if two and n == 0:
+                    model = init_model(checkpoint, ["class1", "class2"])[0].eval()
+                else:
+                    model, _ = load_model(checkpoint)
                 results, _ = score(model, held_out, mask_thresh=0.5)
-                row = {"init": init, "n": n, "steps": steps, "train_minutes": seconds / 60, **figures(gt, results)}
+                measured = two_class_figures(gt, results) if two else figures(gt, results)
+                row = {"task": args.task, "init": init, "n": n, "steps": steps, "train_minutes": seconds / 60,
+                       **measured}
                 rows.append(row)
                 sys.stdout.write(json.dumps(row) + "\n")
                 sys.stdout.flush()
-    sys.stdout.write(f"\nstained val images: {len(held_out)}; stained train pool: {len(train_pool)}\n")
-    sys.stdout.write("| start | N corrected | steps | train min | AP50 | AP | TP/(TP+FP+FN) |\n"
-                     "|---|---|---|---|---|---|---|\n")
-    for r in rows:
-        sys.stdout.write(f"| {r['init']} | {r['n']} | {r['steps']} | {r['train_minutes']:.1f} | {r['AP50']:.3f} | "
-                         f"{r['AP']:.3f} | {r['accuracy@0.5']:.3f} |\n")
+    if two:
+        sys.stdout.write(f"\nval images: {len(held_out)} ({args.limit or 'all'} per class)\n"
+                         "| start | N | steps | train min | per-class AP50 | class1 | class2 | class-agnostic |\n"
+                         "|---|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            sys.stdout.write(f"| {r['init']} | {r['n']} | {r['steps']} | {r['train_minutes']:.1f} | {r['AP50']:.3f} | "
+                             f"{r['AP50_class1']:.3f} | {r['AP50_class2']:.3f} | {r['AP50_agnostic']:.3f} |\n")
+    else:
+        sys.stdout.write(f"\nstained val images: {len(held_out)}; stained train pool: {len(train_pool)}\n")
+        sys.stdout.write("| start | N corrected | steps | train min | AP50 | AP | TP/(TP+FP+FN) |\n"
+                         "|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            sys.stdout.write(f"| {r['init']} | {r['n']} | {r['steps']} | {r['train_minutes']:.1f} | {r['AP50']:.3f} | "
+                             f"{r['AP']:.3f} | {r['accuracy@0.5']:.3f} |\n")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

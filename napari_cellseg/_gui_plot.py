@@ -57,6 +57,7 @@ class TrainingPlot(FigureCanvasQTAgg):
         self.losses: dict[str, list[float]] = defaultdict(list)
         self.epochs: list[int] = []
         self.ap: dict[str, list[float]] = defaultdict(list)
+        self.validated = True  # False: the run has no validation images, and the plot says so
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(500)
@@ -73,6 +74,7 @@ class TrainingPlot(FigureCanvasQTAgg):
         self.losses.clear()
         self.epochs.clear()
         self.ap.clear()
+        self.validated = True
         self.redraw()
 
     def add_step(self, step: int, losses: dict[str, float]) -> None:
@@ -86,6 +88,12 @@ class TrainingPlot(FigureCanvasQTAgg):
         for key in ("AP", "AP50"):
             self.ap[key].append(float(metrics.get(key) or 0.0))
         self._schedule()
+
+    def no_validation(self) -> None:
+        """The run has no validation images: an empty panel that says so, not a line at AP 0."""
+        if self.validated:
+            self.validated = False
+            self._schedule()
 
     def _schedule(self) -> None:
         if not self._timer.isActive():
@@ -128,6 +136,9 @@ class TrainingPlot(FigureCanvasQTAgg):
             ax.plot(self.epochs, values, marker="o", label=key)
         if self.ap:
             self._legend(ax, "upper left", ncols=2)
+        if not self.validated:
+            ax.text(0.5, 0.5, "no validation images", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=FONT_PT + 1, color=self.colours["text"])
         self._colour()
         self.draw()  # now, not draw_idle: its unparented timer could fire after the dock is closed
         self.figure.set_layout_engine("none")  # the layout stays: new points do not move the axes

@@ -43,17 +43,23 @@ TRAIN = {
         "Fewer is faster; the score is then rougher."
     ),
     "out_dir": (
-        "Where the trained model is saved: last.pt after every epoch (and on cancel), best.pt "
-        "whenever the validation score improves."
+        "Where the trained model is saved: last.pt after each epoch (at most once a minute), at the end "
+        "and on cancel; best.pt whenever the validation score improves. Without validation images there "
+        "is no best.pt and Segment gets last.pt."
     ),
     "init": (
         "Start from random weights (a new network), or fine-tune a model that already finds cells: the "
         "built-in 'nuclei' model or a model you trained. Fine-tuning needs far fewer images and steps; "
-        "when your classes differ, only the part that names the classes is learned anew."
+        "its class names are kept, and when your classes differ each new class starts from the model's "
+        "cells, so only which class is which has to be learned."
     ),
     "init_file": "The model file (.pt) to fine-tune, e.g. the best.pt of an earlier run.",
     "resume": "Optional: a last.pt from an earlier run, to continue that training where it stopped.",
     "start": "Start training. While it runs this button cancels; the model trained so far is kept as last.pt.",
+    "use_cancelled": (
+        "A cancelled training's model is not used on its own: Segment keeps the model it had. "
+        "Click to segment with the cancelled training's last weights (last.pt) instead."
+    ),
     "plot": (
         "Left: the training losses per step (should go down). "
         "Right: validation AP and AP50 per epoch (should go up)."

@@ -5,7 +5,8 @@ Thin on purpose: saving is ``sample_writer.save_sample``; fine-tuning is the Tra
 filled with settings for a few images (``few_images_settings``), so progress, plots, cancel and the
 "replace an earlier run?" question are the Train tab's. When training saves a model, the session
 hands it to Segment (as after any training), and this tab asks Segment to segment the image again.
-The user switches back by picking the earlier model in Segment's model list.
+The user switches back by picking the earlier model in Segment's model list. A cancelled
+fine-tuning changes nothing: Segment keeps its model, and the Train tab offers the cancelled one.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class FineTuneWidget(Container):
         self.tune_button.changed.connect(self.fine_tune)
         self._waiting = False
         _gui_session.session_for(napari_viewer).events.last_checkpoint.connect(self._on_new_model)
+        train.trained.connect(self._on_trained)
         _gui_session.keep_narrow(self)
 
     def samples_folder(self) -> Path:
@@ -132,6 +134,12 @@ class FineTuneWidget(Container):
                              f"{train.max_steps.value} steps: progress and Cancel in the Train tab")
         self.show_tab("Train")
         train.start_training(**settings["extra"])
+
+    def _on_trained(self, done) -> None:
+        if self._waiting and done.cancelled:
+            self._waiting = False
+            self.status.value = ("fine-tuning cancelled: Segment keeps its model; the Train tab offers the "
+                                 "cancelled run's model if you want it")
 
     def _on_new_model(self, path) -> None:
         if not self._waiting or path is None:

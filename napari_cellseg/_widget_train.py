@@ -3,8 +3,9 @@
 The training generator runs in a ``thread_worker`` (``_gui_session.run``); its events arrive in the
 GUI thread (``_on_event``) where they move the progress bar, the plot and the status line. Cancel
 sets a flag that ``engine.train`` checks before every step, so it stops within one step and
-saves ``last.pt``. When training ends the checkpoint goes to the viewer's session, where the
-Segment widget picks it up.
+saves ``last.pt``. When training finishes, the model it hands on (``DoneEvent.model``: best on
+validation, else the last weights) goes to the viewer's session, where the Segment widget picks it
+up; a cancelled run's model is only offered (``use_button``): the user decides.
 
 The dock stays narrow (``_gui_session.keep_narrow``): the finer options fold away under
 "advanced options", and every message, errors included, also lands in the status line, which
@@ -22,6 +23,7 @@ from magicgui.widgets import (
     CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox,
 )
 from napari.utils.notifications import show_info
+from psygnal import Signal
 from qtpy.QtWidgets import QMessageBox
 
 from . import _gui_session
@@ -75,6 +77,9 @@ def _eta(seconds: float) -> str:
 class TrainWidget(Container):
     """Dock widget: dataset, model and training options, Start/Cancel, progress, live plot."""
 
+    trained = Signal(object)
+    """Emits each run's ``DoneEvent`` (finished or cancelled), after the session has its model."""
+
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
@@ -101,6 +106,7 @@ class TrainWidget(Container):
         ])
         self.advanced.margins = (0, 0, 0, 0)
         self.start = PushButton(text="Start training", tooltip=TIPS["start"])
+        self.use_button = PushButton(text="Use the cancelled run's model in Segment", tooltip=TIPS["use_cancelled"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="", label="status")
         self.step_info = Label(value="", label="training")  # wraps: the bar holds ~25 characters in the dock
@@ -108,9 +114,11 @@ class TrainWidget(Container):
         self.extend([
             self.dataset, self.init, self.init_file, self.arch, self.epochs, self.device, self.out_dir,
             self.show_advanced, self.advanced,
-            self.start, self.progress, self.step_info, self.status, self.run_size,
+            self.start, self.use_button, self.progress, self.step_info, self.status, self.run_size,
         ])
         self.advanced.visible = False
+        self.use_button.visible = False
+        self.use_button.changed.connect(self.use_cancelled)
         self.init_file.visible = False
         self.init.changed.connect(self._init_changed)
         self.advanced._labeled_widget()._label_widget.visible = False  # its rows have their own names
@@ -204,6 +212,7 @@ class TrainWidget(Container):
         self._stop = False
         self._clock = None
         self.done = None
+        self.use_button.visible = False
         self.plot.clear()
         self._set_running(True)
         self.set_status(f"starting: {cfg.arch} on {short_path(cfg.dataset)}, saving into {short_path(cfg.out_dir)}")
@@ -250,13 +259,7 @@ class TrainWidget(Container):
         if isinstance(event, StepEvent):
             self._on_step(event)
         elif isinstance(event, EpochEvent):
-            self.plot.add_epoch(event.epoch, event.metrics)
-            m = event.metrics
-            self.set_status(
-                f"epoch {event.epoch}/{event.epochs}: AP {m.get('AP', 0):.3f}, AP50 {m.get('AP50', 0):.3f}"
-                f"{' (best so far)' if event.best else ''}; saved {short_path(event.checkpoint)}"
-            )
-            self._show_run_size(Path(event.checkpoint).parent)
+            self._on_epoch(event)
         elif isinstance(event, InfoEvent):
             self.set_status(gui_words(event.message))
         elif isinstance(event, DoneEvent):
@@ -276,22 +279,48 @@ class TrainWidget(Container):
         self.step_info.value = f"epoch {event.epoch}, loss {event.losses.get('loss', 0):.3f}, ETA {eta}"
         self.plot.add_step(event.step, event.losses)
 
+    def _on_epoch(self, event: EpochEvent) -> None:
+        """Validated epochs go on the plot; without validation images the plot says so (no AP 0)."""
+        m, text = event.metrics, f"epoch {event.epoch}/{event.epochs}"
+        if m:
+            self.plot.add_epoch(event.epoch, m)
+            text += f": AP {m.get('AP', 0):.3f}, AP50 {m.get('AP50', 0):.3f}{' (best so far)' if event.best else ''}"
+        elif event.val_images == 0:
+            self.plot.no_validation()
+            text += " (no validation images)"
+        if event.checkpoint is not None:
+            self._show_run_size(Path(event.checkpoint).parent)
+            text += f"; saved {short_path(event.checkpoint)}"
+        self.set_status(text)
+
     def _on_finished(self, event: DoneEvent) -> None:
         self.done = event
-        model = event.best or event.last
-        if model is not None:
-            _gui_session.session_for(self.viewer).last_checkpoint = Path(model)
+        model = event.model
         what = "cancelled" if event.cancelled else "finished"
         saved = [path for path in (event.last, event.best) if path is not None]
         self.set_status(f"training {what}: " + (
             f"saved {' and '.join(path.name for path in saved)} in {saved[0].parent.name}" if saved else "nothing saved"
-        ))
+        ) + ("" if model is None else f"; {_handed_on(event)}"))
         self.status.tooltip = f"last checkpoint: {event.last}" + (f"\nbest: {event.best}" if event.best else "")
         if model is not None:
             self._show_run_size(Path(model).parent)
         self.progress.native.setFormat(f"{what} at step {self.progress.value}/{self.progress.max}")
-        if model is not None:
-            show_info(f"Training {what}. The Segment widget now uses {model}")
+        if model is None:
+            return
+        if event.cancelled:
+            self.use_button.visible = True
+            show_info(f"Training cancelled. Its model is {model}; the Segment widget keeps the model it had.")
+        else:
+            _gui_session.session_for(self.viewer).last_checkpoint = Path(model)
+            show_info(f"Training finished. The Segment widget now uses {model}")
+        self.trained.emit(event)
+
+    def use_cancelled(self, _value=None) -> None:
+        """The user takes the cancelled run's model after all: Segment switches to it."""
+        if self.done is not None and self.done.model is not None:
+            _gui_session.session_for(self.viewer).last_checkpoint = Path(self.done.model)
+            self.set_status(f"Segment now uses the cancelled run's {short_path(self.done.model)}")
+        self.use_button.visible = False
 
     def _show_run_size(self, folder: Path) -> None:
         self.run_size.value = f"{human_size(folder_size(folder))} in {folder.name}"
@@ -302,6 +331,15 @@ class TrainWidget(Container):
         self._set_running(False)
         if self.done is None:
             self.progress.native.setFormat("stopped by an error")
+
+
+def _handed_on(event: DoneEvent) -> str:
+    """Which model the run hands on, and why that one."""
+    if event.best is not None:
+        which = f"best.pt (best validation AP {event.best_ap:.3f})"
+    else:
+        which = f"{event.last.name} (its last weights: no validation images)"
+    return f"its model is {which}" if event.cancelled else f"Segment now uses {which}"
 
 
 def _default_arch() -> str:

@@ -20,13 +20,15 @@ from typing import Any
 from ._torch import torch
 from .atomic import atomic_path
 from .errors import CheckpointError
+from .layout import default_class_names
 from .model import CellMaskRCNN, ModelConfig, build_model
 from .packing import unpack_state_dict
 from .pretrained import builtin_models, builtin_name, describe_checkpoint, file_digest, recorded_digest, \
     resolve_checkpoint
 
 CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
-"""Weights whose shape depends on the number of classes: re-made when fine-tuning to other classes."""
+"""Weights whose shape depends on the number of classes: re-made from the source's when fine-tuning
+to other classes (``informed_heads``)."""
 
 FORMAT = "napari-cellseg/1"
 
@@ -228,19 +230,28 @@ def _finite_number(value: Any) -> bool:
 def init_model(source: str | Path, class_names: list[str], **changes: Any) -> tuple[CellMaskRCNN, ModelConfig, bool]:
     """A model for ``class_names`` that starts from ``source``'s weights (a checkpoint or built-in name).
 
-    Everything is kept but the class-specific heads, which are re-made (random) when the number
-    of classes differs; ``changes`` sets inference fields such as ``detections_per_img``. Returns
-    the model, its config and whether the heads were re-made. Unlike resuming, no schedule or
+    Why nothing starts random: the source already finds cells, so every class head starts from it
+    (``informed_heads``) and fine-tuning only has to learn which class is which. Names a dataset
+    only numbers (``class1``, ... as ``layout.default_class_names`` gives them) give way to the
+    source's classes when it has as many or more, so ``nucleus`` stays ``nucleus`` and a class the
+    corrected images happen to lack is not dropped (class k of such a dataset is the source's class k,
+    as when resuming). ``changes`` sets inference
+    fields such as ``detections_per_img``; a ``None`` keeps the source's value. Returns the model,
+    its config and whether the class heads were re-made. Unlike resuming, no schedule or
     optimizer state is carried over: this starts a new run.
     """
-    kept, old = model_from_checkpoint(load_checkpoint(source), describe_checkpoint(source))  # validated
-    config = ModelConfig.from_dict({**old.to_dict(), **changes, "class_names": list(class_names)})
+    kept, old = model_from_checkpoint(load_checkpoint(source), describe_checkpoint(source))  # validated, weights loaded
+    names = list(class_names)
+    if len(names) <= len(old.class_names) and names == default_class_names(len(names)):
+        names = list(old.class_names)  # the dataset has no names of its own, nor more classes
+    changes = {k: v for k, v in changes.items() if v is not None}
+    config = ModelConfig.from_dict({**old.to_dict(), **changes, "class_names": names})
     model = build_model(config)
-    remake = len(old.class_names) != len(class_names)
+    remake = names != old.class_names
     state = kept.state_dict()
     if remake:
-        state = {k: v for k, v in state.items() if not k.startswith(CLASS_SPECIFIC)}
-    model.load_state_dict(state, strict=not remake)
+        state.update(informed_heads(state, old.class_names, names))
+    model.load_state_dict(state)
     return model, config, remake
 
 
@@ -251,6 +262,35 @@ def _non_finite(state: dict[str, Any]) -> str | None:
             bad = int((~torch.isfinite(tensor)).sum())
             return f"{bad} weight(s) of {name} are not finite numbers (NaN or Inf); it was saved from a diverged run"
     return None
+
+
+def informed_heads(
+    state: dict[str, torch.Tensor], old_names: list[str], new_names: list[str]
+) -> dict[str, torch.Tensor]:
+    """The class-specific weights (``CLASS_SPECIFIC``) for ``new_names``, taken from ``old_names``'.
+
+    Each new class copies the source class of the same name, else the mean of all source classes
+    (class logits, box regression and mask logits); background is kept. Class logit biases drop by
+    log(number of new classes sharing a source class), so the shares of one source class add up
+    to its old probability: background vs cell is unchanged, and a cell the source scored ``s``
+    gets ``s / k`` in each of the ``k`` classes copied from it until training tells them apart.
+    """
+    sources = [[old_names.index(n) + 1] if n in old_names else list(range(1, len(old_names) + 1)) for n in new_names]
+    shares = {i: sum(i in src for src in sources) for i in range(1, len(old_names) + 1)}
+    heads = {}
+    for key, value in state.items():
+        if not key.startswith(CLASS_SPECIFIC):
+            continue
+        rows = value.shape[0] // (len(old_names) + 1)  # 4 box coordinates per class, else 1
+        blocks = value.reshape(len(old_names) + 1, rows, *value.shape[1:])
+        made = [blocks[0]]
+        for src in sources:
+            block = blocks[src].mean(0)
+            if key.endswith("cls_score.bias"):
+                block = block - torch.tensor([math.log(shares[i]) for i in src]).mean()
+            made.append(block)
+        heads[key] = torch.stack(made).reshape(-1, *value.shape[1:]).clone()
+    return heads
 
 
 def _weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str | None:

@@ -135,11 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=_positive_int, default=1, help="validate every N epochs (and after the last)")
     t.add_argument("--warmup-steps", type=int, default=100, help="steps of linear learning-rate warm-up")
     t.add_argument("--clip-grad", type=float, default=10.0, help="gradient norm clipping")
-    t.add_argument("--detections", type=_positive_int, default=200,
-                   help="detections per image (dense images need more)")
+    t.add_argument("--detections", type=_positive_int,
+                   help="detections per image (dense images need more; default: the --init model's, else 200)")
     t.add_argument("--image-scale", type=float, default=1.0, help="resize factor inside the model (1 = none)")
-    t.add_argument("--roi-samples", type=_positive_int, default=512,
-                   help="regions sampled per image to train the heads (fewer, e.g. 128: cheaper steps on a CPU)")
+    t.add_argument("--roi-samples", type=_positive_int,
+                   help="regions sampled per image to train the heads (128 trains about 2x faster on a CPU; "
+                        "default: the --init model's, else 512)")
     t.add_argument("--augment", default="standard", choices=["standard", "strong"],
                    help="strong: zoom 0.5-2x, grey and inverted images (for few images or mixed microscopes)")
 

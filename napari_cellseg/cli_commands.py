@@ -66,7 +66,9 @@ def run_training(cfg: TrainConfig) -> DoneEvent | None:
         if bar is not None:
             bar.close()
     if done is not None and env_rank() == 0:
-        print(f"last checkpoint: {done.last}\nbest checkpoint: {done.best}")
+        best = (f"{done.best} (best validation AP {done.best_ap:.3f})" if done.best is not None
+                else "none (no validation images, or none validated yet)")
+        print(f"last checkpoint: {done.last}\nbest checkpoint: {best}\nmodel to use: {done.model}")
     return done
 
 
@@ -249,9 +251,9 @@ def demo(args: argparse.Namespace) -> int:
             overwrite=True,  # the folder is the demo's own (checked above)
         )
         done = run_training(cfg)
-        if done is None or done.last is None:
+        if done is None or done.model is None:
             raise DatasetError("fine-tuning stopped before writing a checkpoint")
-        tuned, tuned_config = load_model(done.last, device)
+        tuned, tuned_config = load_model(done.model, device)
         metrics = _demo_val(tuned, tuned_config.class_names, out / "val-results-fine-tuned.json", device)
         print(f"fine-tuned AP50 on the sample val images (per class): {metrics['AP50']:.3f}")
     return 0

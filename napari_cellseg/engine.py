@@ -5,6 +5,8 @@ each epoch (with metrics when it was validated), and finally a ``DoneEvent``. Th
 by returning True from ``should_stop`` (checked every step) or by closing the generator; either way the current state
 is saved as ``last.pt`` first, so nothing trained is lost.
 
+``best.pt`` exists only with validation images; without, the run hands on its last weights.
+
 Cut as torchvision's detection references cut it: ``_setup`` (data, model, optimizer, resume or
 init), ``_train_one_epoch``, ``_validate_and_save``; ``_train`` only loops and keeps ``last.pt``.
 The config is ``train_config.TrainConfig``.
@@ -27,7 +29,7 @@ from .amp import autocast_dtype
 from .checkpoint import check_resumable, init_model, load_checkpoint, model_from_checkpoint, save_checkpoint, unwrap
 from .data import CellDataset, check_class_count, collate, dataset_classes, split_samples
 from .devices import resolve_device
-from .errors import CellsegError, CheckpointError, TrainingError
+from .errors import CellsegError, CheckpointError, TrainingError, without_worker_traceback
 from .layout import class_file, default_class_names
 from .model import ModelConfig, build_model
 from .pipeline import validate
@@ -58,8 +60,9 @@ class EpochEvent:
     epoch: int
     epochs: int
     metrics: dict[str, Any]
-    checkpoint: Path
+    checkpoint: Path | None  # last.pt when written after this epoch (``SAVE_EVERY_S``)
     best: bool
+    val_images: int = 0  # 0: the run has no validation, hence no best
 
 
 @dataclass
@@ -70,9 +73,20 @@ class InfoEvent:
 @dataclass
 class DoneEvent:
     last: Path | None
-    best: Path | None
+    best: Path | None  # best on validation: None without validation images
     metrics: dict[str, Any] = field(default_factory=dict)
     cancelled: bool = False
+    best_ap: float | None = None  # validation AP of best
+
+    @property
+    def model(self) -> Path | None:
+        """The model the run hands on: best on validation, else its last weights."""
+        return self.best or self.last
+
+
+SAVE_EVERY_S = 60.0
+"""Least seconds between two ``last.pt`` writes after epochs (a validation, the end and a cancel
+always write): a few-image epoch is one step, and 200 MB a step was most of its time."""
 
 
 Event = StepEvent | EpochEvent | InfoEvent | DoneEvent
@@ -121,6 +135,7 @@ class _Run:
     healthy: bool = True
     saved_ok: bool = True
     best_is_ours: bool = False
+    saved_at: float = field(default_factory=lambda: time.perf_counter())
 
     @property
     def last(self) -> Path:
@@ -138,7 +153,7 @@ class _Run:
         if path == self.last:
             state.update(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
         save_checkpoint(path, self.model, self.model_cfg, **state)
-        self.saved_ok = True
+        self.saved_ok, self.saved_at = True, time.perf_counter()
         return path
 
 
@@ -157,7 +172,7 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
     except _Cancelled:
         pass
     except CellsegError as exc:
-        raise _without_worker_traceback(exc) from None
+        raise without_worker_traceback(exc) from None
     except torch.OutOfMemoryError:
         if run.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -170,7 +185,8 @@ def _train(cfg: TrainConfig, ctx: dist.Context, should_stop: Callable[[], bool])
             run.save(run.last, epoch)  # cancelled or closed: keep what was trained, resume redoes this epoch
     if ctx.is_main:
         best = run.best if run.best_is_ours and run.best.exists() else None
-        yield DoneEvent(run.last if run.last.exists() else None, best, metrics, not completed)
+        yield DoneEvent(run.last if run.last.exists() else None, best, metrics, not completed,
+                        run.best_ap if best is not None else None)
 
 
 def _setup(cfg: TrainConfig, ctx: dist.Context) -> Generator[Event, None, _Run]:
@@ -192,6 +208,9 @@ def _setup(cfg: TrainConfig, ctx: dist.Context) -> Generator[Event, None, _Run]:
         yield InfoEvent(note)
     model.amp_dtype = amp_dtype
     dataset, sampler, loader = _make_loader(cfg, ctx, train_samples, device)
+    val_samples = val_samples[: cfg.val_limit] if cfg.val_limit is not None else val_samples
+    if not val_samples and ctx.is_main:
+        yield InfoEvent("no validation images: the run hands on its last weights (last.pt); there is no best.pt")
     total_steps = len(loader) * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -225,8 +244,10 @@ def _make_model(cfg: TrainConfig, ctx: dist.Context, num_classes: int, ckpt: dic
             cfg.init, names, detections_per_img=cfg.detections_per_img, roi_samples=cfg.roi_samples
         )
         if ctx.is_main:
-            heads = f"; its class heads were re-made for {len(names)} classes" if remade else ""
-            yield InfoEvent(f"starting from {cfg.init} ({model_cfg.arch}){heads}")
+            heads = (f"; its class heads were re-made for {len(names)} classes, each starting from its cells"
+                     if remade else "")
+            yield InfoEvent(f"starting from {cfg.init} ({model_cfg.arch}, classes: "
+                            f"{', '.join(model_cfg.class_names)}){heads}")
     else:
         model_cfg = model_config(cfg, names)
         model = build_model(model_cfg, cfg.weights)
@@ -306,8 +327,8 @@ def _validate_and_save(run: _Run, epoch: int, should_stop) -> Generator[Event, N
     this epoch was not validated."""
     cfg, ctx = run.cfg, run.ctx
     last_epoch = epoch + 1 == cfg.epochs or run.step >= run.total_steps
-    improved, metrics = False, None
-    if (epoch + 1) % cfg.val_every == 0 or last_epoch:
+    improved, metrics, saved = False, None, None
+    if run.val_samples and ((epoch + 1) % cfg.val_every == 0 or last_epoch):
         metrics = yield from _validate(
             unwrap(run.ddp_model), run.val_samples, run.model_cfg.class_names, run.device, cfg, ctx, should_stop
         )
@@ -315,11 +336,12 @@ def _validate_and_save(run: _Run, epoch: int, should_stop) -> Generator[Event, N
         improved = metrics.get("AP", 0.0) > run.best_ap
         run.best_ap = max(run.best_ap, metrics.get("AP", 0.0))
     if ctx.is_main:
-        run.save(run.last, epoch + 1)
+        if last_epoch or metrics is not None or time.perf_counter() - run.saved_at >= SAVE_EVERY_S:
+            saved = run.save(run.last, epoch + 1)
         if improved:
             run.save(run.best, epoch + 1)
             run.best_is_ours = True
-        yield EpochEvent(epoch + 1, cfg.epochs, metrics or {}, run.last, improved)
+        yield EpochEvent(epoch + 1, cfg.epochs, metrics or {}, saved, improved, len(run.val_samples))
     dist.barrier(ctx)
     return metrics
 
@@ -336,17 +358,6 @@ def _fit_to_time(run: _Run) -> int:
     if left <= 0:
         return run.step
     return min(run.step_cap, run.step + int(left / (seconds / run.run_steps)))
-
-
-def _without_worker_traceback(exc: CellsegError) -> CellsegError:
-    """The error as the user should read it: a DataLoader worker re-raises a bad file's one line
-    prefixed with the worker's whole traceback, whose last line is ``module.Class: message``."""
-    text = str(exc)
-    if "Original Traceback" not in text:
-        return exc
-    last = text.strip().splitlines()[-1]
-    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
-    return type(exc)(last[len(prefix):] if last.startswith(prefix) else last)
 
 
 def _train_step(model, images, targets, optimizer, scaler, params, clip_grad, ctx) -> dict[str, float]:
@@ -367,8 +378,6 @@ def _train_step(model, images, targets, optimizer, scaler, params, clip_grad, ct
 
 def _validate(model, samples, class_names, device, cfg: TrainConfig, ctx, should_stop) -> Iterator[Event]:
     """COCO AP on the validation samples, each process taking its share; rank 0 gets the metrics."""
-    if cfg.val_limit is not None:
-        samples = samples[: cfg.val_limit]
     model.eval()
     if ctx.is_main:
         yield InfoEvent(f"validating on {len(samples)} images")

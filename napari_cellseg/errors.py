@@ -25,3 +25,14 @@ class OutputError(CellsegError):
 class LayerError(CellsegError):
     """What napari shows cannot be used as asked: no segmentation layer, a layer whose image or
     cell class is unknown, two layers for one class, or nothing segmented yet."""
+
+
+def without_worker_traceback(exc: CellsegError) -> CellsegError:
+    """The error as the user should read it: a DataLoader worker re-raises a bad file's one line
+    prefixed with the worker's whole traceback, whose last line is ``module.Class: message``."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    last = text.strip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return type(exc)(last[len(prefix):] if last.startswith(prefix) else last)

@@ -46,15 +46,17 @@ class TrainConfig:
     val_score_thresh: float = 0.05
     val_mask_thresh: float = 0.5
     anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
-    detections_per_img: int = 200
+    detections_per_img: int | None = None
+    """None: the ``init`` model's, else ``ModelConfig``'s default (likewise ``roi_samples``)."""
     image_scale: float = 1.0
-    roi_samples: int = 512
+    roi_samples: int | None = None
     augment: str = "standard"
     """``standard`` or ``strong`` (wider zoom, grey and inverted images): see ``transforms.train_augment``."""
     resume: str | None = None
     init: str | None = None
     """Start from these weights (a checkpoint or a built-in model such as ``nuclei``): a new run,
-    fine-tuning; class-specific heads are re-made when the dataset has other classes."""
+    fine-tuning; it keeps its classes, detections per image and RoI samples unless the dataset has
+    more classes or those fields are set; class heads start from its (``checkpoint.init_model``)."""
     overwrite: bool = False
     """Replace the checkpoints of an earlier run in ``out_dir``; without it (or ``resume``) that is refused."""
 
@@ -113,10 +115,15 @@ def model_config(cfg: TrainConfig, class_names: list[str]) -> ModelConfig:
         arch=cfg.arch,
         class_names=class_names,
         anchor_sizes=tuple(cfg.anchor_sizes),
-        detections_per_img=cfg.detections_per_img,
+        detections_per_img=_or_default(cfg.detections_per_img, "detections_per_img"),
         image_scale=cfg.image_scale,
-        roi_samples=cfg.roi_samples,
+        roi_samples=_or_default(cfg.roi_samples, "roi_samples"),
     )
+
+
+def _or_default(value: Any, name: str) -> Any:
+    """``value``, or the ``ModelConfig`` default of field ``name`` when it is None (not given)."""
+    return getattr(ModelConfig, name) if value is None else value
 
 
 def plain(cfg: TrainConfig) -> dict[str, Any]:

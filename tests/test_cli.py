@@ -164,3 +164,24 @@ def test_predict_refuses_an_unknown_format(tmp_path, capsys):
     assert pytest.raises(SystemExit, main, ["predict", "x.pt", str(tmp_path), "--out", str(tmp_path),
                                             "--format", "labels,png"]).value.code == 2
     assert "unknown output format png" in capsys.readouterr().err
+
+
+def test_init_keeps_the_source_settings_unless_an_option_is_given(tmp_path):
+    """``--detections`` and ``--roi-samples`` default to the --init model's (None here), so only an
+    option the user typed changes them."""
+    from napari_cellseg.cli import build_parser
+    from napari_cellseg.cli_commands import train_config
+
+    base = ["train", str(tmp_path), "--out", str(tmp_path / "o"), "--init", "nuclei"]
+    cfg = train_config(build_parser().parse_args(base))
+    assert cfg.detections_per_img is None and cfg.roi_samples is None
+    cfg = train_config(build_parser().parse_args([*base, "--detections", "50", "--roi-samples", "64"]))
+    assert (cfg.detections_per_img, cfg.roi_samples) == (50, 64)
+
+
+def test_train_says_which_checkpoint_to_use(trained, capsys, tmp_path):
+    root, _ = trained
+    assert main(["train", str(root), "--out", str(tmp_path / "run"), "--arch", "resnet18", "--epochs", "1",
+                 "--max-steps", "1", "--crop-size", "64", "--val-limit", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "best validation AP" in out and f"model to use: {tmp_path / 'run' / 'best.pt'}" in out

@@ -5,7 +5,7 @@ import pytest
 
 from napari_cellseg import engine
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import load_checkpoint
+from napari_cellseg.checkpoint import load_checkpoint, save_checkpoint as engine_save
 from napari_cellseg.engine import DoneEvent, EpochEvent, StepEvent, TrainConfig, train
 from napari_cellseg.errors import TrainingError
 
@@ -35,6 +35,38 @@ def test_one_epoch_yields_steps_validation_and_checkpoints(tiny_dataset, tmp_pat
     assert ckpt["epoch"] == 1 and ckpt["step"] == 2
     assert ckpt["config"]["class_names"] == ["class1", "class2"]
     assert {"optimizer", "scheduler", "scaler", "train_args"} <= set(ckpt)
+
+
+def test_without_validation_the_run_hands_on_its_last_step(tiny_dataset, tmp_path, monkeypatch):
+    """Few corrected images, no validation: no best.pt, the handed-on model holds the last step,
+    and last.pt is written at a sensible pace (here: once, at the end), not after every epoch."""
+    import shutil
+
+    shutil.rmtree(tiny_dataset / "val")
+    writes = []
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, *a, **k: writes.append(path) or
+                        engine_save(path, *a, **k))
+    events = run(config(tiny_dataset, tmp_path / "run", epochs=100, max_steps=5, batch_size=1, val_fraction=0.0,
+                        val_limit=None))
+    epochs = [e for e in events if isinstance(e, EpochEvent)]
+    assert len(epochs) == 2 and all(e.val_images == 0 and not e.metrics and not e.best for e in epochs)
+    assert [e.checkpoint for e in epochs] == [None, tmp_path / "run" / "last.pt"] and len(writes) == 1
+    done = events[-1]
+    assert done.best is None and not (tmp_path / "run" / "best.pt").exists()
+    assert done.model == done.last == tmp_path / "run" / "last.pt"
+    ckpt = load_checkpoint(done.model)
+    assert ckpt["step"] == 5 and {"optimizer", "scheduler"} <= set(ckpt)  # the last step, resumable
+
+
+def test_cancel_writes_last_even_between_paced_saves(tiny_dataset, tmp_path):
+    import shutil
+
+    shutil.rmtree(tiny_dataset / "val")
+    steps = []
+    events = run(config(tiny_dataset, tmp_path / "run", epochs=100, batch_size=1, val_fraction=0.0, val_limit=None),
+                 should_stop=lambda: len(steps) >= 6 or steps.append(1))
+    done = events[-1]
+    assert done.cancelled and done.model == done.last and load_checkpoint(done.last)["step"] == 6
 
 
 def test_resume_continues_the_schedule(tiny_dataset, tmp_path):

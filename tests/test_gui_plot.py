@@ -47,3 +47,13 @@ def test_epoch_ticks_are_whole_numbers_and_fonts_readable(qtbot):
         assert ticks and all(float(t).is_integer() for t in ticks)
         texts = [*ax.get_xticklabels(), *ax.get_yticklabels(), *ax.get_legend().get_texts(), ax.xaxis.label]
         assert min(t.get_fontsize() for t in texts) >= FONT_PT >= 9
+
+
+def test_a_run_without_validation_says_so_instead_of_ap_0(qtbot):
+    plot = TrainingPlot()
+    qtbot.addWidget(plot)
+    plot.no_validation()
+    plot.redraw()
+    assert [t.get_text() for t in plot.ap_ax.texts] == ["no validation images"] and not plot.ap_ax.lines
+    plot.clear()
+    assert plot.validated and not plot.ap_ax.texts

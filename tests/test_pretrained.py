@@ -85,19 +85,56 @@ def test_init_remakes_only_the_class_heads_when_the_classes_differ():
     theirs, ours = kept.state_dict(), model.state_dict()
     for name, value in ours.items():
         if name.startswith(CLASS_SPECIFIC):
-            assert value.shape != theirs[name].shape or name.endswith("bias")
+            assert value.shape != theirs[name].shape
         else:
             assert torch.equal(value, theirs[name]), name
 
 
+def test_four_class_heads_start_from_the_source_and_find_its_cells():
+    """1 -> 4 classes: the first forward finds nuclei's cells, each class with the same boxes and
+    masks, its score split four ways (background vs cell unchanged)."""
+    source, _ = load_model("nuclei")
+    model, config, remade = init_model("nuclei", ["class1", "class2", "class3", "class4"])
+    assert remade and config.class_names == ["class1", "class2", "class3", "class4"]
+    image = read_image(SAMPLE_DATASET / "val" / sorted(p.name for p in (SAMPLE_DATASET / "val").iterdir())[0]
+                       / "image.tif")[:128, :128, :3]
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+    theirs, ours = source.detect([x])[0], model.eval().detect([x])[0]
+    found = theirs["scores"] >= 4 * config.box_score_thresh  # a quarter of these still passes the floor
+    assert found.sum() >= 1
+    for k in range(1, 5):
+        mine = ours["labels"] == k
+        torch.testing.assert_close(ours["boxes"][mine], theirs["boxes"][found], atol=1e-3, rtol=0)
+        torch.testing.assert_close(ours["masks"][mine], theirs["masks"][found], atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours["scores"][mine] * 4, theirs["scores"][found], atol=1e-5, rtol=0)
+
+
+def test_init_keeps_a_class_of_the_same_name(tmp_path):
+    cfg = ModelConfig(arch="resnet18", class_names=["nucleus", "mitosis"])
+    source = build_model(cfg)
+    path = save_checkpoint(tmp_path / "source.pt", source, cfg)
+    model, config, remade = init_model(path, ["mitosis", "debris"])
+    assert remade and config.class_names == ["mitosis", "debris"]
+    theirs, ours = source.state_dict(), model.state_dict()
+    key = "roi_heads.mask_predictor.mask_fcn_logits.weight"
+    assert torch.equal(ours[key][1], theirs[key][2])  # mitosis is mitosis
+    assert torch.allclose(ours[key][2], theirs[key][1:].mean(0))  # a new class: the mean of the source's
+    assert torch.equal(ours[key][0], theirs[key][0])  # background kept
+    boxes = "roi_heads.box_predictor.bbox_pred.weight"
+    assert torch.equal(ours[boxes][4:8], theirs[boxes][8:12])  # 4 box coordinates per class
+
+
 def test_init_with_the_same_classes_keeps_everything(tmp_path):
-    cfg = ModelConfig(arch="resnet18", class_names=["x", "y"])
+    cfg = ModelConfig(arch="resnet18", class_names=["x", "y"], detections_per_img=321, roi_samples=64)
     source = build_model(cfg)
     path = save_checkpoint(tmp_path / "run.pt", source, cfg)
-    model, config, remade = init_model(path, ["class1", "class2"])
-    assert not remade and config.class_names == ["class1", "class2"]
+    model, config, remade = init_model(path, ["class1", "class2"], detections_per_img=None)
+    assert not remade and config.class_names == ["x", "y"]  # a dataset's default names give way
+    assert (config.detections_per_img, config.roi_samples) == (321, 64)  # None keeps the source's
     for (name, a), b in zip(source.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
+    _, config, remade = init_model(path, ["class1"])  # corrections that lack class 2 keep it
+    assert not remade and config.class_names == ["x", "y"]
 
 
 def _four_class_dataset(tiny_dataset: Path) -> Path:
@@ -118,6 +155,20 @@ def test_fine_tuning_nuclei_on_four_classes(tiny_dataset, tmp_path, one_thread):
     assert isinstance(done, DoneEvent) and not done.cancelled
     model, config = load_model(done.last)
     assert config.class_names == ["class1", "class2", "class3", "class4"] and config.arch == "resnet18"
+    assert (config.detections_per_img, config.roi_samples) == (500, 128)  # nuclei's, no option given
+
+
+def test_fine_tuning_nuclei_on_one_class_keeps_its_name(tiny_dataset, tmp_path, one_thread):
+    for mask in (tiny_dataset / "train").glob("*/class2.tif"):
+        mask.unlink()
+    for mask in (tiny_dataset / "val").glob("*/class2.tif"):
+        mask.unlink()
+    cfg = TrainConfig(dataset=str(tiny_dataset), out_dir=str(tmp_path / "run"), init="nuclei", epochs=1, max_steps=1,
+                      batch_size=1, crop_size=64, val_limit=1, device="cpu", amp=False,
+                      detections_per_img=77)
+    done = list(train(cfg))[-1]
+    config = load_model(done.model)[1]
+    assert config.class_names == ["nucleus"] and config.detections_per_img == 77 and config.roi_samples == 128
 
 
 def test_init_and_resume_together_are_refused(tiny_dataset, tmp_path):

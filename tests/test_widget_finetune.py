@@ -23,7 +23,7 @@ def main_dock(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
     image = read_image(tiny_dataset / "train" / "sample_0" / "image.tif")
     viewer.add_image(image, name="sample_0")
     _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20)
+    config = ModelConfig(arch="resnet18", class_names=["nucleus", "mitosis"], detections_per_img=20)
     main.segment.checkpoint.value = save_checkpoint(tmp_path / "start.pt", build_model(config), config)
     main.segment.device.value = main.train.device.value = Device.cpu
     return viewer, main
@@ -65,10 +65,16 @@ def test_correct_add_fine_tune_and_resegment(main_dock, qtbot, tmp_path, monkeyp
     qtbot.waitUntil(lambda: main.train._worker is None, timeout=180_000)
     new = session_for(viewer).last_checkpoint
     assert new is not None and new.parent.parent == tmp_path / "corrected"
-    assert load_checkpoint(new)["train_args"]["init"] == str(tmp_path / "start.pt")
+    assert new.name == "last.pt" and not (new.parent / "best.pt").exists()  # no validation: the last weights
+    ckpt = load_checkpoint(new)
+    assert ckpt["train_args"]["init"] == str(tmp_path / "start.pt") and ckpt["step"] == 2
+    assert ckpt["config"]["class_names"] == ["nucleus", "mitosis"] and ckpt["config"]["detections_per_img"] == 20
+    assert not main.train.plot.validated and not main.train.plot.ap["AP"]  # "no validation images", no AP 0
     assert main.segment.model.value == CHECKPOINT_FILE and main.segment.checkpoint.value == new
     qtbot.waitUntil(lambda: main.segment._worker is None, timeout=60_000)  # segmented again
     assert "fine-tuned model" in tune.status.value
+    names = [layer.name for layer in main.segment.current.layers.values()]
+    assert [name.split(" (")[0] for name in names] == ["nucleus", "mitosis"]  # the class names, not class1
 
 
 def test_fine_tune_needs_corrected_images(main_dock, tmp_path):
@@ -98,3 +104,14 @@ def test_adding_never_replaces_a_folder_the_tool_did_not_write(main_dock, qtbot,
     main.finetune.add_button.clicked()
     assert "stopped:" in main.finetune.status.value and "notes.txt" in main.finetune.status.value
     assert (theirs / "notes.txt").read_text() == "mine"
+
+
+def test_a_cancelled_fine_tuning_leaves_segment_alone(main_dock, tmp_path):
+    from napari_cellseg.engine import DoneEvent
+
+    viewer, main = main_dock
+    tune, before = main.finetune, main.segment.checkpoint.value
+    tune._waiting = True  # as after the Fine-tune button
+    main.train._on_finished(DoneEvent(tmp_path / "last.pt", None, cancelled=True))
+    assert "cancelled" in tune.status.value and not tune._waiting
+    assert session_for(viewer).last_checkpoint is None and main.segment.checkpoint.value == before

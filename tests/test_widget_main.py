@@ -84,7 +84,9 @@ def test_the_tabs_share_one_session_and_training_is_cancelled_from_its_tab(lapto
     assert train.done is not None and train.done.cancelled and max(steps) <= 2
     assert "cancelled" in train.status.value and "MB" in train.run_size.value
     assert (tmp_path / "run" / "last.pt").is_file()
-    # the Segment tab picked the model up through the viewer's session
+    # a cancelled run's model is offered, not switched to; taken, the Segment tab picks it up
+    assert session_for(viewer).last_checkpoint is None
+    train.use_button.clicked()
     assert main.segment.checkpoint.value == session_for(viewer).last_checkpoint == train.done.last
     assert train.start.text == "Start training" and train.dataset.enabled
 

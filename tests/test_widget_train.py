@@ -85,7 +85,10 @@ def test_training_runs_in_a_worker_and_the_gui_stays_responsive(make_napari_view
 
 
 def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
-    widget = quick(TrainWidget(make_napari_viewer()), tiny_dataset, tmp_path / "run")
+    viewer = make_napari_viewer()
+    segment = SegmentWidget(viewer)
+    before = segment.checkpoint.value
+    widget = quick(TrainWidget(viewer), tiny_dataset, tmp_path / "run")
     widget.epochs.value = 1000
     steps = []
 
@@ -102,6 +105,12 @@ def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(make_napari_viewer,
     assert widget.done.last == tmp_path / "run" / "last.pt" and widget.done.last.is_file()
     assert "cancelled" in widget.status.value
     assert widget.start.text == "Start training" and widget.start.enabled
+    # a cancelled run's model is offered, not switched to
+    assert session_for(viewer).last_checkpoint is None and segment.checkpoint.value == before
+    assert not widget.use_button.native.isHidden()
+    widget.use_button.clicked()
+    assert session_for(viewer).last_checkpoint == widget.done.model == segment.checkpoint.value
+    assert widget.use_button.native.isHidden()
 
 
 def test_bad_folder_is_a_notification_and_the_widget_recovers(make_napari_viewer, tmp_path, errors):
