@@ -354,7 +354,7 @@ def _read_pillow(path: Path, what: str, decode: bool = True) -> np.ndarray | tup
                 return im.height, im.width
             if what == "image" and im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            return np.asarray(im)
+            return np.array(im)  # writable: torch warns on (and must not share) a read-only buffer
     except (DatasetError, MemoryError):
         raise
     except Image.DecompressionBombError:
