@@ -99,9 +99,15 @@ def predict(args: argparse.Namespace) -> int:
 def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace) -> None:
     """One image -> ``<stem>_<class>.tif`` per class; a stack is segmented plane by plane."""
     from .stacks import iter_predict_stack, link_over_time, read_stack, to_stack_labels, write_stack_labels
+    from .streaming import iter_segment_file, should_stream
 
-    stack = read_stack(path)
     classes = range(1, len(config.class_names) + 1)
+    if not args.flip_tta and should_stream(path):  # a large image: tiles read from the file, labels written tile by tile
+        outputs = {c: _inside(out, f"{path.stem}_{config.class_names[c - 1]}.tif") for c in classes}
+        _drain(iter_segment_file(model, path, outputs, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
+                                 tile_size=args.tile_size), f"{path.name} tiles", unit="tile", show=env_rank() == 0)
+        return
+    stack = read_stack(path)
     if len(stack) == 1:
         labels, _ = segment_image(model, stack.plane(0), score_thresh=args.score_thresh,
                                   mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
