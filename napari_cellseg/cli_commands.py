@@ -102,7 +102,7 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
     from .streaming import iter_segment_file, should_stream
 
     classes = range(1, len(config.class_names) + 1)
-    if not args.flip_tta and should_stream(path):  # a large image: tiles read from the file, labels written tile by tile
+    if not args.flip_tta and should_stream(path):  # large: tiles read from the file, labels written by tile
         outputs = {c: _inside(out, f"{path.stem}_{config.class_names[c - 1]}.tif") for c in classes}
         _drain(iter_segment_file(model, path, outputs, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
                                  tile_size=args.tile_size), f"{path.name} tiles", unit="tile", show=env_rank() == 0)

@@ -236,4 +236,5 @@ def _label_files(outputs: dict[int, Any], shape: tuple[int, int]) -> Iterator[di
         yield files
 
 
-__all__ = ["RegionReader", "LabelFile", "paint_tile", "iter_segment_file", "should_stream", "LABEL_DTYPE", "STREAM_ABOVE"]
+__all__ = ["RegionReader", "LabelFile", "paint_tile", "iter_segment_file", "should_stream", "LABEL_DTYPE",
+           "STREAM_ABOVE"]
