@@ -149,6 +149,12 @@ class LabelFile:
             self._fd = None
 
 
+def open_labels(path: str | os.PathLike) -> np.ndarray:
+    """A streamed label file as a read-only memory map: napari (``viewer.add_labels``) and numpy
+    read only the pages they show, so a 20000 x 20000 result opens at once."""
+    return tifffile.memmap(path, mode="r")
+
+
 def paint_tile(files: Mapping[int, LabelFile], raw: RawInstances, first_id: int, score_thresh: float,
                mask_thresh: float) -> dict[int, float]:
     """Paint one tile's instances (image coordinates) into the label files, ids from ``first_id``
@@ -236,5 +242,5 @@ def _label_files(outputs: dict[int, Any], shape: tuple[int, int]) -> Iterator[di
         yield files
 
 
-__all__ = ["RegionReader", "LabelFile", "paint_tile", "iter_segment_file", "should_stream", "LABEL_DTYPE",
-           "STREAM_ABOVE"]
+__all__ = ["RegionReader", "LabelFile", "paint_tile", "iter_segment_file", "open_labels", "should_stream",
+           "LABEL_DTYPE", "STREAM_ABOVE"]

@@ -13,7 +13,7 @@ from napari_cellseg.inference import predict
 from napari_cellseg.postprocess import to_labels
 from napari_cellseg.progress import drain
 from napari_cellseg.tiling import tile_grid
-from napari_cellseg.streaming import LabelFile, RegionReader, iter_segment_file, should_stream
+from napari_cellseg.streaming import LabelFile, RegionReader, iter_segment_file, open_labels, should_stream
 
 from torch.nn import functional as F  # noqa: E402
 
@@ -82,6 +82,7 @@ def test_streamed_labels_equal_whole_image_labels(disc_file, tmp_path):
     scores = drain(iter_segment_file(model, path, {1: out}, tile_size=40, overlap=16, score_thresh=0.5,
                                      mask_thresh=0.5), progress.append)
     streamed = tifffile.imread(out)
+    assert isinstance(open_labels(out), np.memmap) and np.array_equal(open_labels(out), streamed)
     whole = to_labels(predict(model, image, tile_size=4096), 0.5, 0.5, classes=[1])[1]
     assert streamed.shape == (96, 100) and streamed.dtype == np.uint32
     assert _same_cells(streamed, whole)
