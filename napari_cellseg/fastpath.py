@@ -103,7 +103,7 @@ class FastMaskPredictor(nn.Module):
         w = logits.weight.reshape(logits.out_channels, -1)
         out = torch.addmm(logits.bias, y.permute(0, 2, 3, 1).reshape(-1, w.shape[1]), w.t())
         n, _, h, wd = y.shape
-        return out.reshape(n, h, wd, -1).permute(0, 3, 1, 2)
+        return out.reshape(n, h, wd, w.shape[0]).permute(0, 3, 1, 2)
 
 
 class SparseRoIPool(nn.Module):

@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tifffile
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -63,6 +65,17 @@ def test_predict_writes_a_label_image_per_class(trained, tmp_path):
     assert main(["predict", str(ckpt), str(root / "test_release"), "--out", str(tmp_path), "--device", "cpu"]) == 0
     names = sorted(p.name for p in tmp_path.glob("*.tif"))
     assert names == ["test_0_class1.tif", "test_0_class2.tif", "test_1_class1.tif", "test_1_class2.tif"]
+
+
+def test_predict_streams_large_images_tile_by_tile(trained, tmp_path, monkeypatch, capsys):
+    """Above ``streaming.STREAM_ABOVE`` pixels the labels are written tile by tile (uint32 TIFFs)."""
+    root, ckpt = trained
+    monkeypatch.setattr("napari_cellseg.streaming.STREAM_ABOVE", 100)
+    assert main(["predict", str(ckpt), str(root / "test_release"), "--out", str(tmp_path), "--device", "cpu",
+                 "--tile-size", "48"]) == 0
+    labels = tifffile.imread(tmp_path / "test_0_class1.tif")
+    assert labels.dtype == np.uint32 and labels.shape == (64, 80)
+    assert "tiles" in capsys.readouterr().err  # the per-tile bar
 
 
 def test_bad_input_is_one_line_and_non_zero(tmp_path):

@@ -57,6 +57,11 @@ def test_fast_mask_predictor_equals_torchvision(model):
         torch.testing.assert_close(FastMaskPredictor(predictor)(x), predictor(x), atol=1e-5, rtol=1e-5)
 
 
+def test_fast_mask_predictor_with_no_detections(model):
+    with torch.no_grad():
+        assert FastMaskPredictor(model.roi_heads.mask_predictor)(torch.zeros(0, 128, 14, 14)).shape == (0, 3, 28, 28)
+
+
 def test_int8_box_head_is_close_and_cached(model):
     head = model.roi_heads.box_head
     quantised = fastpath.int8_linears(head)
