@@ -109,7 +109,7 @@ def main() -> None:
                   f"{C.fmt_s(res['seconds'])} = {res['s_per_mp']:.2f} s/MP, {res['tiles']} tiles, "
                   f"{res['cells']} cells, load {res['load']}", flush=True)
             image_path.unlink()
-            out.unlink()
+            out.unlink(missing_ok=True)  # a stopped run leaves none
     C.footer(info)
     C.dump_summary("bench_stream", {"machine": info, "results": results})
 
