@@ -9,7 +9,7 @@ to two channels and a 2 x 2 transposed convolution, slow in NCHW layout), the bo
 - the mask head and the transposed convolution run channels-last (2x and 1.6x measured);
 - the mask logits are one matrix product on the channels-last features;
 - the box head's linear layers compute in int8 (dynamic quantisation, one scale per output channel);
-- the RoI pooling is one sparse matrix product per pyramid level (the same sums, 2.5x faster).
+- on one thread, the RoI pooling is one sparse matrix product per pyramid level (the same sums).
 
 ``accelerated`` swaps these wrappers in and the original modules back afterwards, so weights, the
 state dict and training never see them. Off on other devices, with ``NAPARI_CELLSEG_EXACT=1``
@@ -61,9 +61,9 @@ def accelerated(model: nn.Module, device: torch.device) -> Iterator[bool]:
     swaps = {
         "mask_head": ChannelsLast(heads.mask_head),
         "mask_predictor": FastMaskPredictor(heads.mask_predictor),
-        "box_roi_pool": SparseRoIPool(heads.box_roi_pool),
-        "mask_roi_pool": SparseRoIPool(heads.mask_roi_pool),
     }
+    if torch.get_num_threads() == 1:  # measured faster on one thread only; see SparseRoIPool
+        swaps.update(box_roi_pool=SparseRoIPool(heads.box_roi_pool), mask_roi_pool=SparseRoIPool(heads.mask_roi_pool))
     box_head = int8_linears(heads.box_head)
     if box_head is not None:
         swaps["box_head"] = box_head
@@ -113,7 +113,9 @@ class SparseRoIPool(nn.Module):
     fixed weighted sum of 16 feature pixels (2 x 2 samples, 4 bilinear corners), so all bins of a
     level form a sparse (bins x pixels) matrix times the channels-last (pixels x channels) features:
     the same sums, vectorised over channels (2.5x at 7 x 7, 1.5x at 14 x 14 measured; equal to
-    ``roi_align`` to 1e-6). Adaptive sampling (``sampling_ratio <= 0``) keeps torchvision's.
+    ``roi_align`` to 1e-6, one thread). With two threads on the loaded test machine torchvision's
+    was faster in one micro-benchmark (0.36 s vs 1.26 s for 2,000 RoIs, very noisy), so the swap is
+    made for single-threaded runs only. Adaptive sampling (``sampling_ratio <= 0``) keeps torchvision's.
     """
 
     def __init__(self, pool: nn.Module) -> None:
