@@ -30,7 +30,7 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_path
-from .defaults import MASK_THRESH, OVERLAP, SCORE_THRESH, TILE_SIZE
+from .defaults import MASK_THRESH, SCORE_THRESH, TILE_SIZE, overlap_for
 from .errors import DatasetError
 from .images import read_image_size
 from .images import read_image
@@ -189,16 +189,17 @@ def iter_segment_file(
     score_thresh: float = SCORE_THRESH,
     mask_thresh: float = MASK_THRESH,
     tile_size: int = TILE_SIZE,
-    overlap: int = OVERLAP,
+    overlap: int | None = None,
     should_stop: StopCheck | None = None,
 ) -> Generator[Progress, None, dict[int, float] | None]:
     """Segment the image file ``path`` into one label TIFF per class (``outputs``: class id -> file),
     tile by tile; yields ``Progress(done, tiles, "tile")``, returns id -> score, or None when
-    stopped (then no output file is written)."""
+    stopped (then no output file is written). ``overlap`` defaults to ``defaults.overlap_for``."""
     if not outputs:
         raise ValueError("name at least one output label file")
     reader = RegionReader(path)
     try:
+        overlap = overlap_for(tile_size) if overlap is None else overlap
         return (yield from _segment(model, reader, dict(outputs), device, score_thresh, mask_thresh, tile_size,
                                     overlap, should_stop))
     finally:
