@@ -100,7 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=C.DEFAULT_DATA)
     ap.add_argument("--model", default="nuclei")
-    ap.add_argument("--images", type=int, default=10)
+    ap.add_argument("--images", type=int, default=10, help="0: accuracy only")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ap", action="store_true", help="also AP50 on val, fast vs exact")
     ap.add_argument("--ap-images", type=int, default=None, help="first N val images for --ap (default all)")
@@ -111,7 +111,7 @@ def main() -> None:
     info = C.header("bench_fastpath")
     model, _ = load_model(args.model)
     images = [read_sample(s)[0] for s in find_samples(args.data / "val")[: args.images]]
-    summary = {"machine": info, "speed": speed(model, images, args.rounds)}
+    summary = {"machine": info, "speed": speed(model, images, args.rounds) if images else None}
     if args.ap or args.quick:
         summary["accuracy"] = accuracy(model, args.data, args.ap_images)
     C.footer(info)
