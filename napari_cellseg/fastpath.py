@@ -1,12 +1,13 @@
-"""The CPU fast path of prediction, on by default: the same weights in about half the time.
+"""The CPU fast path of prediction, on by default: the same weights, 0.70x the time of the plain path
+(10 DSB val images, one thread, loaded machine; BENCHMARKS.md).
 
 Why these parts: profiling the built-in ``nuclei`` model on DSB val images (one thread) put three
 quarters of the time in the heads, not the backbone - the mask predictor 31% (a 1 x 1 convolution
 to two channels and a 2 x 2 transposed convolution, slow in NCHW layout), the box RoI pooling 19%
-(torchvision's CPU RoIAlign runs on one core), the box head 16% (2,000 proposals through a
+(torchvision's CPU RoIAlign), the box head 16% (2,000 proposals through a
 6272 x 512 layer) and the mask head 14%. So, for the duration of a prediction only:
 
-- the mask head and the transposed convolution run channels-last (2x and 1.6x measured);
+- the mask head and the transposed convolution run channels-last (oneDNN's fast layout);
 - the mask logits are one matrix product on the channels-last features;
 - the box head's linear layers compute in int8 (dynamic quantisation, one scale per output channel);
 - on one thread, the RoI pooling is one sparse matrix product per pyramid level (the same sums).
