@@ -16,3 +16,5 @@ run predict benchmarks/bench_predict.py
 run memory benchmarks/bench_memory.py --repeats 2
 run train benchmarks/bench_train.py --device cpu --arch resnet18 --steps 20 --warmup 2 --batch-size 2 --crop-size 256 --rounds 2
 run export benchmarks/bench_export.py --images 30
+run fastpath benchmarks/bench_fastpath.py --images 10 --rounds 2 --ap
+run stream benchmarks/bench_stream.py --sizes 1000 8000

@@ -15,7 +15,7 @@ import numpy as np
 
 from ._gui_session import ImageResult
 from .defaults import TILE_SIZE, overlap_for
-from .progress import Progress, drain
+from .progress import Eta, Progress, drain  # noqa: F401  (Eta: the widget's progress text)
 
 
 CHECKPOINT_FILE = "a checkpoint file..."

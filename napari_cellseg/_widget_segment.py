@@ -25,7 +25,7 @@ from ._gui_session import Device, ImageResult, path_or_none
 from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from ._segment_jobs import (
     CHECKPOINT_FILE, ModelCache, channel_choices, first_model, folder_events, folder_images, layer_channels,
-    model_choices, model_file, painted_values, predict_events,
+    model_choices, model_file, painted_values, predict_events, Eta,
 )
 from ._segment_layers import (
     REVIEW, Shown, count_text, present_ids, review_image, truth_below_predictions, update_labels,
@@ -170,7 +170,7 @@ class SegmentWidget(Container):
         for b in (self.run_button, self.folder_button):
             b.enabled = b is button
         button.text = "Cancel"
-        self.progress.value = 0
+        self.progress.value, self._eta = 0, Eta()  # time left shown from the second step on
         self.progress.native.setFormat("loading the model")
 
         def fail(message: str) -> None:
@@ -192,7 +192,7 @@ class SegmentWidget(Container):
 
     def _progress(self, done: int, total: int, what: str) -> None:
         self.progress.max, self.progress.value = total, done
-        self.progress.native.setFormat(f"{what} {done}/{total}")
+        self.progress.native.setFormat(f"{what} {done}/{total}{self._eta.text(done, total)}")
 
     def start(self) -> None:
         """Segment the chosen image layer."""

@@ -105,11 +105,18 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
     from .channels import read_image_channel
     from .stacks import (Stack, iter_predict_stack, link_over_time, read_stack, stack_scores, to_stack_labels,
                          write_stack_labels)
+    from .streaming import iter_segment_file, should_stream
 
-    stack = read_stack(path)
     classes = range(1, len(config.class_names) + 1)
     formats = getattr(args, "format", ("labels",))
     channel = getattr(args, "channel", None)
+    if not args.flip_tta and channel is None and set(formats) == {"labels"} and should_stream(path):
+        # large: tiles read from the file, labels written by tile
+        outputs = {c: _inside(out, f"{path.stem}_{config.class_names[c - 1]}.tif") for c in classes}
+        _drain(iter_segment_file(model, path, outputs, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
+                                 tile_size=args.tile_size), f"{path.name} tiles", unit="tile", show=env_rank() == 0)
+        return
+    stack = read_stack(path)
     if channel is not None and len(stack) > 1:  # every plane reduced to the chosen channel when read
         from .channels import ChannelPlanes, channel_axis
 

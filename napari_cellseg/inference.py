@@ -18,6 +18,7 @@ import numpy as np
 from ._torch import torch
 from .images import to_tensor
 from .devices import resolve_device
+from .fastpath import accelerated
 from .defaults import OVERLAP, TILE_SIZE
 from .model import set_detections_per_img
 from .progress import Progress, StopCheck, drain, stopped
@@ -172,7 +173,8 @@ def _stop_inside(model: torch.nn.Module, should_stop: StopCheck | None) -> Itera
 
 @contextlib.contextmanager
 def _inference_setup(model: torch.nn.Module, device: torch.device, max_detections: int | None) -> Iterator[None]:
-    """Eval mode on ``device`` (and a raised cap) for the run; mode and cap come back afterwards."""
+    """Eval mode on ``device`` (and a raised cap) for the run, on the CPU the fast heads
+    (``fastpath``); mode, cap and heads come back afterwards."""
     was_training = model.training
     old_cap = _detection_cap(model)
     model.to(device)
@@ -180,7 +182,8 @@ def _inference_setup(model: torch.nn.Module, device: torch.device, max_detection
     if max_detections is not None:
         set_detections_per_img(model, max_detections)
     try:
-        yield
+        with accelerated(model, device):
+            yield
     finally:
         if max_detections is not None and old_cap is not None:
             set_detections_per_img(model, old_cap)

@@ -16,6 +16,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple, TypeVar
 
@@ -36,6 +37,38 @@ class Progress(NamedTuple):
 def stopped(should_stop: StopCheck | None) -> bool:
     """Whether ``should_stop`` (which may be None: never stop) asks to stop now."""
     return should_stop is not None and bool(should_stop())
+
+
+class Eta:
+    """Time left at the pace so far, for progress bars without one (the GUI's; tqdm has its own).
+
+    ``text(done, total)`` is ``", about 2 min left"``, or ``""`` until a step has been timed; the
+    clock restarts when ``total`` changes or ``done`` goes back (a new job). Only the steps seen
+    since the restart count, so a slow first step (loading the model) does not skew the estimate.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._total: int | None = None
+        self._start, self._done0 = 0.0, 0
+
+    def text(self, done: int, total: int) -> str:
+        now = self._clock()
+        if total != self._total or done < self._done0:
+            self._total, self._start, self._done0 = total, now, done
+            return ""
+        steps = done - self._done0
+        if steps <= 0 or done >= total:
+            return ""
+        return f", about {duration((now - self._start) / steps * (total - done))} left"
+
+
+def duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"2 h 5 min"``: as precise as an estimate deserves."""
+    if seconds < 90:
+        return f"{max(round(seconds), 1)} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def drain(steps: Generator[Any, Any, R], on_progress: Callable[[Any], None] | None = None) -> R:

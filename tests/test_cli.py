@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -106,6 +108,17 @@ def test_help_shows_every_default(monkeypatch, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "(default: resnet50_v2)" in out and "(default: 512)" in out and "(default: 50)" in out
+
+
+def test_predict_streams_large_images_tile_by_tile(trained, tmp_path, monkeypatch, capsys):
+    """Above ``streaming.STREAM_ABOVE`` pixels the labels are written tile by tile (uint32 TIFFs)."""
+    root, ckpt = trained
+    monkeypatch.setattr("napari_cellseg.streaming.STREAM_ABOVE", 100)
+    assert main(["predict", str(ckpt), str(root / "test_release"), "--out", str(tmp_path), "--device", "cpu",
+                 "--tile-size", "48"]) == 0
+    labels = tifffile.imread(tmp_path / "test_0_class1.tif")
+    assert labels.dtype == np.uint32 and labels.shape == (64, 80)
+    assert "tiles" in capsys.readouterr().err  # the per-tile bar
 
 
 def test_bad_input_is_one_line_and_non_zero(tmp_path):

@@ -13,6 +13,7 @@ from napari_cellseg._torch import torch
 from napari_cellseg.images import to_tensor
 from napari_cellseg.progress import drain
 from napari_cellseg.devices import resolve_device
+from napari_cellseg.fastpath import exact
 from napari_cellseg.inference import iter_predict, paste_masks, predict
 from napari_cellseg.raw import RawInstances
 from napari_cellseg.model import ModelConfig, build_model
@@ -90,8 +91,10 @@ def test_paste_masks_drops_a_box_outside_the_image():
 
 
 def test_single_tile_equals_torchvision_forward(tiny_model):
+    """The exact path (``fastpath.exact``) is torchvision's result; the fast path is tested in test_fastpath."""
     image = _image(72, 96)
-    raw = predict(tiny_model, image, tile_size=128, overlap=32)
+    with exact():
+        raw = predict(tiny_model, image, tile_size=128, overlap=32)
     with torch.inference_mode():
         ref = tiny_model([to_tensor(image)])[0]
     assert len(raw) == len(ref["scores"]) > 0
@@ -289,8 +292,9 @@ def test_an_image_that_fits_one_tile_is_the_untiled_result(tiny_model, data):
     tile = data.draw(st.integers(max(h, w), 160), label="tile_size")
     overlap = data.draw(st.integers(0, tile - 1), label="overlap")
     image = _image(h, w, seed=data.draw(st.integers(0, 3), label="seed"))
-    tiled = predict(tiny_model, image, tile_size=tile, overlap=overlap)
-    whole = predict(tiny_model, image, tile_size=4096, overlap=0)
+    with exact():  # torchvision's result is compared below
+        tiled = predict(tiny_model, image, tile_size=tile, overlap=overlap)
+        whole = predict(tiny_model, image, tile_size=4096, overlap=0)
     for name in ("boxes", "scores", "labels"):
         np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name))
     assert all(np.array_equal(a, b) for a, b in zip(tiled.masks, whole.masks)) and len(tiled) == len(whole)

@@ -31,3 +31,18 @@ def test_drain_without_a_callback_and_a_stopped_job_returns_none():
 def test_stopped_treats_none_as_never():
     assert stopped(None) is False
     assert stopped(lambda: True) is True
+
+
+def test_eta_from_the_pace_since_the_first_step():
+    from napari_cellseg.progress import Eta, duration
+
+    now = [100.0]
+    eta = Eta(clock=lambda: now[0])
+    assert eta.text(1, 10) == ""  # the first step starts the clock (model loading not counted)
+    now[0] += 20
+    assert eta.text(3, 10) == ", about 70 s left"  # 10 s per step, 7 steps to go
+    now[0] += 1000
+    assert eta.text(5, 10) == ", about 21 min left"  # 1020 s for 4 steps, 5 to go
+    assert eta.text(10, 10) == ""
+    assert eta.text(1, 4) == ""  # a new job (another total) restarts the clock
+    assert duration(3 * 3600 + 300) == "3 h 5 min" and duration(0.2) == "1 s"
