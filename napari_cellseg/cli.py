@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -46,6 +47,25 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _scale(text: str) -> float | str:
+    from .scale import parse_scale
+
+    try:
+        return parse_scale(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _diameter(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {text!r}") from None
+    if not 1 <= value <= 2000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 2000 pixels, got {text}")
+    return value
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
                    help=f"keep instances at least this confident (the detector itself drops those below "
@@ -55,6 +75,12 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-size", type=_positive_int, default=TILE_SIZE, help="larger images are segmented in tiles")
     p.add_argument("--flip-tta", action="store_true",
                    help="also segment the mirror image and average the two (twice the time, a little more AP)")
+    p.add_argument("--scale", type=_scale, default="auto",
+                   help="resize factor before segmenting; auto (default): measure the nuclei in a first pass and "
+                        "bring them to the size the model was trained at (no second pass when they already are)")
+    p.add_argument("--diameter", type=_diameter, metavar="PX",
+                   help="typical nucleus diameter in pixels: sets the scale from the model's training diameter "
+                        "(overrides --scale)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from . import cli_commands
 
-        return getattr(cli_commands, args.command)(args)
+        from .errors import DetectionCapWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DetectionCapWarning)  # one line per image that lost cells
+            warnings.showwarning = _warning_line
+            return getattr(cli_commands, args.command)(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -151,6 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings (cells lost to the detection cap) as one line, like the errors."""
+    from .errors import DetectionCapWarning
+
+    if issubclass(category, DetectionCapWarning):
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _one_line(exc: BaseException) -> str:

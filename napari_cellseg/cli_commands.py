@@ -104,11 +104,13 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
     classes = range(1, len(config.class_names) + 1)
     if len(stack) == 1:
         labels, _ = segment_image(model, stack.plane(0), score_thresh=args.score_thresh,
-                                  mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
+                                  mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta,
+                                  scale=args.scale, diameter=args.diameter)
         for class_id, image in labels.items():
             write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), image)
         return
-    raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
+    raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta, scale=args.scale,
+                                    diameter=args.diameter),
                  f"{path.name} planes", unit="plane", show=env_rank() == 0)
     labels = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes)
     if args.link:
@@ -150,7 +152,7 @@ def export(args: argparse.Namespace) -> int:
         written = _drain(
             iter_sharded_export(model, items, args.out, ctx, score_thresh=args.score_thresh,
                                 mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta,
-                                resume=not args.restart),
+                                scale=args.scale, diameter=args.diameter, resume=not args.restart),
             "export" if ctx.world_size == 1 else f"export (rank 0 of {ctx.world_size})", show=ctx.is_main,
         )
     finally:

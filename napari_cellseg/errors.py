@@ -25,3 +25,8 @@ class OutputError(CellsegError):
 class LayerError(CellsegError):
     """What napari shows cannot be used as asked: no segmentation layer, a layer whose image or
     cell class is unknown, two layers for one class, or nothing segmented yet."""
+
+
+class DetectionCapWarning(UserWarning):
+    """A tile held more detections than the cap allowed: some cells may be missing there. The CLI
+    prints it as one line; the GUI shows ``RawInstances.capped_tiles`` in its status line."""
