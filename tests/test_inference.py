@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,9 +15,11 @@ from napari_cellseg._torch import torch
 from napari_cellseg.images import to_tensor
 from napari_cellseg.progress import drain
 from napari_cellseg.devices import resolve_device
-from napari_cellseg.inference import iter_predict, paste_masks, predict
+from napari_cellseg.errors import DetectionCapWarning
+from napari_cellseg.inference import iter_predict, paste_masks, predict, tile_cap
 from napari_cellseg.raw import RawInstances
-from napari_cellseg.model import ModelConfig, build_model
+from napari_cellseg.model import MAX_DETECTIONS, ModelConfig, build_model, set_detections_per_img
+from napari_cellseg.scale import scale_note
 
 from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
 
@@ -301,3 +305,46 @@ def test_an_image_that_fits_one_tile_is_the_untiled_result(tiny_model, data):
         ref = tiny_model([to_tensor(image)])[0]
     np.testing.assert_array_equal(tiled.scores, ref["scores"].numpy())
     np.testing.assert_array_equal(tiled.labels, ref["labels"].numpy())
+
+
+# --- the detection cap ---------------------------------------------------------------------------
+
+
+def test_tile_cap_follows_the_tile_area_within_bounds():
+    assert tile_cap((1024, 1024), 500) == 1024
+    assert tile_cap((256, 256), 500) == 500  # never below the model's own cap
+    assert tile_cap((512, 512), 100, scale=2.0) == 1024  # network pixels count
+    assert tile_cap((100_000, 100_000), 500) == MAX_DETECTIONS
+
+
+@pytest.fixture(scope="module")
+def dense_mosaic(one_thread):
+    """The nuclei model with its cap lowered to 20, and a 2 x 2 mosaic of sample nuclei crops (~40 cells)."""
+    from napari_cellseg.checkpoint import load_model
+    from napari_cellseg.images import read_image
+    from napari_cellseg.sample_data import SAMPLE_DATASET
+
+    model = load_model("nuclei")[0]
+    set_detections_per_img(model, 20)
+    image = read_image(sorted((SAMPLE_DATASET / "val").iterdir())[0] / "image.tif")[:128, :128]
+    top = np.concatenate([image, image[:, ::-1]], axis=1)
+    return model, np.ascontiguousarray(np.concatenate([top, top[::-1]], axis=0))
+
+
+def test_a_tile_that_hits_the_cap_is_run_again_with_a_higher_one(dense_mosaic):
+    model, image = dense_mosaic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DetectionCapWarning)
+        raw = predict(model, image)
+    generous = predict(model, image, max_detections=500)  # more proposals: a longer low-score tail
+    confident = int((raw.scores >= 0.5).sum())
+    assert raw.capped_tiles == 0 and len(raw) > 20 and confident == (generous.scores >= 0.5).sum() > 20
+    assert model.roi_heads.detections_per_img == 20  # the model's cap comes back
+
+
+def test_a_fixed_cap_that_is_hit_is_never_silent(dense_mosaic):
+    model, image = dense_mosaic
+    with pytest.warns(DetectionCapWarning, match="1 of 1 tile.* limit of 20 detections"):
+        raw = predict(model, image, max_detections=20)
+    assert raw.capped_tiles == 1 and len(raw) == 20
+    assert "1 tile(s) hit the detection limit" in scale_note(raw)
