@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge every class into one: score finding the cells, not naming their class")
     v.add_argument("--mapping", help="image name -> id file the results were numbered with (default: the "
                    "samples numbered 1..n by name, as export writes them)")
+    v.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
+                   help="confidence for TP/(TP+FP+FN), precision, recall, F1 and PQ (COCO AP uses every result)")
 
     d = sub.add_parser("demo", help="segment the shipped sample data with the built-in model, export and evaluate")
     d.add_argument("--out", default="cellseg-demo",

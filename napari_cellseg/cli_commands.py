@@ -188,7 +188,7 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
 def evaluate(args: argparse.Namespace) -> int:
     """Results matched to the ground-truth samples by file name (``evaluation.evaluate_file``)."""
     metrics = evaluate_file(args.results, args.ground_truth, mapping=args.mapping, max_dets=args.max_dets,
-                            class_agnostic=args.class_agnostic)
+                            class_agnostic=args.class_agnostic, score_thresh=args.score_thresh)
     print(format_metrics(metrics))
     return 0
 
