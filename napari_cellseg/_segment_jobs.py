@@ -46,35 +46,51 @@ def model_file(choice: str, checkpoint: Path | None) -> Path:
     return checkpoint
 
 
-def predict_events(loader, image_data, stop, tile_size: int = TILE_SIZE, flip: bool = False) -> Iterator[Progress]:
-    """Yield ``Progress`` per tile while predicting; return (RawInstances, class names) or None if stopped."""
+def predict_events(
+    loader, image_data, stop, tile_size: int = TILE_SIZE, flip: bool = False, diameter: float | None = None
+) -> Iterator[Progress]:
+    """Yield ``Progress`` per tile while predicting; return (RawInstances, class names) or None if stopped.
+    ``diameter`` (px) sets the scale; None: ``auto`` (``scale.iter_predict_scaled``)."""
     from .images import to_rgb_uint8
-    from .inference import iter_predict
+    from .scale import iter_predict_scaled
 
     model, config, device = loader()
     image = to_rgb_uint8(np.asarray(image_data))
-    raw = yield from iter_predict(model, image, device=device, tile_size=tile_size, overlap=overlap(tile_size),
-                                  flip=flip, should_stop=stop)
+    raw = yield from iter_predict_scaled(model, image, device=device, tile_size=tile_size, overlap=overlap(tile_size),
+                                         flip=flip, diameter=diameter, should_stop=stop)
     return None if raw is None else (raw, list(config.class_names))
 
 
 def folder_events(
-    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False
+    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False, diameter: float | None = None
 ) -> Iterator[tuple[int, int, ImageResult]]:
     """Yield (done, total, ImageResult) image by image; a cancel stops between tiles (the image
     being segmented is dropped, the finished ones are kept)."""
     from .images import read_image
-    from .inference import iter_predict
+    from .scale import iter_predict_scaled
 
     model, config, device = loader()
     for n, path in enumerate(paths, start=1):
         if stop():
             return
-        raw = drain(iter_predict(model, read_image(path), device=device, tile_size=tile_size,
-                                 overlap=overlap(tile_size), flip=flip, should_stop=stop))
+        raw = drain(iter_predict_scaled(model, read_image(path), device=device, tile_size=tile_size,
+                                        overlap=overlap(tile_size), flip=flip, diameter=diameter, should_stop=stop))
         if raw is None:
             return
         yield n, len(paths), ImageResult(path, raw, list(config.class_names))
+
+
+def describe(name: str, raw, kept: list[str]) -> str:
+    """The status line of a shown result: cells found, the scale chosen, tiles that hit the detection
+    cap (never a silent loss), and the classes whose hand edits the sliders leave alone."""
+    from ._gui_session import short_name
+    from .scale import scale_note
+
+    note = scale_note(raw)
+    text = f"{short_name(name)}: the model found {len(raw)} cells" + (f" ({note})" if note else "")
+    if kept:
+        text += f"; {', '.join(kept)}: your edits are kept, the sliders leave them alone until you edit again"
+    return text
 
 
 def overlap(tile_size: int) -> int:

@@ -24,7 +24,7 @@ from . import _gui_session, _gui_stack
 from ._gui_session import Device, ImageResult, path_or_none
 from ._reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from ._segment_jobs import (
-    CHECKPOINT_FILE, first_model, folder_events, model_choices, folder_images, model_file, painted_values,
+    CHECKPOINT_FILE, describe, first_model, folder_events, model_choices, folder_images, model_file, painted_values,
     predict_events,
 )
 from ._segment_layers import REVIEW, Shown, review_image, update_labels
@@ -54,6 +54,7 @@ class SegmentWidget(Container):
         self.image = ComboBox(choices=self._image_layers, label="image", tooltip=TIPS["image"])
         self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
         self.flip = CheckBox(value=False, text="test-time flips (2x slower)", tooltip=TIPS["flip"])
+        self.diameter = _gui_session.diameter_box(TIPS["diameter"])  # 0 = auto: scale.py measures the nuclei
         self.run_button = PushButton(text="Segment image", tooltip=TIPS["run"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.score = FloatSlider(value=SCORE_THRESH, min=0.0, max=1.0, step=0.01, label="confidence",
@@ -64,8 +65,8 @@ class SegmentWidget(Container):
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
         self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])
         self.status = Label(value="", label="status")
-        self.extend([self.model, self.checkpoint, self.image, self.device, self.flip, self.run_button, self.score,
-                     self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
+        self.extend([self.model, self.checkpoint, self.image, self.device, self.flip, self.diameter, self.run_button,
+                     self.score, self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
         _gui_session.keep_narrow(self)  # long file names must not widen the dock
         self.progress.native.setFormat("idle")
@@ -221,7 +222,8 @@ class SegmentWidget(Container):
                 self._show(ImageResult(Path(source) if source else None, raw, names), image_layer=layer)
 
         self._begin(self.run_button,
-                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value),
+                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value,
+                                           self.diameter.value or None),
                     lambda p: self._progress(p.done, p.total, "tile"), returned)
 
     def start_folder(self) -> None:
@@ -254,7 +256,8 @@ class SegmentWidget(Container):
                 self.review.value = 0  # shows the first image; the others wait in the review box
 
         self._begin(self.folder_button,
-                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value), arrived)
+                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value,
+                                          self.diameter.value or None), arrived)
 
     # ------------------------------------------------------------------ results -> layers
 
@@ -366,11 +369,7 @@ class SegmentWidget(Container):
         self.status.value = self._describe(shown)
 
     def _describe(self, shown: Shown) -> str:
-        text = f"{_gui_session.short_name(shown.result.name)}: the model found {len(shown.result.raw)} cells"
-        if shown.kept:
-            names = ", ".join(shown.layers[k].name for k in sorted(shown.kept))
-            text += f"; {names}: your edits are kept, the sliders leave them alone until you edit again"
-        return text
+        return describe(shown.result.name, shown.result.raw, [shown.layers[k].name for k in sorted(shown.kept)])
 
     def _on_edit(self, shown: Shown, class_id: int, event) -> None:
         """A hand edit: remember it, give new cells score 1.0, keep the edit with its image."""

@@ -60,8 +60,8 @@ def iter_sharded_export(
     **options: Any,
 ) -> Iterator[Progress]:
     """``iter_export`` over this process's share (``options``: its ``device``, ``score_thresh``,
-    ``mask_thresh``, ``tile_size``, ``flip``, ``scale``, ``diameter``); yields ``Progress(done, share, name)``. Returns the
-    number of results in the submission on rank 0, 0 on the other ranks, None when stopped early."""
+    ``mask_thresh``, ``tile_size``, ``flip``, ``scale``, ``diameter``); yields ``Progress(done, share, name)``.
+    Returns the number of results in the submission on rank 0, 0 on the other ranks, None when stopped early."""
     if ctx.world_size <= 1:
         return (yield from iter_export(model, items, out_json, resume=resume, should_stop=should_stop, **options))
     ids = [it.image_id for it in items]
