@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .atomic import folder_problem
-from .checkpoint import load_model, model_card
+from .checkpoint import load_checkpoint, load_model, model_card
 from .data import find_samples
 from .devices import resolve_device
 from .distributed import barrier, env_rank
@@ -19,8 +19,10 @@ from .evaluation import evaluate_file
 from .images import write_labels
 from .layout import TEST_FOLDER, image_files
 from .metrics import format_metrics
+from .model import ModelConfig
 from .pipeline import export_items, iter_export, segment_image
 from .pretrained import builtin_models
+from .scale import model_diameter
 from .progress import Progress, drain
 from .sample_data import SAMPLE_DATASET
 
@@ -247,10 +249,14 @@ def models(args: argparse.Namespace) -> int:
         for key in ("description", "trained_on", "licence", "recipe"):
             if card.get(key):
                 print(f"  {key.replace('_', ' ')}: {card[key]}")
+        config = ModelConfig.from_dict(load_checkpoint(name)["config"])
+        print(f"  nucleus diameter it was trained at: {model_diameter(config):g} px (--scale auto brings images to it)")
         for split, figures in card.get("metrics", {}).items():
             if isinstance(figures, dict) and "AP50" in figures:
+                extra = "".join(f"  {label} {figures[key]:.3f}" for key, label in
+                                (("f1", "F1"), ("panoptic_quality", "PQ")) if key in figures)
                 print(f"  {split}: AP50 {figures['AP50']:.3f}  AP {figures['AP']:.3f}  "
-                      f"TP/(TP+FP+FN)@0.5 {figures.get('accuracy@0.5', float('nan')):.3f}")
+                      f"TP/(TP+FP+FN)@0.5 {figures.get('accuracy@0.5', float('nan')):.3f}{extra}")
     return 0
 
 

@@ -37,8 +37,8 @@ PROBE_SCORE = 0.5
 
 
 def model_diameter(model: Any) -> float:
-    """The median nucleus (object) diameter, in px, the model was trained at (``DEFAULT_DIAMETER``
-    when its checkpoint does not record one)."""
+    """The median nucleus (object) diameter, in px, a model (or its ``ModelConfig``) was trained at
+    (``DEFAULT_DIAMETER`` when its checkpoint does not record one)."""
     value = float(getattr(model, "object_diameter", 0.0) or 0.0)
     return value if value > 0 else DEFAULT_DIAMETER
 
