@@ -10,10 +10,10 @@ from napari_cellseg import pipeline, stacks
 from napari_cellseg.cli import main
 from napari_cellseg.errors import DatasetError
 from napari_cellseg.images import read_image
-from napari_cellseg.inference import predict
 from napari_cellseg.model import ModelConfig, build_model
 from napari_cellseg.postprocess import to_labels
 from napari_cellseg.progress import drain
+from napari_cellseg.scale import iter_predict_scaled
 
 SHAPE = (40, 48)
 
@@ -80,7 +80,7 @@ def test_planes_are_segmented_alone_and_ids_are_unique_across_the_stack(tmp_path
     assert sum(len(s) for s in seen) == len(set().union(*seen)) > 0  # no id in two planes or classes
     offset = 0
     for p in range(3):  # each plane is exactly the single-image result, ids shifted
-        alone = to_labels(predict(model, stack.plane(p)), 0.0, 0.3, classes=[1, 2])
+        alone = to_labels(drain(iter_predict_scaled(model, stack.plane(p))), 0.0, 0.3, classes=[1, 2])
         for k in (1, 2):
             assert np.array_equal(labels[k][p], np.where(alone[k] > 0, alone[k] + offset, 0))
         offset += len(result.planes[p])
