@@ -66,7 +66,7 @@ def test_parse_scale_takes_auto_or_a_positive_number():
 def test_auto_factor_is_clamped_and_a_no_op_near_one():
     assert auto_factor(10.0, 20.0) == 2.0
     assert auto_factor(5.0, 20.0) == 2.0  # clamped
-    assert auto_factor(100.0, 20.0) == 0.5  # clamped
+    assert auto_factor(100.0, 20.0) == 1.0  # large nuclei: never shrunk (it cost AP on val)
     assert auto_factor(13.0, 20.0) == pytest.approx(1.538)
     assert auto_factor(18.0, 20.0) == 1.0 and auto_factor(23.0, 20.0) == 1.0  # within 1.25x: no second pass
     assert auto_factor(None, 20.0) == 1.0
