@@ -105,20 +105,6 @@ def tile_cap(tile_shape: tuple[int, int], base: int, scale: float = 1.0) -> int:
     return int(min(MAX_DETECTIONS, max(base, math.ceil(area / AREA_PER_DETECTION))))
 
 
-PIXELS_PER_PROPOSAL = 32
-"""Network pixels per region proposal the RPN keeps per feature level before its NMS when a tile's
-limits follow its area: a 256 px image gets the 2,000 its cap gives, a 1024 px tile the same
-density (32,768); fewer left a 2048 px mosaic of 64 val crops short of cells found one by one."""
-
-
-def _set_tile_limits(model: torch.nn.Module, tile: Tile, cap: int, scale: float) -> None:
-    """Detection cap ``cap``, and RPN candidates per level that follow the tile's area."""
-    set_detections_per_img(model, cap)
-    area = tile.shape[0] * tile.shape[1] * scale * scale
-    pre = model.rpn._pre_nms_top_n
-    pre["testing"] = max(pre["testing"], math.ceil(area / PIXELS_PER_PROPOSAL))
-
-
 def cap_message(capped: int, tiles: int, cap: int | None) -> str:
     """One line for the user when tiles hit the detection cap (the CLI's warning, the GUI's status)."""
     return (f"{capped} of {tiles} tile(s) hit the limit of {cap} detections: some cells may be missing; "
@@ -132,10 +118,10 @@ def _predict_uncapped(
     """One tile under a cap that follows its area, run again with 4x the cap while it is hit
     (unless the caller ``fixed`` the cap); a tile that still hits it keeps ``capped_tiles == 1``."""
     if fixed is None and base is not None:
-        _set_tile_limits(model, tile, tile_cap(tile.shape, base, scale), scale)
+        set_detections_per_img(model, tile_cap(tile.shape, base, scale))
     part = _predict_tile(model, image, tile, device)
     while fixed is None and part.capped_tiles and (cap := _detection_cap(model) or MAX_DETECTIONS) < MAX_DETECTIONS:
-        _set_tile_limits(model, tile, min(4 * cap, MAX_DETECTIONS), scale)
+        set_detections_per_img(model, min(4 * cap, MAX_DETECTIONS))
         part = _predict_tile(model, image, tile, device)
     return part
 
@@ -225,7 +211,7 @@ def _inference_setup(
     try:
         yield old_cap
     finally:
-        if old_cap is not None:  # the cap and the proposal counts it sets
+        if old_cap is not None and old_cap != _detection_cap(model):
             set_detections_per_img(model, old_cap)
         if old_scale is not None:
             transform.image_scale = old_scale
