@@ -102,7 +102,8 @@ def test_cancel_stops_between_planes(tmp_path, model):
         calls.append(1)
         return len(calls) > 2  # before plane 1, during plane 1 (one tile), then stop
 
-    steps = stacks.iter_predict_stack(model, stacks.read_stack(tmp_path / "movie.tif"), should_stop=stop)
+    steps = stacks.iter_predict_stack(model, stacks.read_stack(tmp_path / "movie.tif"), should_stop=stop,
+                                      scale=1.0)  # one pass per plane (auto may add a second)
     assert next(steps)[:2] == (1, 3)
     with pytest.raises(StopIteration) as stopped:
         next(steps)
