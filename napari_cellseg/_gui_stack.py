@@ -33,14 +33,17 @@ def is_stack(layer: Image) -> bool:
     return data.ndim == (4 if layer.rgb else 3)
 
 
-def stack_events(loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False) -> Iterator[Progress]:
-    """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped."""
+def stack_events(
+    loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False, diameter: float | None = None
+) -> Iterator[Progress]:
+    """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped.
+    ``diameter``: the Segment tab's nucleus diameter (None: each plane's scale is ``auto``)."""
     from .stacks import Stack, iter_predict_stack
 
     model, config, device = loader()
     overlap = overlap_for(tile_size)
     steps = iter_predict_stack(model, Stack(data), device=device, tile_size=tile_size, overlap=overlap, flip=flip,
-                               should_stop=stop)
+                               diameter=diameter, should_stop=stop)
     result = yield from steps
     return None if result is None else (result, list(config.class_names))
 
@@ -74,7 +77,8 @@ class StackView:
             if value is not None:
                 self._show(*value, layer, source)
 
-        w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value),
+        w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value,
+                                                    w.diameter.value or None),
                  lambda p: w._progress(p.done, p.total, "plane"), returned)
 
     def _show(self, result, class_names: list[str], image: Image, source) -> None:

@@ -48,7 +48,7 @@ def iter_predict(
     A generator so the GUI can show progress and cancel between tiles (``progress``'s contract);
     arguments are checked when it is called, before the first tile. Only one tile's network output is alive at a time.
     ``max_detections`` fixes the cap per tile; by default it follows the tile (``tile_cap``) and a
-    tile that hits it is run again with a higher one. A tile that still hits it is counted in the
+    tile that hits it is run again once with 4x the cap. A tile that still hits it is counted in the
     result's ``capped_tiles`` and a ``DetectionCapWarning`` says so: cells are never lost silently.
     ``scale`` resizes the image inside the model (``scale.py`` decides it). An image no larger than
     ``tile_size`` is one tile: exactly the untiled result. ``flip`` also segments the mirror image
@@ -115,12 +115,13 @@ def _predict_uncapped(
     model: torch.nn.Module, image: np.ndarray, tile: Tile, device: torch.device, fixed: int | None, base: int | None,
     scale: float,
 ) -> RawInstances:
-    """One tile under a cap that follows its area, run again with 4x the cap while it is hit
-    (unless the caller ``fixed`` the cap); a tile that still hits it keeps ``capped_tiles == 1``."""
+    """One tile under a cap that follows its area, run again once with 4x the cap when it is hit
+    (unless the caller ``fixed`` the cap; once: each run costs a whole tile); a tile that still hits
+    it keeps ``capped_tiles == 1``."""
     if fixed is None and base is not None:
         set_detections_per_img(model, tile_cap(tile.shape, base, scale))
     part = _predict_tile(model, image, tile, device)
-    while fixed is None and part.capped_tiles and (cap := _detection_cap(model) or MAX_DETECTIONS) < MAX_DETECTIONS:
+    if fixed is None and part.capped_tiles and (cap := _detection_cap(model) or MAX_DETECTIONS) < MAX_DETECTIONS:
         set_detections_per_img(model, min(4 * cap, MAX_DETECTIONS))
         part = _predict_tile(model, image, tile, device)
     return part
