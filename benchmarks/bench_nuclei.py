@@ -2,9 +2,11 @@
 
 Class-agnostic COCO mask AP / AP50 / AP75 (every class merged into one; scores >= 0.05, up to 1000
 detections evaluated), the same per image kind (class1 = fluorescence, class2 = stained), the
-DSB2018 papers' TP / (TP + FP + FN) at IoU 0.5 (scores >= 0.5), and seconds per image.
+DSB2018 papers' TP / (TP + FP + FN), precision, recall, F1 and panoptic quality at IoU 0.5 (scores
+>= 0.5), and seconds per image. ``--scale`` is predict's (default ``auto``; 1 = as the network sees
+the file).
 
-Run: python benchmarks/bench_nuclei.py [--model nuclei] [--val DIR] [--limit N] [--json OUT]
+Run: python benchmarks/bench_nuclei.py [--model nuclei] [--val DIR] [--limit N] [--scale auto|F] [--json OUT]
 """
 
 from __future__ import annotations
@@ -23,29 +25,31 @@ from napari_cellseg.checkpoint import load_model
 from napari_cellseg.coco import labels_to_results
 from napari_cellseg.data import dataset_classes, find_samples
 from napari_cellseg.images import read_image
-from napari_cellseg.metrics import class_agnostic, evaluate, matching_accuracy
+from napari_cellseg.metrics import class_agnostic, evaluate, matching
 from napari_cellseg.pipeline import samples_ground_truth, segment_image
+from napari_cellseg.scale import parse_scale
 
 KINDS = {1: "fluorescence", 2: "stained"}
 
 
-def score(model, samples, mask_thresh: float) -> tuple[list[dict], list[float]]:
+def score(model, samples, mask_thresh: float, scale="auto") -> tuple[list[dict], list[float]]:
     results, seconds = [], []
     for image_id, sample in enumerate(samples, start=1):
         image = read_image(sample.image_path)
         tick = time.perf_counter()
-        labels, scores = segment_image(model, image, score_thresh=0.05, mask_thresh=mask_thresh)
+        labels, scores = segment_image(model, image, score_thresh=0.05, mask_thresh=mask_thresh, scale=scale)
         seconds.append(time.perf_counter() - tick)
         results += labels_to_results(labels, image_id, scores)
     return results, seconds
 
 
-def figures(gt: dict, results: list[dict]) -> dict:
+def figures(gt: dict, results: list[dict], score_thresh: float = 0.5) -> dict:
     gt1, res1 = class_agnostic(gt, results)
     m = evaluate(gt1, res1, max_dets=1000)
-    acc = matching_accuracy(gt1, res1, iou=0.5, score_thresh=0.5)
-    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "accuracy@0.5": acc["accuracy"],
-            "tp": acc["tp"], "fp": acc["fp"], "fn": acc["fn"], "images": m["num_images"]}
+    match = matching(gt1, res1, iou=0.5, score_thresh=score_thresh)
+    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "accuracy@0.5": match["accuracy"],
+            **{k: match[k] for k in ("precision", "recall", "f1", "panoptic_quality", "tp", "fp", "fn")},
+            "images": m["num_images"]}
 
 
 def by_kind(gt: dict, results: list[dict], class_id: int) -> dict:
@@ -63,6 +67,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, help="first N val images only")
     p.add_argument("--mask-thresh", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--scale", type=parse_scale, default="auto", help="auto (the default of predict/export) or a factor")
+    p.add_argument("--results", help="also write the COCO results here (to score them again later)")
     p.add_argument("--json", help="write the figures here (scripts/pack_model.py --metrics reads it)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,8 +77,10 @@ def main() -> None:
     model, config = load_model(args.model)
     classes = dataset_classes(samples)
     gt = samples_ground_truth(samples, [f"class{k}" for k in range(1, max(classes) + 1)])
-    results, seconds = score(model, samples, args.mask_thresh)
-    out = {"model": args.model, "val": str(args.val), "mask_thresh": args.mask_thresh,
+    results, seconds = score(model, samples, args.mask_thresh, args.scale)
+    if args.results:
+        Path(args.results).write_text(json.dumps(results))
+    out = {"model": args.model, "val": str(args.val), "mask_thresh": args.mask_thresh, "scale": args.scale,
            "all": figures(gt, results),
            **{KINDS.get(k, f"class{k}"): by_kind(gt, results, k) for k in classes},
            "seconds_per_image": sum(seconds) / len(seconds), "threads": args.threads}

@@ -227,6 +227,15 @@ def keep_narrow(container) -> None:
             _show_full_path(widget)
 
 
+def diameter_box(tooltip: str):
+    """The Segment tab's nucleus diameter (px): 0 shows as 'auto' (``scale.py`` measures the nuclei)."""
+    from magicgui.widgets import FloatSpinBox
+
+    box = FloatSpinBox(value=0, min=0, max=2000, step=1, label="nucleus diameter", tooltip=tooltip)
+    box.native.setSpecialValueText("auto")
+    return box
+
+
 class _AlignNames(QObject):
     """Gives the option names of a dock one width, measured in the font they are shown with."""
 

@@ -38,10 +38,12 @@ def is_stack(layer: Image) -> bool:
 
 
 def stack_events(
-    loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False, axis: int | None = None, channel=None
+    loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False, axis: int | None = None, channel=None,
+    diameter: float | None = None,
 ) -> Iterator[Progress]:
     """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped.
-    ``axis``: the channel axis of the layer's data (planes first), ``channel`` the one to segment."""
+    ``axis``: the channel axis of the layer's data (planes first), ``channel`` the one to segment;
+    ``diameter``: the Segment tab's nucleus diameter (None: each plane's scale is ``auto``)."""
     from .channels import ChannelPlanes
     from .stacks import Stack, iter_predict_stack
 
@@ -50,7 +52,7 @@ def stack_events(
         data = ChannelPlanes(data, axis - 1, None if channel == AS_IS else channel)
     overlap = overlap_for(tile_size)
     steps = iter_predict_stack(model, Stack(data), device=device, tile_size=tile_size, overlap=overlap, flip=flip,
-                               should_stop=stop)
+                               diameter=diameter, should_stop=stop)
     result = yield from steps
     return None if result is None else (result, list(config.class_names))
 
@@ -86,7 +88,7 @@ class StackView:
 
         axis, channel = layer_channels(layer)[0], w.channel.value
         w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value, axis,
-                                                    channel),
+                                                    channel, w.diameter.value or None),
                  lambda p: w._progress(p.done, p.total, "plane"), returned)
 
     def _show(self, result, class_names: list[str], image: Image, source) -> None:

@@ -93,35 +93,37 @@ class ModelCache:
 
 def predict_events(
     loader, image_data, stop, tile_size: int = TILE_SIZE, flip: bool = False, axis: int | None = None,
-    channel=None,
+    channel=None, diameter: float | None = None,
 ) -> Iterator[Progress]:
     """Yield ``Progress`` per tile while predicting; return (RawInstances, class names) or None if stopped.
-    ``axis``/``channel``: the image's channel axis and the channel to segment (``channels.choose``)."""
+    ``axis``/``channel``: the image's channel axis and the channel to segment (``channels.choose``);
+    ``diameter`` (px) sets the scale, None: ``auto`` (``scale.iter_predict_scaled``)."""
     from .channels import choose
-    from .inference import iter_predict
+    from .scale import iter_predict_scaled
 
     model, config, device = loader()
     image = choose(np.asarray(image_data), axis, None if channel == AS_IS else channel)
-    raw = yield from iter_predict(model, image, device=device, tile_size=tile_size, overlap=overlap(tile_size),
-                                  flip=flip, should_stop=stop)
+    raw = yield from iter_predict_scaled(model, image, device=device, tile_size=tile_size, overlap=overlap(tile_size),
+                                         flip=flip, diameter=diameter, should_stop=stop)
     return None if raw is None else (raw, list(config.class_names))
 
 
 def folder_events(
-    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False, channel=None
+    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False, channel=None,
+    diameter: float | None = None,
 ) -> Iterator[tuple[int, int, ImageResult]]:
     """Yield (done, total, ImageResult) image by image; a cancel stops between tiles (the image
     being segmented is dropped, the finished ones are kept)."""
     from .channels import read_image_channel
-    from .inference import iter_predict
+    from .scale import iter_predict_scaled
 
     model, config, device = loader()
     channel = None if channel == AS_IS else channel
     for n, path in enumerate(paths, start=1):
         if stop():
             return
-        raw = drain(iter_predict(model, read_image_channel(path, channel), device=device, tile_size=tile_size,
-                                 overlap=overlap(tile_size), flip=flip, should_stop=stop))
+        raw = drain(iter_predict_scaled(model, read_image_channel(path, channel), device=device, tile_size=tile_size,
+                                        overlap=overlap(tile_size), flip=flip, diameter=diameter, should_stop=stop))
         if raw is None:
             return
         yield n, len(paths), ImageResult(path, raw, list(config.class_names))

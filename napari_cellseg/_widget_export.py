@@ -91,9 +91,11 @@ def _write_cell_files(group: ImageLabels, n: int, folder: Path, formats: tuple[s
 
 def evaluate_events(
     groups: list[ImageLabels], class_names: list[str], truth_folder: Path | None, truth_json: Path | None,
+    score_thresh: float = 0.0,
 ) -> Iterator[Progress]:
     """COCO mask AP of ``groups`` against the ground truth, matched by image name
-    (``evaluation.evaluate``, as the CLI); returns the metrics dict."""
+    (``evaluation.evaluate``, as the CLI); returns the metrics dict. The labels hold the cells kept
+    at the confidence slider (``score_thresh``), which the matching figures are reported at."""
     from .coco import labels_to_results
     from .evaluation import evaluate
 
@@ -114,7 +116,7 @@ def evaluate_events(
         label = truth_json.name
     else:
         gt, label = sample_truth(groups, class_names, truth_folder)
-    return evaluate(results, names, gt, class_names=class_names, only_matched=True,
+    return evaluate(results, names, gt, class_names=class_names, only_matched=True, score_thresh=score_thresh,
                     results_label="the segmentation", truth_label=label)
 
 
@@ -251,7 +253,8 @@ class ExportWidget(Container):
             return
         truth_folder, truth_json = path_or_none(self.truth_folder), path_or_none(self.truth_json)
         self.status.value = f"evaluating {covered(groups)}"
-        self._start(lambda: evaluate_events(groups, class_names, truth_folder, truth_json), self._show_metrics)
+        self._start(lambda: evaluate_events(groups, class_names, truth_folder, truth_json, self.session.score_thresh),
+                    self._show_metrics)
 
     def _start(self, factory, on_return) -> None:
         if self._worker is not None:
@@ -278,8 +281,9 @@ class ExportWidget(Container):
         if metrics is None:
             return
         self.metrics = metrics
-        rows = [(key, metrics.get(key)) for key in ("AP", "AP50", "AP75")]
-        rows += [(f"AP {name}", value) for name, value in metrics.get("AP_per_class", {}).items()]
+        from .metrics import metric_rows
+
+        rows = metric_rows(metrics)
         self.table.setRowCount(len(rows))
         for row, (name, value) in enumerate(rows):
             self.table.setItem(row, 0, QTableWidgetItem(name))

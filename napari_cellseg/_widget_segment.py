@@ -32,6 +32,7 @@ from ._segment_layers import (
 )
 from ._tooltips import SEGMENT as TIPS
 from .defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
+from .scale import scale_note
 
 def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
     """True when the user agrees to throw away hand edits of ``names`` (tests monkeypatch this)."""
@@ -56,6 +57,7 @@ class SegmentWidget(Container):
         self.channel = ComboBox(choices=self._channel_choices, label="channel", tooltip=TIPS["channel"])
         self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
         self.flip = CheckBox(value=False, text="test-time flips (2x slower)", tooltip=TIPS["flip"])
+        self.diameter = _gui_session.diameter_box(TIPS["diameter"])  # 0 = auto: scale.py measures the nuclei
         self.run_button = PushButton(text="Segment image", tooltip=TIPS["run"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.score = FloatSlider(value=SCORE_THRESH, min=0.0, max=1.0, step=0.01, label="confidence",
@@ -66,7 +68,8 @@ class SegmentWidget(Container):
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
         self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])
         self.status = Label(value="", label="status")
-        self.extend([self.model, self.checkpoint, self.image, self.channel, self.device, self.flip, self.run_button,
+        self.extend([self.model, self.checkpoint, self.image, self.channel, self.device, self.flip, self.diameter,
+                     self.run_button,
                      self.score, self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
         self.status.native.setWordWrap(True)
         _gui_session.keep_narrow(self)  # long file names must not widen the dock
@@ -223,7 +226,7 @@ class SegmentWidget(Container):
 
         self._begin(self.run_button,
                     lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value,
-                                           axis, channel),
+                                           axis, channel, self.diameter.value or None),
                     lambda p: self._progress(p.done, p.total, "tile"), returned)
 
     def start_folder(self) -> None:
@@ -257,7 +260,8 @@ class SegmentWidget(Container):
 
         self._begin(self.folder_button,
                     lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value,
-                                          self.channel.value if len(self.channel.choices) > 1 else None), arrived)
+                                          self.channel.value if len(self.channel.choices) > 1 else None,
+                                          self.diameter.value or None), arrived)
 
     # ------------------------------------------------------------------ results -> layers
 
@@ -375,6 +379,7 @@ class SegmentWidget(Container):
         on_screen = sum(len(shown.visible.get(k, ())) for k in live)
         below = int(np.count_nonzero(np.isin(raw.labels, list(live)) & (raw.scores < self.score.value)))
         text = count_text(_gui_session.short_name(shown.result.name), on_screen, below)
+        text += f" ({scale_note(raw)})" if scale_note(raw) else ""  # the scale chosen, capped tiles
         if shown.kept:
             names = ", ".join(shown.layers[k].name for k in sorted(shown.kept))
             text += f"; {names}: your edits are kept, the sliders leave them alone until you edit again"

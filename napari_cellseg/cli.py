@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -74,6 +75,15 @@ def _formats(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _scale(text: str) -> float | str:
+    from .scale import parse_scale
+
+    try:
+        return parse_scale(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _channel(text: str):
     from .channels import parse_channel
     from .errors import DatasetError
@@ -82,6 +92,16 @@ def _channel(text: str):
         return parse_channel(text)
     except DatasetError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _diameter(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {text!r}") from None
+    if not 1 <= value <= 2000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 2000 pixels, got {text}")
+    return value
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
@@ -98,6 +118,12 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="of a multi-channel image, segment channel N (1-based, e.g. the nuclear stain) or "
                         "'merged' (every channel stretched, the brightest kept); default: colour as is, "
                         "of two channels the first")
+    p.add_argument("--scale", type=_scale, default="auto",
+                   help="resize factor before segmenting; auto (default): measure the nuclei in a first pass and "
+                        "bring them to the size the model was trained at (no second pass when they already are)")
+    p.add_argument("--diameter", type=_diameter, metavar="PX",
+                   help="typical nucleus diameter in pixels: sets the scale from the model's training diameter "
+                        "(overrides --scale)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge every class into one: score finding the cells, not naming their class")
     v.add_argument("--mapping", help="image name -> id file the results were numbered with (default: the "
                    "samples numbered 1..n by name, as export writes them)")
+    v.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
+                   help="confidence for TP/(TP+FP+FN), precision, recall, F1 and PQ (COCO AP uses every result)")
 
     d = sub.add_parser("demo", help="segment the shipped sample data with the built-in model, export and evaluate")
     d.add_argument("--out", default="cellseg-demo",
@@ -201,7 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from . import cli_commands
 
-        return getattr(cli_commands, args.command.replace("-", "_"))(args)
+        from .errors import DetectionCapWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DetectionCapWarning)  # one line per image that lost cells
+            warnings.showwarning = _warning_line
+            return getattr(cli_commands, args.command.replace("-", "_"))(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -210,6 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings (cells lost to the detection cap) as one line, like the errors."""
+    from .errors import DetectionCapWarning
+
+    if issubclass(category, DetectionCapWarning):
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .atomic import folder_problem
-from .checkpoint import load_model, model_card
+from .checkpoint import load_checkpoint, load_model, model_card
 from .data import find_samples
 from .devices import resolve_device
 from .distributed import barrier, env_rank
@@ -20,8 +20,10 @@ from .evaluation import evaluate_file
 from .images import write_labels
 from .layout import TEST_FOLDER, ids_file, image_files, printable
 from .metrics import format_metrics
+from .model import ModelConfig
 from .pipeline import export_items, iter_export, segment_image
 from .pretrained import builtin_models
+from .scale import model_diameter
 from .progress import Progress, drain
 from .sample_data import SAMPLE_DATASET
 
@@ -123,13 +125,15 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
         stack = Stack(ChannelPlanes(stack.data, channel_axis(stack.data.shape[1:]), channel), stack.axis)
     if len(stack) == 1:
         image = stack.plane(0) if channel is None else read_image_channel(path, channel)
-        labels, scores = segment_image(model, image, score_thresh=args.score_thresh,
-                                       mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta)
+        labels, scores = segment_image(model, image, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
+                                       tile_size=args.tile_size, flip=args.flip_tta, scale=args.scale,
+                                       diameter=args.diameter)
         for class_id, label_image in labels.items():
             if "labels" in formats:
                 write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), label_image)
     else:
-        raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta),
+        raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta, scale=args.scale,
+                                        diameter=args.diameter),
                      f"{path.name} planes", unit="plane", show=env_rank() == 0)
         labels, scores = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes), stack_scores(raw)
         if args.link:
@@ -192,7 +196,7 @@ def export(args: argparse.Namespace) -> int:
         written = _drain(
             iter_sharded_export(model, items, args.out, ctx, score_thresh=args.score_thresh,
                                 mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta,
-                                resume=not args.restart),
+                                scale=args.scale, diameter=args.diameter, resume=not args.restart),
             "export" if ctx.world_size == 1 else f"export (rank 0 of {ctx.world_size})", show=ctx.is_main,
         )
     finally:
@@ -228,7 +232,7 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
 def evaluate(args: argparse.Namespace) -> int:
     """Results matched to the ground-truth samples by file name (``evaluation.evaluate_file``)."""
     metrics = evaluate_file(args.results, args.ground_truth, mapping=args.mapping, max_dets=args.max_dets,
-                            class_agnostic=args.class_agnostic)
+                            class_agnostic=args.class_agnostic, score_thresh=args.score_thresh)
     print(format_metrics(metrics))
     return 0
 
@@ -305,9 +309,12 @@ def models(args: argparse.Namespace) -> int:
         for key in ("description", "trained_on", "licence", "recipe"):
             if card.get(key):
                 print(f"  {key.replace('_', ' ')}: {printable(card[key])}")
+        config = ModelConfig.from_dict(load_checkpoint(name)["config"])
+        print(f"  nucleus diameter it was trained at: {model_diameter(config):g} px (--scale auto brings images to it)")
         for split, figures in card.get("metrics", {}).items():
             shown = "  ".join(f"{label} {figures[key]:.3f}" for key, label in
-                              (("AP50", "AP50"), ("AP", "AP"), ("accuracy@0.5", "TP/(TP+FP+FN)@0.5")) if key in figures)
+                              (("AP50", "AP50"), ("AP", "AP"), ("accuracy@0.5", "TP/(TP+FP+FN)@0.5"), ("f1", "F1"),
+                               ("panoptic_quality", "PQ")) if key in figures)
             if shown:
                 print(f"  {printable(split)}: {shown}")
     return 0

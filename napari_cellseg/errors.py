@@ -36,3 +36,8 @@ def without_worker_traceback(exc: CellsegError) -> CellsegError:
     last = text.strip().splitlines()[-1]
     prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
     return type(exc)(last[len(prefix):] if last.startswith(prefix) else last)
+
+
+class DetectionCapWarning(UserWarning):
+    """A tile held more detections than the cap allowed: some cells may be missing there. The CLI
+    prints it as one line; the GUI shows ``RawInstances.capped_tiles`` in its status line."""

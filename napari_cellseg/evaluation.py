@@ -69,6 +69,7 @@ def evaluate(
     max_dets: int = 1000,
     only_matched: bool = False,
     class_agnostic: bool = False,
+    score_thresh: float = 0.5,
     results_label: str = "the results",
     truth_label: str = "the ground truth",
 ) -> dict[str, Any]:
@@ -78,9 +79,11 @@ def evaluate(
     images that have results (the GUI's "the images I segmented"); otherwise every ground-truth
     image counts, one without results as all cells missed. ``class_agnostic``: every class merged
     into one, which scores finding the cells, not naming their class (how the one-class built-in
-    ``nuclei`` model is judged on data with several classes).
+    ``nuclei`` model is judged on data with several classes). Next to the COCO figures, ``matching``
+    (class-agnostic) and ``matching_per_class`` hold TP/(TP+FP+FN), precision, recall, F1 and PQ at
+    IoU 0.5 for the results at or above ``score_thresh``.
     """
-    from .metrics import class_agnostic as merge_classes, evaluate as coco_evaluate
+    from .metrics import class_agnostic as merge_classes, evaluate as coco_evaluate, matching, matching_per_class
 
     images = {name_key(image["file_name"]): image for image in truth["images"]}
     if len(images) != len(truth["images"]):
@@ -118,7 +121,10 @@ def evaluate(
               "annotations": [a for a in gt["annotations"] if a["image_id"] in kept]}
     if class_agnostic:
         gt, moved = merge_classes(gt, moved, "all classes")
-    return coco_evaluate(gt, moved, max_dets=max_dets)
+    metrics = coco_evaluate(gt, moved, max_dets=max_dets)
+    metrics["matching"] = matching(*merge_classes(gt, moved, "all classes"), iou=0.5, score_thresh=score_thresh)
+    metrics["matching_per_class"] = matching_per_class(gt, moved, iou=0.5, score_thresh=score_thresh)
+    return metrics
 
 
 def _names(class_names: Sequence[str] | None, ids, known: Mapping[int, str]) -> list[str]:
@@ -138,7 +144,7 @@ def _present_classes(truth, results, class_names, truth_label: str) -> dict[str,
 
 def evaluate_file(
     results_path: str | os.PathLike, truth_folder: str | os.PathLike, *, mapping: str | os.PathLike | None = None,
-    max_dets: int = 1000, class_agnostic: bool = False,
+    max_dets: int = 1000, class_agnostic: bool = False, score_thresh: float = 0.5,
 ) -> dict[str, Any]:
     """The CLI's ``evaluate``: a results JSON against a folder of samples (``val/``).
 
@@ -157,7 +163,7 @@ def evaluate_file(
     else:
         names = {i: s.name for i, s in enumerate(samples, start=1)}
         _refuse_test_numbering(results, gt, truth_folder, results_path)
-    return evaluate(results, names, gt, max_dets=max_dets, class_agnostic=class_agnostic,
+    return evaluate(results, names, gt, max_dets=max_dets, class_agnostic=class_agnostic, score_thresh=score_thresh,
                     results_label=str(results_path),
                     truth_label=f"{truth_folder} ({len(samples)} samples, numbered 1..{len(samples)} by name)")
 

@@ -10,6 +10,8 @@ resized into its own box only, with torchvision's geometry, so thresholding give
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -20,7 +22,8 @@ from .images import to_tensor
 from .devices import resolve_device
 from .fastpath import accelerated
 from .defaults import OVERLAP, TILE_SIZE
-from .model import set_detections_per_img
+from .errors import DetectionCapWarning
+from .model import MAX_DETECTIONS, set_detections_per_img
 from .progress import Progress, StopCheck, drain, stopped
 from .raw import RawInstances
 from .tiling import Tile, in_core, tile_grid
@@ -37,6 +40,7 @@ def iter_predict(
     overlap: int = OVERLAP,
     max_detections: int | None = None,
     flip: bool = False,
+    scale: float = 1.0,
     should_stop: StopCheck | None = None,
 ) -> Generator[Progress, None, RawInstances | None]:
     """Predict tile by tile, yielding ``Progress(tiles_done, tiles, "tile")``; returns the
@@ -44,43 +48,87 @@ def iter_predict(
 
     A generator so the GUI can show progress and cancel between tiles (``progress``'s contract);
     arguments are checked when it is called, before the first tile. Only one tile's network output is alive at a time.
-    ``max_detections`` raises the model's cap per tile for dense images. An image no larger than
+    ``max_detections`` fixes the cap per tile; by default it follows the tile (``tile_cap``) and a
+    tile that hits it is run again once with 4x the cap. A tile that still hits it is counted in the
+    result's ``capped_tiles`` and a ``DetectionCapWarning`` says so: cells are never lost silently.
+    ``scale`` resizes the image inside the model (``scale.py`` decides it). An image no larger than
     ``tile_size`` is one tile: exactly the untiled result. ``flip`` also segments the mirror image
     and merges the two views (``tta.merge_views``): twice the time, a little more AP.
     """
     _check_image(image)
     if max_detections is not None and max_detections < 1:
         raise ValueError("max_detections must be at least 1")
+    if not 0.05 <= scale <= 8:
+        raise ValueError(f"the scale factor must be between 0.05 and 8, got {scale:g}")
     tiles = tile_grid((image.shape[0], image.shape[1]), tile_size, overlap)
     device = _model_device(model) if device is None else _as_device(device)
-    return _run_tiles(model, image, tiles, device, max_detections, flip, should_stop)
+    return _run_tiles(model, image, tiles, device, max_detections, flip, should_stop, scale)
 
 
 def _run_tiles(
     model: torch.nn.Module, image: np.ndarray, tiles: list[Tile], device: torch.device, max_detections: int | None,
-    flip: bool, should_stop: StopCheck | None,
+    flip: bool, should_stop: StopCheck | None, scale: float = 1.0,
 ) -> Generator[Progress, None, RawInstances | None]:
     """The generator behind ``iter_predict`` (which checks its arguments before the first step)."""
     shape = (image.shape[0], image.shape[1])
     views = [image, np.ascontiguousarray(image[:, ::-1])] if flip else [image]
     total, results = len(tiles) * len(views), []
-    with _inference_setup(model, device, max_detections), _stop_inside(model, should_stop):
+    with _inference_setup(model, device, max_detections, scale) as base_cap, _stop_inside(model, should_stop):
         for v, view in enumerate(views):
             parts = []
             for done, tile in enumerate(tiles, start=1):
                 if stopped(should_stop):
                     return None
                 try:
-                    parts.append(_predict_tile(model, view, tile, device))
+                    parts.append(_predict_uncapped(model, view, tile, device, max_detections, base_cap, scale))
                 except _Stopped:
                     return None
                 yield Progress(v * len(tiles) + done, total, "tile")
             results.append(RawInstances.concatenate(parts, shape))
-    if not flip:
-        return results[0]
-    from .tta import merge_views, mirror  # imported when used: tta pulls in torchvision ops
+        cap = _detection_cap(model)
+    result = results[0]
+    if flip:
+        from .tta import merge_views, mirror  # imported when used: tta pulls in torchvision ops
 
-    return merge_views(results[0], mirror(results[1]))
+        result = merge_views(results[0], mirror(results[1]))
+    result.scale, result.capped_tiles = scale, sum(r.capped_tiles for r in results)
+    if result.capped_tiles:
+        warnings.warn(DetectionCapWarning(cap_message(result.capped_tiles, total, cap)), stacklevel=2)
+    return result
+
+
+AREA_PER_DETECTION = 32 * 32
+"""Network pixels per allowed detection when a tile's cap is set from its area: a 1024 px tile
+allows 1,024, more than the densest DSB2018 image holds; ``model.detect`` says when it is hit anyway."""
+
+
+def tile_cap(tile_shape: tuple[int, int], base: int, scale: float = 1.0) -> int:
+    """The detection cap of a tile: its area (in network pixels) over ``AREA_PER_DETECTION``,
+    never below the model's own cap ``base`` nor above ``MAX_DETECTIONS``."""
+    area = tile_shape[0] * tile_shape[1] * scale * scale
+    return int(min(MAX_DETECTIONS, max(base, math.ceil(area / AREA_PER_DETECTION))))
+
+
+def cap_message(capped: int, tiles: int, cap: int | None) -> str:
+    """One line for the user when tiles hit the detection cap (the CLI's warning, the GUI's status)."""
+    return (f"{capped} of {tiles} tile(s) hit the limit of {cap} detections: some cells may be missing; "
+            "use a smaller tile size or a higher detection limit")
+
+
+def _predict_uncapped(
+    model: torch.nn.Module, image: np.ndarray, tile: Tile, device: torch.device, fixed: int | None, base: int | None,
+    scale: float,
+) -> RawInstances:
+    """One tile under a cap that follows its area, run again once with 4x the cap when it is hit
+    (unless the caller ``fixed`` the cap; once: each run costs a whole tile); a tile that still hits
+    it keeps ``capped_tiles == 1``."""
+    if fixed is None and base is not None:
+        set_detections_per_img(model, tile_cap(tile.shape, base, scale))
+    part = _predict_tile(model, image, tile, device)
+    if fixed is None and part.capped_tiles and (cap := _detection_cap(model) or MAX_DETECTIONS) < MAX_DETECTIONS:
+        set_detections_per_img(model, min(4 * cap, MAX_DETECTIONS))
+        part = _predict_tile(model, image, tile, device)
+    return part
 
 
 def predict(model: torch.nn.Module, image: np.ndarray, **options: Any) -> RawInstances:
@@ -140,11 +188,13 @@ def _predict_tile(model: torch.nn.Module, image: np.ndarray, tile: Tile, device:
     with torch.inference_mode():
         tensor = to_tensor(image[tile.y0 : tile.y1, tile.x0 : tile.x1]).to(device)
         det = model.detect([tensor], keep=centred_in_core)[0]
+        capped = bool(det.get("capped", False))
         boxes = det["boxes"].float().cpu() + offset
         masks, scores, labels = det["masks"].cpu(), det["scores"].cpu(), det["labels"].cpu()
         del det
         crop_boxes, crops, kept = paste_masks(masks, boxes, shape)
-    return RawInstances(crop_boxes, scores.numpy()[kept], labels.numpy()[kept], crops, shape)
+    return RawInstances(crop_boxes, scores.numpy()[kept], labels.numpy()[kept], crops, shape,
+                        capped_tiles=int(capped))
 
 
 class _Stopped(Exception):
@@ -172,21 +222,30 @@ def _stop_inside(model: torch.nn.Module, should_stop: StopCheck | None) -> Itera
 
 
 @contextlib.contextmanager
-def _inference_setup(model: torch.nn.Module, device: torch.device, max_detections: int | None) -> Iterator[None]:
-    """Eval mode on ``device`` (and a raised cap) for the run, on the CPU the fast heads
-    (``fastpath``); mode, cap and heads come back afterwards."""
+def _inference_setup(
+    model: torch.nn.Module, device: torch.device, max_detections: int | None, scale: float = 1.0
+) -> Iterator[int | None]:
+    """Eval mode on ``device`` (a given cap, the image scale times ``scale``) for the run, on the CPU
+    the fast heads (``fastpath``); mode, cap, scale and heads come back afterwards. Yields the
+    model's own cap."""
     was_training = model.training
     old_cap = _detection_cap(model)
+    transform = getattr(model, "transform", None)
+    old_scale = getattr(transform, "image_scale", None)
     model.to(device)
     model.eval()
     if max_detections is not None:
         set_detections_per_img(model, max_detections)
+    if old_scale is not None:
+        transform.image_scale = old_scale * scale
     try:
         with accelerated(model, device):
-            yield
+            yield old_cap
     finally:
-        if max_detections is not None and old_cap is not None:
+        if old_cap is not None and old_cap != _detection_cap(model):
             set_detections_per_img(model, old_cap)
+        if old_scale is not None:
+            transform.image_scale = old_scale
         model.train(was_training)
 
 
@@ -222,4 +281,4 @@ def _as_device(device: str | torch.device) -> torch.device:
     return resolve_device(device) if isinstance(device, str) else torch.device(device)
 
 
-__all__ = ["RawInstances", "resolve_device", "iter_predict", "predict", "paste_masks"]
+__all__ = ["RawInstances", "resolve_device", "iter_predict", "predict", "paste_masks", "tile_cap", "cap_message"]

@@ -1,4 +1,5 @@
-"""COCO mask AP / AP50 / AP75 / AP per class with pycocotools.
+"""COCO mask AP / AP50 / AP75 / AP per class with pycocotools, and the matching figures cell papers
+quote (TP/(TP+FP+FN), precision, recall, F1, panoptic quality at one IoU and confidence).
 
 COCOeval's default cap of 100 detections per image understates AP on dense images (a DSB2018
 image can hold 369 nuclei), so one evaluation runs with maxDets = [1, 100, max_dets] and both the
@@ -138,13 +139,16 @@ def class_agnostic(
     return merged, [dict(r, category_id=1) for r in results]
 
 
-def matching_accuracy(
+def matching(
     gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou: float = 0.5, score_thresh: float = 0.5
 ) -> dict[str, float]:
-    """The figure DSB2018 papers (StarDist, Cellpose) report: TP / (TP + FP + FN) at mask IoU ``iou``.
+    """The figures cell papers quote (StarDist's ``matching``), summed over all images: TP, FP, FN at
+    mask IoU ``iou``; ``accuracy`` TP / (TP + FP + FN) (DSB2018's metric's basis), ``precision``,
+    ``recall``, ``f1`` and ``panoptic_quality`` (sum of matched IoUs / (TP + FP/2 + FN/2)).
 
     Results at or above ``score_thresh`` are matched to ground truth of the same image and class,
-    one to one, best IoU first (above IoU 0.5 a match is unique anyway). Summed over all images.
+    one to one, best IoU first (above IoU 0.5 a match is unique anyway). Every figure is 0.0 when
+    its denominator is (no objects and no results).
     """
     truth: dict[tuple[int, int], list] = {}
     for ann in gt["annotations"]:
@@ -153,7 +157,7 @@ def matching_accuracy(
     for r in results:
         if r["score"] >= score_thresh:
             found.setdefault((r["image_id"], r["category_id"]), []).append(compressed_rle(r["segmentation"]))
-    tp = 0
+    tp, matched_iou = 0, 0.0
     for key, preds in found.items():
         gts = truth.get(key, [])
         if not gts:
@@ -166,13 +170,52 @@ def matching_accuracy(
             if p not in used_p and g not in used_g:
                 used_p.add(p)
                 used_g.add(g)
+                matched_iou += ious[p, g]
         tp += len(used_p)
     n_pred = sum(len(v) for v in found.values())
     n_true = len(gt["annotations"])
     fp, fn = n_pred - tp, n_true - tp
-    denominator = tp + fp + fn
-    return {"accuracy": tp / denominator if denominator else 0.0, "tp": tp, "fp": fp, "fn": fn,
-            "iou": iou, "score_thresh": score_thresh}
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else 0.0
+
+    return {"accuracy": ratio(tp, tp + fp + fn), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "f1": ratio(2 * tp, 2 * tp + fp + fn), "panoptic_quality": ratio(matched_iou, tp + fp / 2 + fn / 2),
+            "tp": tp, "fp": fp, "fn": fn, "iou": iou, "score_thresh": score_thresh}
+
+
+def matching_per_class(
+    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou: float = 0.5, score_thresh: float = 0.5
+) -> dict[str, dict[str, float]]:
+    """``matching`` of each category of ``gt`` on its own, by category name."""
+    return {
+        cat["name"]: matching(
+            dict(gt, annotations=[a for a in gt["annotations"] if a["category_id"] == cat["id"]]),
+            [r for r in results if r["category_id"] == cat["id"]], iou, score_thresh,
+        )
+        for cat in gt["categories"]
+    }
+
+
+MATCHING_ROWS = (("accuracy", "TP/(TP+FP+FN)"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
+                 ("panoptic_quality", "PQ"))
+"""The matching figures shown (CLI table, Export tab), in order, with their labels."""
+
+
+def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, float | None]]:
+    """(label, value) rows of an evaluation for a table: COCO AP figures, then the matching figures
+    class-agnostic and per class (when ``evaluation.evaluate`` computed them)."""
+    rows: list[tuple[str, float | None]] = [(key, metrics.get(key)) for key in ("AP", "AP50", "AP75")]
+    rows += [(f"AP {name}", value) for name, value in metrics.get("AP_per_class", {}).items()]
+    agnostic = metrics.get("matching")
+    if agnostic:
+        where = f"@IoU {agnostic['iou']:g}, score >= {agnostic['score_thresh']:g}"
+        rows += [(f"{label} {where}", agnostic[key]) for key, label in MATCHING_ROWS]
+        per_class = metrics.get("matching_per_class", {})
+        if len(per_class) > 1:
+            rows += [(f"{label} {name}", figures[key]) for name, figures in per_class.items()
+                     for key, label in MATCHING_ROWS]
+    return rows
 
 
 def _fmt(value: float | None) -> str:
@@ -180,16 +223,12 @@ def _fmt(value: float | None) -> str:
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """A small table for the CLI: headline AP figures, standard-cap figures, AP per class."""
+    """A small table for the CLI: headline AP figures, standard-cap figures, AP per class, then the
+    matching figures (TP/(TP+FP+FN), precision, recall, F1, PQ) class-agnostic and per class."""
     cap = metrics["max_dets"]
-    rows = [
-        ("AP", metrics["AP"]),
-        ("AP50", metrics["AP50"]),
-        ("AP75", metrics["AP75"]),
-        (f"AP (standard cap, {STANDARD_MAX_DETS} per image)", metrics["AP@100"]),
-        (f"AP50 (standard cap, {STANDARD_MAX_DETS} per image)", metrics["AP50@100"]),
-    ]
-    rows += [(f"AP {name}", value) for name, value in metrics["AP_per_class"].items()]
+    rows = metric_rows(metrics)
+    rows[3:3] = [(f"AP (standard cap, {STANDARD_MAX_DETS} per image)", metrics["AP@100"]),
+                 (f"AP50 (standard cap, {STANDARD_MAX_DETS} per image)", metrics["AP50@100"])]
     width = max(len(label) for label, _ in rows)
     header = (
         f"COCO mask AP over {metrics['num_images']} images, {metrics['num_detections']} "

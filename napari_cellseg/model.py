@@ -73,6 +73,9 @@ class ModelConfig:
     image_scale: float = 1.0
     roi_samples: int = 512
     """RoIs sampled per image to train the box and mask heads; fewer (128) make cheaper steps on a CPU."""
+    object_diameter: float = 0.0
+    """Median diameter (px) of the training set's objects, which ``scale.py`` brings images to;
+    0 = not recorded (``scale.DEFAULT_DIAMETER`` is used)."""
 
     @property
     def num_classes(self) -> int:
@@ -125,6 +128,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
         if not _is_int(self.roi_samples) or not 16 <= self.roi_samples <= 4096:
             raise ValueError("roi_samples must be between 16 and 4096")
+        if not _is_number(self.object_diameter) or not 0 <= self.object_diameter <= 4096:
+            raise ValueError(f"object diameter must be between 0 and 4096 pixels, got {self.object_diameter!r}")
         if not _is_number(self.image_scale) or not MIN_IMAGE_SCALE <= self.image_scale <= 8:
             raise ValueError(f"image scale must be between {MIN_IMAGE_SCALE} and 8, got {self.image_scale!r}")
 
@@ -245,7 +250,9 @@ class CellMaskRCNN(MaskRCNN):
         for b, s, lab, size, orig in zip(boxes, scores, labels, batch.image_sizes, original_sizes):
             out = resize_boxes(b, size, orig)
             sel = keep(out) if keep is not None else slice(None)
-            detections.append({"boxes": out[sel], "scores": s[sel], "labels": lab[sel]})
+            # capped: the cap cut this image's detections (the lowest-scoring ones were dropped)
+            detections.append({"boxes": out[sel], "scores": s[sel], "labels": lab[sel],
+                               "capped": len(b) >= heads.detections_per_img})
             net_boxes.append(b[sel])
         mask_feats = heads.mask_head(heads.mask_roi_pool(feats, net_boxes, batch.image_sizes))
         probs = maskrcnn_inference(heads.mask_predictor(mask_feats), [d["labels"] for d in detections])
@@ -360,6 +367,7 @@ def build_model(config: ModelConfig, weights: str = "none") -> CellMaskRCNN:
         model.load_state_dict(_fetch(coco))
         model.roi_heads.box_predictor = FastRCNNPredictor(representation, config.num_classes)
         model.roi_heads.mask_predictor = MaskRCNNPredictor(channels, channels, config.num_classes)
+    model.object_diameter = float(config.object_diameter)
     return model
 
 

@@ -22,10 +22,10 @@ from .coco import compact_json, ground_truth, labels_to_results, load_mapping
 from .data import Sample, find_samples, read_sample
 from .defaults import MASK_THRESH, OVERLAP, SCORE_THRESH, TILE_SIZE
 from .errors import DatasetError, OutputError
-from .inference import predict
 from .evaluation import evaluate as evaluate_by_name
 from .postprocess import instance_scores, to_labels
-from .progress import Progress, StopCheck, stopped
+from .progress import Progress, StopCheck, drain, stopped
+from .scale import AUTO, iter_predict_scaled
 from .layout import MAPPING_NAME, TEST_FOLDER, ExportItem, image_files
 from .stacks import item_image, mapped_items, split_plane_name
 
@@ -40,9 +40,13 @@ def segment_image(
     tile_size: int = TILE_SIZE,
     overlap: int = OVERLAP,
     flip: bool = False,
+    scale: float | str = AUTO,
+    diameter: float | None = None,
 ) -> tuple[dict[int, np.ndarray], dict[int, float]]:
-    """Labels for every class of the model (id -> score table alongside) for one RGB uint8 image."""
-    raw = predict(model, image, device=device, tile_size=tile_size, overlap=overlap, flip=flip)
+    """Labels for every class of the model (id -> score table alongside) for one RGB uint8 image,
+    segmented at the scale ``scale.iter_predict_scaled`` picks from ``scale`` / ``diameter``."""
+    raw = drain(iter_predict_scaled(model, image, device=device, tile_size=tile_size, overlap=overlap, flip=flip,
+                                    scale=scale, diameter=diameter))
     num_classes = model.roi_heads.box_predictor.cls_score.out_features
     labels = to_labels(raw, score_thresh, mask_thresh, classes=range(1, num_classes))
     return labels, instance_scores(raw)
@@ -62,7 +66,8 @@ def validate(
     world_size: int = 1,
 ) -> dict[str, Any]:
     """COCO mask AP of ``model`` on ground-truth samples; with several processes each takes a share
-    and rank 0 evaluates the gathered results (the other ranks get ``{}``)."""
+    and rank 0 evaluates the gathered results (the other ranks get ``{}``). At scale 1: training's
+    validation measures the network as trained, at the cost of one pass per image."""
     results: list[dict] = []
     items: list[tuple[int, str, dict[int, np.ndarray]]] = []
     for image_id, sample in list(enumerate(samples, start=1))[rank::world_size]:
@@ -71,7 +76,7 @@ def validate(
         image, truth = read_sample(sample)
         truth = truth or _no_cells(image.shape)
         labels, scores = segment_image(
-            model, image, device=device, score_thresh=score_thresh, mask_thresh=mask_thresh
+            model, image, device=device, score_thresh=score_thresh, mask_thresh=mask_thresh, scale=1.0
         )
         results += labels_to_results(labels, image_id, scores)
         items.append((image_id, sample.name, truth))
@@ -151,6 +156,8 @@ def iter_export(
     mask_thresh: float = MASK_THRESH,
     tile_size: int = TILE_SIZE,
     flip: bool = False,
+    scale: float | str = AUTO,
+    diameter: float | None = None,
     resume: bool = True,
     should_stop: StopCheck | None = None,
 ) -> Iterator[Progress]:
@@ -168,15 +175,15 @@ def iter_export(
         raise OutputError(f"output {out_json}: {problem}")
     with output_lock(out_json):  # a second export to the same file is refused before any work
         return (yield from _export(model, items, out_json, device, score_thresh, mask_thresh, tile_size, flip,
-                                   resume, should_stop))
+                                   resume, should_stop, {"scale": scale, "diameter": diameter}))
 
 
 def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, tile_size, flip, resume,
-            should_stop) -> Iterator[Progress]:
+            should_stop, scaling: dict[str, Any]) -> Iterator[Progress]:
     partial = out_json.with_name(out_json.name + ".partial.jsonl")
     # the model's weights are part of the settings: a resume with another model starts afresh
     settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size, "flip": flip,
-                "model": weights_digest(model), "items": [[it.image_id, it.name] for it in items]}
+                **scaling, "model": weights_digest(model), "items": [[it.image_id, it.name] for it in items]}
     # name -> byte offset of its line in the partial file: results stay on disk, not in memory
     done = _read_partial(partial, settings) if resume else {}
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +202,7 @@ def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, til
                     )
                 labels, scores = segment_image(
                     model, image, device=device, score_thresh=score_thresh, mask_thresh=mask_thresh,
-                    tile_size=tile_size, flip=flip,
+                    tile_size=tile_size, flip=flip, **scaling,
                 )
                 done[item.name] = log.tell()
                 log.write(_jsonl({"name": item.name, "results": labels_to_results(labels, item.image_id, scores)}))

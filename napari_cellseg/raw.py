@@ -24,6 +24,8 @@ class RawInstances:
     ``boxes`` are the integer bounds ``[x0, y0, x1, y1]`` (x1, y1 exclusive, inside the image) of
     each mask crop; ``masks[i]`` is the crop, probability x 255 as uint8, of shape
     ``(y1 - y0, x1 - x0)``. These boxes are the crops, slightly larger than the detector's boxes.
+    ``scale`` is the factor the image was segmented at (``scale.py``); ``capped_tiles`` counts the
+    tiles whose detections hit the cap (cells may be missing there), so the CLI and GUI can say so.
     """
 
     boxes: np.ndarray
@@ -31,6 +33,8 @@ class RawInstances:
     labels: np.ndarray
     masks: list[np.ndarray]
     image_shape: tuple[int, int]
+    scale: float = 1.0
+    capped_tiles: int = 0
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.int32).reshape(-1, 4)
@@ -56,7 +60,8 @@ class RawInstances:
         idx = np.asarray(indices)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.intp).reshape(-1)
         return RawInstances(
-            self.boxes[idx], self.scores[idx], self.labels[idx], [self.masks[i] for i in idx], self.image_shape
+            self.boxes[idx], self.scores[idx], self.labels[idx], [self.masks[i] for i in idx], self.image_shape,
+            self.scale, self.capped_tiles,
         )
 
     @classmethod
@@ -66,7 +71,8 @@ class RawInstances:
 
     @classmethod
     def concatenate(cls, parts: Sequence[RawInstances], shape: tuple[int, int]) -> RawInstances:
-        """Merge per-tile results and re-sort by score (stable: ties keep their order)."""
+        """Merge per-tile results and re-sort by score (stable: ties keep their order); capped
+        tiles add up, the scale is the first part's."""
         if not parts:
             return cls.empty(shape)
         merged = cls(
@@ -75,6 +81,8 @@ class RawInstances:
             np.concatenate([p.labels for p in parts]),
             [m for p in parts for m in p.masks],
             shape,
+            parts[0].scale,
+            sum(p.capped_tiles for p in parts),
         )
         return merged.select(np.argsort(-merged.scores, kind="stable"))
 

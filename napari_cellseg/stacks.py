@@ -30,10 +30,11 @@ from .atomic import atomic_path
 from .defaults import OVERLAP, TILE_SIZE
 from .errors import DatasetError
 from .images import MAX_CHANNELS, _check_file, _check_has_pixels, _check_size, _is_tiff, read_image, to_rgb_uint8
-from .inference import RawInstances, iter_predict
+from .inference import RawInstances
 from .layout import PLANE_SEPARATOR, ExportItem
 from .postprocess import to_labels
 from .progress import Progress, StopCheck, drain, stopped
+from .scale import AUTO, iter_predict_scaled
 
 _NAMED = "TZ"
 _UNNAMED = "QIR"  # tifffile's letters for an axis without metadata (Q), a page sequence (I), tiles (R)
@@ -199,17 +200,20 @@ def iter_predict_stack(
     tile_size: int = TILE_SIZE,
     overlap: int = OVERLAP,
     flip: bool = False,
+    scale: float | str = AUTO,
+    diameter: float | None = None,
     should_stop: StopCheck | None = None,
 ) -> Generator[Progress, None, StackInstances | None]:
     """Segment plane by plane, yielding ``Progress(planes_done, planes, "plane")``; returns the
-    ``StackInstances``, or None when ``should_stop`` says so (checked before every plane and tile)."""
+    ``StackInstances``, or None when ``should_stop`` says so (checked before every plane and tile).
+    Each plane gets its own ``auto`` scale (``scale.iter_predict_scaled``)."""
     results: list[RawInstances] = []
     total = len(stack)
     for p in range(total):
         if stopped(should_stop):
             return None
-        raw = drain(iter_predict(model, stack.plane(p), device=device, tile_size=tile_size, overlap=overlap,
-                                 flip=flip, should_stop=should_stop))
+        raw = drain(iter_predict_scaled(model, stack.plane(p), device=device, tile_size=tile_size, overlap=overlap,
+                                        flip=flip, scale=scale, diameter=diameter, should_stop=should_stop))
         if raw is None:
             return None
         results.append(raw)

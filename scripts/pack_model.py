@@ -1,9 +1,12 @@
 """Pack a training run's checkpoint as a built-in model: int8 weights, no optimizer, a model card.
 
 Run: python scripts/pack_model.py RUN/last.pt napari_cellseg/weights/nuclei.pt --class-name nucleus \
-        --description "..." --trained-on "..." [--metrics measured.json]
+        --description "..." --trained-on "..." [--metrics measured.json] [--train-dir DIR ...]
 ``--metrics`` embeds figures measured on the packed model (benchmarks/bench_nuclei.py writes them),
-so ``napari-cellseg models`` reports what was measured, not what was hoped.
+so ``napari-cellseg models`` reports what was measured, not what was hoped. ``--train-dir`` (one per
+training folder) records the median object diameter of the training set in the config and card:
+``scale.py`` brings images to it (without it, a run's own recorded diameter is kept).
+
 
 Packing also writes the file's SHA-256 beside it (``nuclei.pt.sha256``), which every load of the
 built-in model checks. A built-in file replaced by other means gets its digest with:
@@ -17,12 +20,28 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from napari_cellseg._torch import torch
 from napari_cellseg.atomic import atomic_path
 from napari_cellseg.checkpoint import FORMAT, load_checkpoint, model_weights
 from napari_cellseg.model import ModelConfig
 from napari_cellseg.packing import pack_state_dict
 from napari_cellseg.pretrained import write_digest
+from napari_cellseg.scale import label_areas, median_diameter
+
+
+def training_diameter(folders: list[str]) -> tuple[float, int]:
+    """Median equivalent diameter (px) of every instance of every sample in ``folders``, and the count."""
+    from napari_cellseg.data import find_samples, read_sample
+
+    areas = [label_areas(labels) for folder in folders for sample in find_samples(folder)
+             for labels in read_sample(sample)[1].values()]
+    areas = np.concatenate(areas) if areas else np.zeros(0)
+    diameter = median_diameter(areas)
+    if diameter is None:
+        raise SystemExit(f"no objects in {', '.join(folders)}")
+    return round(diameter, 1), len(areas)
 
 
 def card_metrics(measured: dict) -> dict:
@@ -33,7 +52,8 @@ def card_metrics(measured: dict) -> dict:
     card = {labels[k].format(n=v["images"]): v for k, v in measured.items() if k in labels}
     card["evaluation"] = (
         f"COCO mask AP, scores >= 0.05, up to 1000 detections per image, mask threshold {measured['mask_thresh']}; "
-        "TP/(TP+FP+FN) at IoU 0.5 for scores >= 0.5 (benchmarks/bench_nuclei.py)"
+        "TP/(TP+FP+FN), precision, recall, F1 and panoptic quality at IoU 0.5 for scores >= 0.5; "
+        f"scale {measured.get('scale', 1)} (benchmarks/bench_nuclei.py)"
     )
     card["seconds_per_image_cpu"] = round(measured["seconds_per_image"], 2)
     return card
@@ -53,6 +73,8 @@ def main() -> None:
     p.add_argument("--licence", default="weights: BSD-3-Clause; training data: CC0")
     p.add_argument("--recipe", default="scripts/train_nuclei.sh")
     p.add_argument("--metrics", help="figures measured on the packed model (benchmarks/bench_nuclei.py --json)")
+    p.add_argument("--train-dir", action="append", default=[],
+                   help="a training folder of samples (repeat for several): its median object diameter is recorded")
     args = p.parse_args()
 
     ckpt = load_checkpoint(args.checkpoint)
@@ -60,6 +82,9 @@ def main() -> None:
     if len(args.class_name) != len(config.class_names):
         raise SystemExit(f"the run has {len(config.class_names)} classes, {len(args.class_name)} names given")
     config.class_names = list(args.class_name)
+    if args.train_dir:
+        config.object_diameter, objects = training_diameter(args.train_dir)
+        print(f"median object diameter of {objects} training objects: {config.object_diameter} px")
     train_args = ckpt.get("train_args", {})
     card = {
         "description": args.description,
@@ -68,6 +93,7 @@ def main() -> None:
         "recipe": args.recipe,
         "arch": config.arch,
         "classes": config.class_names,
+        "object_diameter": config.object_diameter or None,
         "steps": int(ckpt.get("step", 0)),
         "epochs": int(ckpt.get("epoch", 0)),
         "train_args": {k: v for k, v in train_args.items() if k not in ("dataset", "out_dir", "resume", "init")},

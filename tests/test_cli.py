@@ -28,7 +28,7 @@ def trained(tmp_path_factory, request):
     return root, out / "last.pt"
 
 
-@pytest.mark.parametrize("extra", [[], ["--flip-tta"]])
+@pytest.mark.parametrize("extra", [[], ["--flip-tta"], ["--scale", "1.5"], ["--diameter", "30"]])
 def test_export_writes_the_exact_submission_format(trained, tmp_path, extra):
     root, ckpt = trained
     out = tmp_path / "test-results.json"
@@ -60,6 +60,7 @@ def test_end_to_end_val_results_load_and_evaluate_with_pycocotools(trained, tmp_
     assert main(["evaluate", str(out), str(root / "val")]) == 0
     report = capsys.readouterr().out
     assert "AP50" in report and "standard cap" in report
+    assert "TP/(TP+FP+FN) @IoU 0.5, score >= 0.5" in report and "PQ class1" in report
 
 
 def test_predict_writes_a_label_image_per_class(trained, tmp_path):
@@ -198,3 +199,29 @@ def test_train_says_which_checkpoint_to_use(trained, capsys, tmp_path):
                  "--max-steps", "1", "--crop-size", "64", "--val-limit", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "best validation AP" in out and f"model to use: {tmp_path / 'run' / 'best.pt'}" in out
+
+
+@pytest.mark.parametrize("args, message", [(["--scale", "big"], "expected 'auto' or a number"),
+                                           (["--scale", "0"], "positive number"),
+                                           (["--diameter", "0"], "between 1 and 2000 pixels")])
+def test_bad_scale_and_diameter_are_refused_by_the_parser(tmp_path, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "nuclei", str(tmp_path), "--out", str(tmp_path / "o"), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cells_lost_to_the_detection_cap_are_one_warning_line(monkeypatch, capsys):
+    import warnings
+
+    from napari_cellseg import cli_commands
+    from napari_cellseg.errors import DetectionCapWarning
+
+    def lossy(args) -> int:
+        for _ in range(2):  # two images, the same message: both are said
+            warnings.warn(DetectionCapWarning("1 of 4 tile(s) hit the limit of 500 detections"), stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli_commands, "models", lossy)
+    assert main(["models"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["napari-cellseg: warning: 1 of 4 tile(s) hit the limit of 500 detections"] * 2

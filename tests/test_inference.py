@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,9 +16,11 @@ from napari_cellseg.images import to_tensor
 from napari_cellseg.progress import drain
 from napari_cellseg.devices import resolve_device
 from napari_cellseg.fastpath import exact
-from napari_cellseg.inference import iter_predict, paste_masks, predict
+from napari_cellseg.errors import DetectionCapWarning
+from napari_cellseg.inference import iter_predict, paste_masks, predict, tile_cap
 from napari_cellseg.raw import RawInstances
-from napari_cellseg.model import ModelConfig, build_model
+from napari_cellseg.model import MAX_DETECTIONS, ModelConfig, build_model, set_detections_per_img
+from napari_cellseg.scale import scale_note
 
 from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
 
@@ -93,8 +97,8 @@ def test_paste_masks_drops_a_box_outside_the_image():
 def test_single_tile_equals_torchvision_forward(tiny_model):
     """The exact path (``fastpath.exact``) is torchvision's result; the fast path is tested in test_fastpath."""
     image = _image(72, 96)
-    with exact():
-        raw = predict(tiny_model, image, tile_size=128, overlap=32)
+    with exact():  # the model's own cap, fixed: by default a tile that hits it is run again with a higher one
+        raw = predict(tiny_model, image, tile_size=128, overlap=32, max_detections=10)
     with torch.inference_mode():
         ref = tiny_model([to_tensor(image)])[0]
     assert len(raw) == len(ref["scores"]) > 0
@@ -107,7 +111,7 @@ def test_single_tile_equals_torchvision_forward(tiny_model):
 
 def test_iter_predict_reports_each_tile_and_returns_the_result(tiny_model):
     image = _image(80, 90, seed=2)
-    steps = iter_predict(tiny_model, image, tile_size=48, overlap=16)
+    steps = iter_predict(tiny_model, image, tile_size=48, overlap=16, max_detections=10)
     progress = []
     raw = drain(steps, progress.append)
     assert [p[:2] for p in progress] == [(k, 6) for k in range(1, 7)]
@@ -292,9 +296,9 @@ def test_an_image_that_fits_one_tile_is_the_untiled_result(tiny_model, data):
     tile = data.draw(st.integers(max(h, w), 160), label="tile_size")
     overlap = data.draw(st.integers(0, tile - 1), label="overlap")
     image = _image(h, w, seed=data.draw(st.integers(0, 3), label="seed"))
-    with exact():  # torchvision's result is compared below
-        tiled = predict(tiny_model, image, tile_size=tile, overlap=overlap)
-        whole = predict(tiny_model, image, tile_size=4096, overlap=0)
+    with exact():  # torchvision's result (and its cap) is compared below
+        tiled = predict(tiny_model, image, tile_size=tile, overlap=overlap, max_detections=10)
+        whole = predict(tiny_model, image, tile_size=4096, overlap=0, max_detections=10)
     for name in ("boxes", "scores", "labels"):
         np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name))
     assert all(np.array_equal(a, b) for a, b in zip(tiled.masks, whole.masks)) and len(tiled) == len(whole)
@@ -317,3 +321,46 @@ def test_a_stop_inside_a_tile_ends_the_run_before_the_tile_is_done(tiny_model):
     assert steps == [] and len(calls) == 10  # stopped within the one tile, after 9 layers
     assert not any(m._forward_pre_hooks for m in tiny_model.modules())
     assert isinstance(predict(tiny_model, _image(96, 96)), RawInstances)  # runs on without the hooks
+
+
+# --- the detection cap ---------------------------------------------------------------------------
+
+
+def test_tile_cap_follows_the_tile_area_within_bounds():
+    assert tile_cap((1024, 1024), 500) == 1024
+    assert tile_cap((256, 256), 500) == 500  # never below the model's own cap
+    assert tile_cap((512, 512), 100, scale=2.0) == 1024  # network pixels count
+    assert tile_cap((100_000, 100_000), 500) == MAX_DETECTIONS
+
+
+@pytest.fixture(scope="module")
+def dense_mosaic(one_thread):
+    """The nuclei model with its cap lowered to 20, and a 2 x 2 mosaic of sample nuclei crops (~40 cells)."""
+    from napari_cellseg.checkpoint import load_model
+    from napari_cellseg.images import read_image
+    from napari_cellseg.sample_data import SAMPLE_DATASET
+
+    model = load_model("nuclei")[0]
+    set_detections_per_img(model, 20)
+    image = read_image(sorted((SAMPLE_DATASET / "val").iterdir())[0] / "image.tif")[:128, :128]
+    top = np.concatenate([image, image[:, ::-1]], axis=1)
+    return model, np.ascontiguousarray(np.concatenate([top, top[::-1]], axis=0))
+
+
+def test_a_tile_that_hits_the_cap_is_run_again_with_a_higher_one(dense_mosaic):
+    model, image = dense_mosaic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DetectionCapWarning)
+        raw = predict(model, image)
+    generous = predict(model, image, max_detections=500)  # more proposals: a longer low-score tail
+    confident = int((raw.scores >= 0.5).sum())
+    assert raw.capped_tiles == 0 and len(raw) > 20 and confident == (generous.scores >= 0.5).sum() > 20
+    assert model.roi_heads.detections_per_img == 20  # the model's cap comes back
+
+
+def test_a_fixed_cap_that_is_hit_is_never_silent(dense_mosaic):
+    model, image = dense_mosaic
+    with pytest.warns(DetectionCapWarning, match="1 of 1 tile.* limit of 20 detections"):
+        raw = predict(model, image, max_detections=20)
+    assert raw.capped_tiles == 1 and len(raw) == 20
+    assert "1 tile(s) hit the detection limit" in scale_note(raw)

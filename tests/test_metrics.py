@@ -144,19 +144,65 @@ def test_class_agnostic_scores_objects_whatever_their_class() -> None:
     assert gt["categories"] == [{"id": 1, "name": "fluo"}, {"id": 2, "name": "bright"}]  # inputs untouched
 
 
-def test_matching_accuracy_counts_tp_fp_fn() -> None:
+def test_matching_counts_tp_fp_fn() -> None:
     items = two_images()  # 11 instances
     gt = coco.ground_truth(items, CLASSES)
     results = perfect(items)
-    assert metrics.matching_accuracy(gt, results)["accuracy"] == pytest.approx(1.0)
+    assert metrics.matching(gt, results)["accuracy"] == pytest.approx(1.0)
     dropped = results[1:]  # one missed: 10 / (10 + 0 + 1)
     extra = results + [results[0]]  # a duplicate: one object matches once, the copy is a false positive
-    assert metrics.matching_accuracy(gt, dropped) == pytest.approx(
+    counts = ("accuracy", "tp", "fp", "fn", "iou", "score_thresh")
+
+    def some(figures: dict) -> dict:
+        return {k: figures[k] for k in counts}
+
+    assert some(metrics.matching(gt, dropped)) == pytest.approx(
         {"accuracy": 10 / 11, "tp": 10, "fp": 0, "fn": 1, "iou": 0.5, "score_thresh": 0.5})
-    assert metrics.matching_accuracy(gt, extra) == pytest.approx(
+    assert some(metrics.matching(gt, extra)) == pytest.approx(
         {"accuracy": 11 / 12, "tp": 11, "fp": 1, "fn": 0, "iou": 0.5, "score_thresh": 0.5})
     low = [dict(r, score=0.1) for r in results]  # below the score threshold: all missed
-    assert metrics.matching_accuracy(gt, low)["fn"] == 11
+    assert metrics.matching(gt, low)["fn"] == 11
     moved = perfect(shift(items, 5))  # 8 px squares moved 5 px: IoU 3/13 < 0.5, all wrong
-    assert metrics.matching_accuracy(gt, moved) == pytest.approx(
+    assert some(metrics.matching(gt, moved)) == pytest.approx(
         {"accuracy": 0.0, "tp": 0, "fp": 11, "fn": 11, "iou": 0.5, "score_thresh": 0.5})
+    assert metrics.matching(gt, moved)["panoptic_quality"] == 0.0
+
+
+def _hand_case() -> tuple[dict, list[dict]]:
+    """Class 1: three 8 x 8 squares; found: the first exactly, the second moved 2 px (IoU 48 / 80 = 0.6),
+    the third missed, one square where there is none. Class 2: one square, found exactly."""
+    truth = np.zeros((40, 60), np.int32)
+    truth[2:10, 2:10], truth[2:10, 20:28], truth[20:28, 2:10] = 1, 2, 3
+    found = np.zeros_like(truth)
+    found[2:10, 2:10], found[2:10, 22:30], found[30:38, 40:48] = 1, 2, 3
+    other = np.zeros_like(truth)
+    other[20:28, 40:48] = 1
+    gt = coco.ground_truth([(1, "a.tif", {1: truth, 2: other})], CLASSES)
+    return gt, coco.labels_to_results({1: found, 2: other}, 1)
+
+
+def test_matching_figures_against_a_hand_computed_case() -> None:
+    gt, results = _hand_case()
+    per_class = metrics.matching_per_class(gt, results)
+    # fluo: TP 2, FP 1, FN 1; PQ = (1 + 0.6) / (2 + 1/2 + 1/2)
+    assert per_class["fluo"] == pytest.approx({
+        "accuracy": 2 / 4, "precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "panoptic_quality": 1.6 / 3,
+        "tp": 2, "fp": 1, "fn": 1, "iou": 0.5, "score_thresh": 0.5})
+    assert per_class["bright"]["accuracy"] == 1.0 and per_class["bright"]["panoptic_quality"] == 1.0
+    # class-agnostic: TP 3, FP 1, FN 1; PQ = (1 + 0.6 + 1) / (3 + 1/2 + 1/2)
+    both = metrics.matching(*metrics.class_agnostic(gt, results))
+    assert (both["accuracy"], both["f1"], both["panoptic_quality"]) == pytest.approx((3 / 5, 6 / 8, 2.6 / 4))
+    assert metrics.matching(gt, results, iou=0.7)["tp"] == 2  # the moved square (IoU 0.6) no longer counts
+
+
+def test_evaluation_reports_matching_next_to_coco_ap() -> None:
+    from napari_cellseg.evaluation import evaluate as evaluate_by_name
+
+    gt, results = _hand_case()
+    out = evaluate_by_name(results, {1: "a.tif"}, gt, class_names=CLASSES, score_thresh=0.5)
+    assert out["matching"]["accuracy"] == pytest.approx(3 / 5)
+    assert out["matching_per_class"]["fluo"]["panoptic_quality"] == pytest.approx(1.6 / 3)
+    text = metrics.format_metrics(out)
+    assert "TP/(TP+FP+FN) @IoU 0.5, score >= 0.5  0.6000" in text and "PQ fluo" in text and "F1 bright" in text
+    strict = evaluate_by_name([dict(r, score=0.4) for r in results], {1: "a.tif"}, gt, score_thresh=0.5)
+    assert strict["matching"]["tp"] == 0 and strict["AP50"] > 0  # confidence applies to matching, not to AP

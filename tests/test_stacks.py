@@ -10,10 +10,10 @@ from napari_cellseg import pipeline, stacks
 from napari_cellseg.cli import main
 from napari_cellseg.errors import DatasetError
 from napari_cellseg.images import read_image
-from napari_cellseg.inference import predict
 from napari_cellseg.model import ModelConfig, build_model
 from napari_cellseg.postprocess import to_labels
 from napari_cellseg.progress import drain
+from napari_cellseg.scale import iter_predict_scaled
 
 SHAPE = (40, 48)
 
@@ -80,7 +80,7 @@ def test_planes_are_segmented_alone_and_ids_are_unique_across_the_stack(tmp_path
     assert sum(len(s) for s in seen) == len(set().union(*seen)) > 0  # no id in two planes or classes
     offset = 0
     for p in range(3):  # each plane is exactly the single-image result, ids shifted
-        alone = to_labels(predict(model, stack.plane(p)), 0.0, 0.3, classes=[1, 2])
+        alone = to_labels(drain(iter_predict_scaled(model, stack.plane(p))), 0.0, 0.3, classes=[1, 2])
         for k in (1, 2):
             assert np.array_equal(labels[k][p], np.where(alone[k] > 0, alone[k] + offset, 0))
         offset += len(result.planes[p])
@@ -98,7 +98,8 @@ def test_cancel_stops_between_planes(tmp_path, model):
     _movie(tmp_path / "movie.tif", planes=3)
     seen = []  # Cancel is clicked once plane 1 is done
 
-    steps = stacks.iter_predict_stack(model, stacks.read_stack(tmp_path / "movie.tif"), should_stop=lambda: bool(seen))
+    steps = stacks.iter_predict_stack(model, stacks.read_stack(tmp_path / "movie.tif"), should_stop=lambda: bool(seen),
+                                      scale=1.0)  # one pass per plane (auto may add a second)
     seen.append(next(steps))
     assert seen[0][:2] == (1, 3)
     with pytest.raises(StopIteration) as stopped:

@@ -137,7 +137,9 @@ def test_evaluate_against_sample_folders_and_a_coco_json(make_napari_viewer, tin
     widget.evaluate()  # ground truth: the sample folder the image came from
     assert widget.metrics["AP"] == pytest.approx(1.0) and widget.metrics["AP_per_class"]["class2"] == pytest.approx(1.0)
     cells = [widget.table.item(r, 0).text() for r in range(widget.table.rowCount())]
-    assert cells == ["AP", "AP50", "AP75", "AP class1", "AP class2"] and widget.table.item(0, 1).text() == "1.000"
+    assert cells[:5] == ["AP", "AP50", "AP75", "AP class1", "AP class2"] and widget.table.item(0, 1).text() == "1.000"
+    row = cells.index("TP/(TP+FP+FN) @IoU 0.5, score >= 0.5")  # at the session's confidence
+    assert widget.table.item(row, 1).text() == "1.000" and "PQ class2" in cells
 
     viewer.layers["class2"].data = np.zeros_like(truth[2])  # miss the class-2 cells
     widget.truth_folder.value = tiny_dataset / "val"  # the folder of samples: only val_0 is scored
