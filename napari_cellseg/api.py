@@ -78,6 +78,8 @@ def segment(
     link: bool = False,
     stack: bool | None = None,
     class_names: Sequence[str] | None = None,
+    scale: float | str = "auto",
+    diameter: float | None = None,
 ) -> Segmentation:
     """Segment ``image`` with ``model`` (a built-in name such as ``"nuclei"``, a checkpoint path,
     or a loaded ``CellMaskRCNN`` with its ``class_names``); options as ``napari-cellseg predict``.
@@ -85,7 +87,8 @@ def segment(
     ``image``: an array (``H x W`` grey, ``H x W x C`` or ``C x H x W`` colour with C <= 4, any
     dtype) or an image file; ``planes x H x W`` (or ``planes x H x W x C``) is a stack, segmented
     plane by plane (``stack`` forces either reading). ``link``: a stack's cell keeps its id from
-    plane to plane where its masks overlap.
+    plane to plane where its masks overlap. ``scale`` (``"auto"`` or a factor) and ``diameter``
+    (the nuclei's size in pixels) as ``--scale``/``--diameter`` (``scale.py``).
     """
     from .stacks import iter_predict_stack, read_stack, stack_scores, to_stack_labels
     from .progress import drain
@@ -98,9 +101,9 @@ def segment(
 
         rgb = data.plane(0)
         class_labels, scores = segment_image(net, rgb, score_thresh=score_thresh, mask_thresh=mask_thresh,
-                                             tile_size=tile_size, flip=flip)
+                                             tile_size=tile_size, flip=flip, scale=scale, diameter=diameter)
     else:
-        raw = drain(iter_predict_stack(net, data, tile_size=tile_size, flip=flip))
+        raw = drain(iter_predict_stack(net, data, tile_size=tile_size, flip=flip, scale=scale, diameter=diameter))
         class_labels, scores = to_stack_labels(raw, score_thresh, mask_thresh, classes), stack_scores(raw)
         if link:
             from .stacks import link_over_time

@@ -59,6 +59,16 @@ def card_metrics(measured: dict) -> dict:
     return card
 
 
+def previous_rounds(model: str) -> list[dict]:
+    """The training rounds of the packed model a run continued from; a card from before rounds were
+    recorded is one round (its steps, and its --time-limit minutes on one thread)."""
+    card = load_checkpoint(model).get("card", {})
+    if isinstance(card.get("rounds"), list):
+        return [dict(r) for r in card["rounds"]]
+    return [{"trained_on": card.get("trained_on"), "steps": int(card.get("steps", 0)),
+             "minutes": card.get("train_args", {}).get("time_limit"), "threads": 1}]
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--digest-only"]:
         for path in sys.argv[2:]:
@@ -73,6 +83,11 @@ def main() -> None:
     p.add_argument("--licence", default="weights: BSD-3-Clause; training data: CC0")
     p.add_argument("--recipe", default="scripts/train_nuclei.sh")
     p.add_argument("--metrics", help="figures measured on the packed model (benchmarks/bench_nuclei.py --json)")
+    p.add_argument("--continues", metavar="MODEL",
+                   help="the packed model this run started from (--init): its rounds of training are carried over, "
+                        "so the card's total steps and CPU-hours count every session")
+    p.add_argument("--minutes", type=float, help="minutes of training steps of this run (default: its --time-limit)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads the run trained with")
     p.add_argument("--train-dir", action="append", default=[],
                    help="a training folder of samples (repeat for several): its median object diameter is recorded")
     args = p.parse_args()
@@ -86,6 +101,10 @@ def main() -> None:
         config.object_diameter, objects = training_diameter(args.train_dir)
         print(f"median object diameter of {objects} training objects: {config.object_diameter} px")
     train_args = ckpt.get("train_args", {})
+    rounds = previous_rounds(args.continues) if args.continues else []
+    minutes = args.minutes if args.minutes is not None else train_args.get("time_limit")
+    rounds.append({"trained_on": args.trained_on, "steps": int(ckpt.get("step", 0)), "minutes": minutes,
+                   "threads": args.threads})
     card = {
         "description": args.description,
         "trained_on": args.trained_on,
@@ -96,6 +115,9 @@ def main() -> None:
         "object_diameter": config.object_diameter or None,
         "steps": int(ckpt.get("step", 0)),
         "epochs": int(ckpt.get("epoch", 0)),
+        "rounds": rounds,
+        "total_steps": sum(r["steps"] for r in rounds),
+        "cpu_hours": round(sum((r["minutes"] or 0) * r["threads"] for r in rounds) / 60, 2),
         "train_args": {k: v for k, v in train_args.items() if k not in ("dataset", "out_dir", "resume", "init")},
         "history": ckpt.get("history", []),
         "metrics": card_metrics(json.loads(Path(args.metrics).read_text())) if args.metrics else {},

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Pack a scripts/train_nuclei.sh run, measure it on val/ with the shipped defaults (scale auto), and
+# replace the built-in `nuclei` model only when its val AP50 beats the shipped model's, measured the
+# same way (BASELINE_JSON: benchmarks/bench_nuclei.py --json of the shipped model).
+# Usage: scripts/ship_nuclei.sh DSB2018_ROOT EXTRA_ROOT WORK_DIR BASELINE_JSON [MINUTES] [THREADS]
+set -euo pipefail
+src=$1 extra=$2 work=$3 baseline=$4 minutes=${5:-} threads=${6:-1}
+trained_on="DSB2018 stage1_train (train/ split, 473 images) + stage1_test with its released ground truth \
+(dsb2018_extra, 65 images), stained samples seen twice, CC0; continued from the previous nuclei weights"
+pack() {
+    python scripts/pack_model.py "$work/run/last.pt" "$1" --class-name nucleus --continues nuclei --threads "$threads" \
+        ${minutes:+--minutes "$minutes"} --train-dir "$src/train" --train-dir "$extra/train" \
+        --description "Nuclei in fluorescence and stained (brightfield, H&E) microscopy, one class" \
+        --trained-on "$trained_on" "${@:2}"
+}
+pack "$work/candidate.pt"
+(cd benchmarks && python bench_nuclei.py --model "$work/candidate.pt" --val "$src/val" --threads "$threads" \
+    --json "$work/val.json" --results "$work/val_results.json")
+if python - "$work/val.json" "$baseline" <<'PY'
+import json, sys
+new, old = (json.load(open(p))["all"]["AP50"] for p in sys.argv[1:3])
+print(f"val AP50 (class-agnostic, scale auto): candidate {new:.4f}, shipped {old:.4f}")
+sys.exit(0 if new > old else 1)
+PY
+then
+    pack napari_cellseg/weights/nuclei.pt --metrics "$work/val.json"   # also writes nuclei.pt.sha256
+    echo "shipped: napari_cellseg/weights/nuclei.pt"
+else
+    echo "not shipped: the candidate does not beat the shipped model on val"
+fi
