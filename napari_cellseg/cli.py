@@ -56,14 +56,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+def _number_between(low: float, high: float, unit: str = ""):
+    """An argparse type: a number from ``low`` to ``high`` (``unit`` names what it counts)."""
+    of_unit, in_unit = (f" of {unit}", f" {unit}") if unit else ("", "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number{of_unit}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}{in_unit}, got {text}")
+        return value
+
+    return parse
+
+
+_fraction = _number_between(0.0, 1.0)
+_diameter = _number_between(1, 2000, "pixels")
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -92,16 +102,6 @@ def _channel(text: str):
         return parse_channel(text)
     except DatasetError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _diameter(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {text!r}") from None
-    if not 1 <= value <= 2000:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 2000 pixels, got {text}")
-    return value
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
