@@ -101,9 +101,9 @@ class TrainingPlot(FigureCanvasQTAgg):
 
     def redraw(self) -> None:
         """New points into the lines drawn already (``set_data``, no new layout); the whole figure
-        is built again only when a line appears or goes (``ax.clear()`` and the constrained layout
-        took 0.4-2.7 s of the GUI thread per redraw on a busy CPU)."""
-        keys = (tuple(self.losses), tuple(self.ap))
+        is built again only when a line or the no-validation note appears or goes (``ax.clear()``
+        and the constrained layout took 0.4-2.7 s of the GUI thread per redraw on a busy CPU)."""
+        keys = (tuple(self.losses), tuple(self.ap), self.validated)  # "no validation images" is layout too
         if keys != getattr(self, "_keys", None):
             self._keys = keys
             self._rebuild()

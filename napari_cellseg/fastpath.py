@@ -56,7 +56,8 @@ def exact() -> Iterator[None]:
 def accelerated(model: nn.Module, device: torch.device) -> Iterator[bool]:
     """Swap the fast heads into ``model`` (a ``CellMaskRCNN``) for the block; yields whether it did."""
     heads = getattr(model, "roi_heads", None)
-    if device.type != "cpu" or not fast_enabled() or heads is None or model.training:
+    if (device.type != "cpu" or not fast_enabled() or not isinstance(heads, nn.Module) or model.training
+            or not hasattr(heads, "mask_head")):  # e.g. an ONNX model's stand-in: nothing to swap
         yield False
         return
     swaps = {

@@ -125,7 +125,13 @@ def test_help_shows_defaults_quoted_in_the_readme():
     defaults = {a.dest: a.default for a in train._actions}
     assert f"{defaults['epochs']} epochs on the command line" in text
     assert defaults["arch"] == "resnet50_v2" and "`resnet50_v2` (the command line's default)" in README
-    assert f"{defaults['detections']} detections per image" in text
+    # --detections defaults to the --init model's cap, else a new model's (ModelConfig's)
+    from dataclasses import fields
+
+    from napari_cellseg.model import ModelConfig
+
+    new_model = {f.name: f.default for f in fields(ModelConfig)}
+    assert defaults["detections"] is None and f"{new_model['detections_per_img']} detections per image" in text
 
 
 def _menu_paths(prefix: str) -> list[list[str]]:
