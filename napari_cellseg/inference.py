@@ -240,7 +240,7 @@ def _inference_setup(
         transform.image_scale = old_scale * scale
     try:
         with accelerated(model, device):
-            yield old_cap
+            yield old_cap if hasattr(model, "rpn") else None  # an ONNX graph's cap is fixed at export
     finally:
         if old_cap is not None and old_cap != _detection_cap(model):
             set_detections_per_img(model, old_cap)

@@ -127,6 +127,8 @@ def iter_predict_scaled(
     from .inference import iter_predict
 
     factor = fixed_factor(model, scale, diameter)
+    if not hasattr(getattr(model, "transform", None), "image_scale"):
+        factor = 1.0  # no resize to change (an ONNX graph's is fixed at export): one pass as it is
     if factor is None:
         probe = yield from _relabel(iter_predict(model, image, tile_size=tile_size, overlap=overlap,
                                                  should_stop=should_stop, **options), "measuring nuclei")

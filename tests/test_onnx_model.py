@@ -27,14 +27,26 @@ def exported(tmp_path_factory, one_thread):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def torch_as_exported(monkeypatch):
+    """Compare with torch as the graph was exported: its fixed detection cap of 10 (the torch model's
+    follows the tile's area and is raised when hit), torchvision's exact heads (not the CPU fast
+    path) and scale 1 (the graph's resize is fixed at export)."""
+    from napari_cellseg import fastpath, inference
+
+    monkeypatch.setattr(inference, "MAX_DETECTIONS", 10)
+    with fastpath.exact():
+        yield
+
+
 @pytest.mark.parametrize("shape", [(64, 80), (90, 70)])
 def test_onnx_gives_the_torch_labels_at_any_size(exported, shape):
     torch_model, _ = load_model(exported / "m.pt")
     onnx_model, config = load_model(exported / "m.onnx")
     assert isinstance(onnx_model, OnnxModel) and config.class_names == ["a", "b"]
     image = np.random.default_rng(shape[0]).integers(0, 255, (*shape, 3), dtype=np.uint8)
-    want, want_scores = segment_image(torch_model, image, score_thresh=0.0, mask_thresh=0.3)
-    got, got_scores = segment_image(onnx_model, image, score_thresh=0.0, mask_thresh=0.3)
+    want, want_scores = segment_image(torch_model, image, score_thresh=0.0, mask_thresh=0.3, scale=1)
+    got, got_scores = segment_image(onnx_model, image, score_thresh=0.0, mask_thresh=0.3, scale=1)
     assert want_scores and set(got_scores) == set(want_scores)
     assert np.allclose(list(got_scores.values()), list(want_scores.values()), atol=1e-4)
     for k in (1, 2):
@@ -46,8 +58,8 @@ def test_onnx_tiles_like_torch(exported):
     torch_model, _ = load_model(exported / "m.pt")
     onnx_model, _ = load_model(exported / "m.onnx")
     image = np.random.default_rng(5).integers(0, 255, (120, 100, 3), dtype=np.uint8)
-    want, _ = segment_image(torch_model, image, score_thresh=0.0, tile_size=64, overlap=16)
-    got, _ = segment_image(onnx_model, image, score_thresh=0.0, tile_size=64, overlap=16)
+    want, _ = segment_image(torch_model, image, score_thresh=0.0, tile_size=64, overlap=16, scale=1)
+    got, _ = segment_image(onnx_model, image, score_thresh=0.0, tile_size=64, overlap=16, scale=1)
     assert all((got[k] != want[k]).mean() < 0.002 for k in (1, 2))
 
 

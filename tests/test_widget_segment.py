@@ -299,6 +299,8 @@ def test_channels_are_never_planes_and_the_chosen_one_is_segmented(make_napari_v
     sees the chosen channel (the same instances as the library on that channel alone)."""
     from napari_cellseg.channels import MERGED, choose
     from napari_cellseg.checkpoint import load_model
+    from napari_cellseg.progress import drain
+    from napari_cellseg.scale import iter_predict_scaled
 
     rng = np.random.default_rng(0)
     nuclei = np.zeros((64, 72), np.uint16)
@@ -317,7 +319,7 @@ def test_channels_are_never_planes_and_the_chosen_one_is_segmented(make_napari_v
         widget.run_button.clicked()
         qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
         assert widget.stack_view.current is None and widget.current.image is layer  # not a 2-plane stack
-        expected = inference.predict(model, choose(data, axis, 1), tile_size=widget.tile_size)
+        expected = drain(iter_predict_scaled(model, choose(data, axis, 1), tile_size=widget.tile_size))  # auto
         np.testing.assert_allclose(widget.current.result.raw.scores, expected.scores, rtol=1e-5)
         assert widget.current.result.raw.image_shape == (64, 72)
     viewer.add_image(np.zeros((64, 72), np.uint8), name="grey")
