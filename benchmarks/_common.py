@@ -233,3 +233,11 @@ def synthetic_raw(shape: tuple[int, int], n: int, seed: int = 0, side: tuple[int
 def dump_summary(name: str, summary: dict[str, Any]) -> None:
     """The one JSON line each script ends with (for BENCHMARKS.md and the lead's GPU run)."""
     print(json.dumps({"benchmark": name, **summary}, default=float))
+
+
+def write_figures(figures: dict[str, Any], path: str | None = None) -> None:
+    """Print a benchmark's figures as indented JSON and, with ``path``, save the same text there."""
+    text = json.dumps(figures, indent=1)
+    sys.stdout.write(text + "\n")
+    if path:
+        Path(path).write_text(text)

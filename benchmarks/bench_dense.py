@@ -10,8 +10,6 @@ throughout, so the figure isolates the cap. Run: python benchmarks/bench_dense.p
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import DEFAULT_DATA
+from _common import DEFAULT_DATA, write_figures
 
 from napari_cellseg._torch import torch
 from napari_cellseg.checkpoint import load_model
@@ -78,10 +76,7 @@ def main() -> None:
     out["ratio"] = out["one_go"]["cells"] / max(out["one_by_one"]["cells"], 1)
     if "fixed_cap" in out:
         out["ratio_fixed_cap"] = out["fixed_cap"]["cells"] / max(out["one_by_one"]["cells"], 1)
-    text = json.dumps(out, indent=1)
-    sys.stdout.write(text + "\n")
-    if args.json:
-        Path(args.json).write_text(text)
+    write_figures(out, args.json)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import DEFAULT_DATA
+from _common import DEFAULT_DATA, write_figures
 
 from napari_cellseg._torch import torch
 from napari_cellseg.checkpoint import load_model
@@ -84,10 +83,7 @@ def main() -> None:
            "all": figures(gt, results),
            **{KINDS.get(k, f"class{k}"): by_kind(gt, results, k) for k in classes},
            "seconds_per_image": sum(seconds) / len(seconds), "threads": args.threads}
-    text = json.dumps(out, indent=1)
-    sys.stdout.write(text + "\n")
-    if args.json:
-        Path(args.json).write_text(text)
+    write_figures(out, args.json)
 
 
 if __name__ == "__main__":
