@@ -148,3 +148,22 @@ def quick(widget, dataset, out):
     widget.device.value = Device.cpu
     widget.amp.value = Amp.off
     return widget
+
+
+@pytest.fixture(autouse=True)
+def _no_modal_dialogs(monkeypatch):
+    """A modal dialog nobody answers blocks the event loop for ever (CI stops at its time limit with
+    no trace): here it fails the test at once. Tests that expect a question replace the asking
+    function of their module (e.g. ``_widget_segment.ask_discard``)."""
+    try:
+        from qtpy.QtWidgets import QMessageBox
+    except Exception:  # no Qt binding: nothing can be modal
+        yield
+        return
+
+    def modal(*args, **kwargs):
+        pytest.fail(f"a modal dialog opened in a test: {args[1:3] if len(args) > 2 else args}")
+
+    for name in ("question", "information", "warning", "critical", "exec", "exec_"):
+        monkeypatch.setattr(QMessageBox, name, modal, raising=False)
+    yield
