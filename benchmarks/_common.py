@@ -149,7 +149,7 @@ def dsb_image(data: Path, min_side: int = 0, largest: bool = True) -> tuple[str,
     """A real DSB2018 val image as H x W x 3 uint8 (the largest one fitting ``<= 1024`` per side by default)."""
     import tifffile
 
-    from napari_cellseg.images import read_image
+    from napari_cellseg.io.images import read_image
 
     best: tuple[int, Path] | None = None
     for path in sorted((data / "val").glob("*/image.tif")):
@@ -167,7 +167,7 @@ def dsb_image(data: Path, min_side: int = 0, largest: bool = True) -> tuple[str,
 
 def mosaic(data: Path, shape: tuple[int, int]) -> np.ndarray:
     """An H x W x 3 uint8 image tiled from real DSB2018 val images (the larger, denser ones first)."""
-    from napari_cellseg.images import read_image
+    from napari_cellseg.io.images import read_image
 
     paths = sorted((data / "val").glob("*/image.tif"))
     images = [read_image(p) for p in paths]
@@ -191,7 +191,7 @@ def random_model(arch: str, seed: int = 0, score_thresh: float = 0.0, detections
     """The network with random weights (seeded). With ``score_thresh=0`` it keeps up to
     ``detections`` junk detections per image: the count, not the quality, drives the cost."""
     from napari_cellseg._torch import torch
-    from napari_cellseg.model import ModelConfig, build_model
+    from napari_cellseg.model.network import ModelConfig, build_model
 
     torch.manual_seed(seed)
     cfg = ModelConfig(
@@ -206,7 +206,7 @@ def load_model(checkpoint: str | None, arch: str, seed: int = 0, score_thresh: f
     """The trained model of ``checkpoint`` when given, else ``random_model``."""
     if not checkpoint:
         return random_model(arch, seed, score_thresh, detections)
-    from napari_cellseg.checkpoint import load_checkpoint, model_from_checkpoint
+    from napari_cellseg.model.checkpoint import load_checkpoint, model_from_checkpoint
 
     model, _ = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
     model.eval()
@@ -215,7 +215,7 @@ def load_model(checkpoint: str | None, arch: str, seed: int = 0, score_thresh: f
 
 def synthetic_raw(shape: tuple[int, int], n: int, seed: int = 0, side: tuple[int, int] = (12, 60)):
     """``n`` cell-like instances (blob probabilities in boxes of ``side`` px) at random places."""
-    from napari_cellseg.raw import RawInstances
+    from napari_cellseg.io.raw import RawInstances
 
     rng = np.random.default_rng(seed)
     boxes, masks = [], []

@@ -38,11 +38,11 @@ import _common as C  # noqa: E402
 
 from napari_cellseg import distributed as dist  # noqa: E402
 from napari_cellseg._torch import torch  # noqa: E402
-from napari_cellseg.data import CellDataset, collate, dataset_classes, split_samples  # noqa: E402
-from napari_cellseg.engine import _train_step  # noqa: E402
+from napari_cellseg.training.dataset import CellDataset, collate, dataset_classes, split_samples  # noqa: E402
+from napari_cellseg.training.engine import _train_step  # noqa: E402
 from napari_cellseg.devices import resolve_device  # noqa: E402
-from napari_cellseg.model import ModelConfig, build_model  # noqa: E402
-from napari_cellseg.transforms import train_augment  # noqa: E402
+from napari_cellseg.model.network import ModelConfig, build_model  # noqa: E402
+from napari_cellseg.training.transforms import train_augment  # noqa: E402
 
 SEED = 0
 VARIANTS = ("fp32", "fp32-strict", "fp16-backbone", "fp16-whole", "bf16-backbone", "bf16-whole")

@@ -20,11 +20,11 @@ import _common  # noqa: F401  (puts the repository on sys.path)
 from _common import DEFAULT_DATA, write_figures
 
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import load_model
-from napari_cellseg.data import find_samples
+from napari_cellseg.model.checkpoint import load_model
+from napari_cellseg.io.samples import find_samples
 from napari_cellseg.errors import DetectionCapWarning
-from napari_cellseg.images import read_image
-from napari_cellseg.inference import predict
+from napari_cellseg.io.images import read_image
+from napari_cellseg.inference.predict import predict
 
 
 def crops(val: Path, count: int, size: int) -> list[np.ndarray]:

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-from napari_cellseg.pipeline import ExportItem, export_items, iter_export  # noqa: E402
+from napari_cellseg.inference.pipeline import ExportItem, export_items, iter_export  # noqa: E402
 from napari_cellseg.progress import drain  # noqa: E402
 
 

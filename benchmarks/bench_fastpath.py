@@ -25,15 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from napari_cellseg._torch import torch  # noqa: E402
-from napari_cellseg.checkpoint import load_model  # noqa: E402
-from napari_cellseg.data import find_samples, read_sample  # noqa: E402
-from napari_cellseg.fastpath import exact  # noqa: E402
-from napari_cellseg.images import to_tensor  # noqa: E402
-from napari_cellseg.inference import predict  # noqa: E402
-from napari_cellseg.coco import labels_to_results  # noqa: E402
-from napari_cellseg.evaluation import evaluate, samples_truth  # noqa: E402
-from napari_cellseg.pipeline import segment_image  # noqa: E402
-from napari_cellseg.postprocess import to_labels  # noqa: E402
+from napari_cellseg.model.checkpoint import load_model  # noqa: E402
+from napari_cellseg.io.samples import find_samples, read_sample  # noqa: E402
+from napari_cellseg.inference.fastpath import exact  # noqa: E402
+from napari_cellseg.io.images import to_tensor  # noqa: E402
+from napari_cellseg.inference.predict import predict  # noqa: E402
+from napari_cellseg.io.coco import labels_to_results  # noqa: E402
+from napari_cellseg.evaluation.evaluate import evaluate, samples_truth  # noqa: E402
+from napari_cellseg.inference.pipeline import segment_image  # noqa: E402
+from napari_cellseg.inference.postprocess import to_labels  # noqa: E402
 
 
 def speed(model, images, rounds: int) -> dict:

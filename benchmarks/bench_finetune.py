@@ -32,12 +32,12 @@ from _common import DEFAULT_DATA
 from bench_nuclei import figures, score
 
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import init_model, load_model
-from napari_cellseg.data import find_samples, read_sample
-from napari_cellseg.engine import DoneEvent, TrainConfig, train
-from napari_cellseg.metrics import evaluate
-from napari_cellseg.pipeline import samples_ground_truth
-from napari_cellseg.sample_writer import merge_classes, save_sample
+from napari_cellseg.model.checkpoint import init_model, load_model
+from napari_cellseg.io.samples import find_samples, read_sample
+from napari_cellseg.training.engine import DoneEvent, TrainConfig, train
+from napari_cellseg.evaluation.metrics import evaluate
+from napari_cellseg.inference.pipeline import samples_ground_truth
+from napari_cellseg.training.sample_writer import merge_classes, save_sample
 
 STAINED = 2
 

@@ -27,8 +27,8 @@ def main() -> None:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_cellseg import _widget_segment
-    from napari_cellseg._gui_session import Device
+    from napari_cellseg.plugin import segment_widget
+    from napari_cellseg.plugin.session import Device
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1366, 768)
@@ -64,7 +64,7 @@ def main() -> None:
     main.finetune.add_button.clicked()  # runs in the GUI thread: its own time is the stall
     app.processEvents()
     stalls["add to training set (GUI thread)"] = (time.perf_counter() - tick) * 1000
-    _widget_segment.ask_discard = lambda *a, **k: True
+    segment_widget.ask_discard = lambda *a, **k: True
     main.finetune.steps.value = args.steps
     main.finetune.tune_button.clicked()
     wait("fine-tune (worker)", lambda: main.train._worker is not None)

@@ -37,9 +37,9 @@ def main() -> None:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_cellseg import _widget_segment
-    from napari_cellseg._gui_session import Device
-    from napari_cellseg._widget_train import Amp
+    from napari_cellseg.plugin import segment_widget
+    from napari_cellseg.plugin.session import Device
+    from napari_cellseg.plugin.train_widget import Amp
     from napari_cellseg.sample_data import SAMPLE_DATASET
 
     viewer = napari.Viewer(show=True)
@@ -51,7 +51,7 @@ def main() -> None:
     timer.start(10)
     stalls: dict[str, float] = {}
     calls: dict[str, float] = {}
-    _widget_segment.ask_discard = lambda *a, **k: True
+    segment_widget.ask_discard = lambda *a, **k: True
 
     def settle(seconds: float = 0.3) -> None:
         end = time.perf_counter() + seconds

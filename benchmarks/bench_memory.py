@@ -7,7 +7,7 @@ life, imports included) and its RSS just before inference (model built, image lo
 difference is what inference itself added.
 
 Configurations:
-- ``tiled``: ``inference.predict`` with the default ``tile_size`` 1024 (2500 x 2000: 9 tiles of
+- ``tiled``: ``inference.predict.predict`` with the default ``tile_size`` 1024 (2500 x 2000: 9 tiles of
   919 x 752 px), a per-tile cap giving 700+ instances in all. Target: peak < 4 GB.
 - ``tiled_square``: baseline, the library's grid before tiles were shrunk to fit: 9 square tiles
   of 1024 px, the per-tile cap scaled by the tile area (the same detections per pixel).
@@ -43,7 +43,7 @@ import _common as C  # noqa: E402
 def square_tile_grid(shape, tile_size, overlap):
     """The library's grid before tiles were shrunk to fit (baseline): square ``tile_size`` tiles, as
     many per axis as now, spread to end flush (2000 px: 3 x 1024 px overlapping by 536 px)."""
-    from napari_cellseg import tiling
+    from napari_cellseg.inference import tiling
 
     sizes, starts = [], []
     for length in shape:
@@ -60,11 +60,11 @@ def square_tile_grid(shape, tile_size, overlap):
 
 
 def child(cfg: dict) -> None:
-    from napari_cellseg import inference
+    from napari_cellseg.inference import predict as inference
     from napari_cellseg._torch import torch
-    from napari_cellseg.images import to_tensor
-    from napari_cellseg.inference import predict
-    from napari_cellseg.postprocess import to_labels
+    from napari_cellseg.io.images import to_tensor
+    from napari_cellseg.inference.predict import predict
+    from napari_cellseg.inference.postprocess import to_labels
 
     if cfg.get("square"):
         inference.tile_grid = square_tile_grid
@@ -114,7 +114,7 @@ def main() -> None:
         child(json.loads(args.child))
         return
 
-    from napari_cellseg.tiling import tile_grid
+    from napari_cellseg.inference.tiling import tile_grid
 
     info = C.header("bench_memory")
     script = Path(__file__).resolve()

@@ -20,13 +20,14 @@ import _common  # noqa: F401  (puts the repository on sys.path)
 from _common import DEFAULT_DATA, write_figures
 
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import load_model
-from napari_cellseg.coco import labels_to_results
-from napari_cellseg.data import dataset_classes, find_samples
-from napari_cellseg.images import read_image
-from napari_cellseg.metrics import class_agnostic, evaluate, matching
-from napari_cellseg.pipeline import samples_ground_truth, segment_image
-from napari_cellseg.scale import parse_scale
+from napari_cellseg.model.checkpoint import load_model
+from napari_cellseg.io.coco import labels_to_results
+from napari_cellseg.training.dataset import dataset_classes
+from napari_cellseg.io.samples import find_samples
+from napari_cellseg.io.images import read_image
+from napari_cellseg.evaluation.metrics import class_agnostic, evaluate, matching
+from napari_cellseg.inference.pipeline import samples_ground_truth, segment_image
+from napari_cellseg.inference.scale import parse_scale
 
 KINDS = {1: "fluorescence", 2: "stained"}
 

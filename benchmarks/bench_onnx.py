@@ -21,12 +21,13 @@ from _common import DEFAULT_DATA, median
 from bench_nuclei import figures
 
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import load_model
-from napari_cellseg.coco import labels_to_results
-from napari_cellseg.data import dataset_classes, find_samples
-from napari_cellseg.images import read_image
-from napari_cellseg.onnx_model import export_onnx
-from napari_cellseg.pipeline import samples_ground_truth, segment_image
+from napari_cellseg.model.checkpoint import load_model
+from napari_cellseg.io.coco import labels_to_results
+from napari_cellseg.training.dataset import dataset_classes
+from napari_cellseg.io.samples import find_samples
+from napari_cellseg.io.images import read_image
+from napari_cellseg.model.onnx_model import export_onnx
+from napari_cellseg.inference.pipeline import samples_ground_truth, segment_image
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 Figures (all in one run, baseline and candidate alternated, medians over repeats):
 
-1. predict an image to label layers (``inference.predict`` + ``postprocess.to_labels``) vs the bare
-   torchvision forward of the same model on the same image (``model.eval(); model([tensor])``,
+1. predict an image to label layers (``inference.predict.predict`` + ``postprocess.to_labels``) vs the bare
+   torchvision forward of the same model on the same image (``model.network.eval(); model([tensor])``,
    which pastes every mask into a full-size float image). Target: <= 1.05x.
 2. re-threshold (``to_labels`` alone, as when a slider moves) on a 1000 x 1000 image with 300
    instances. Target: <= 20 ms median.
@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from napari_cellseg._torch import torch  # noqa: E402
-from napari_cellseg.images import to_tensor  # noqa: E402
-from napari_cellseg.inference import predict  # noqa: E402
-from napari_cellseg.raw import RawInstances  # noqa: E402
-from napari_cellseg.postprocess import to_labels  # noqa: E402
+from napari_cellseg.io.images import to_tensor  # noqa: E402
+from napari_cellseg.inference.predict import predict  # noqa: E402
+from napari_cellseg.io.raw import RawInstances  # noqa: E402
+from napari_cellseg.inference.postprocess import to_labels  # noqa: E402
 
 
 def box_stats(raw: RawInstances) -> dict:

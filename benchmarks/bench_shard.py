@@ -37,8 +37,8 @@ def make_inputs(root: Path, images: int, size: int, detections: int) -> tuple[Pa
     import tifffile
 
     from napari_cellseg._torch import torch
-    from napari_cellseg.checkpoint import save_checkpoint
-    from napari_cellseg.model import ModelConfig, build_model
+    from napari_cellseg.model.checkpoint import save_checkpoint
+    from napari_cellseg.model.network import ModelConfig, build_model
 
     torch.manual_seed(0)
     config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0,

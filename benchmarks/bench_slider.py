@@ -42,8 +42,8 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_cellseg._gui_session import ImageResult
-    from napari_cellseg._widget_segment import SegmentWidget
+    from napari_cellseg.plugin.session import ImageResult
+    from napari_cellseg.plugin.segment_widget import SegmentWidget
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1366, 768)

@@ -4,7 +4,7 @@ Each configuration runs in a fresh Python process (``--child``) that reports its
 inference (model built, stack in memory) and its peak RSS (``ru_maxrss``) after it, so the
 difference is what inference and the label stacks added:
 
-- ``image``: one plane as a 2-D image, ``inference.predict`` + ``postprocess.to_labels``;
+- ``image``: one plane as a 2-D image, ``inference.predict.predict`` + ``postprocess.to_labels``;
 - ``stack-10`` / ``stack-100``: ``stacks.iter_predict_stack`` over 10 / 100 planes +
   ``stacks.to_stack_labels``; one ``(planes, H, W)`` int32 image per class is the output itself.
 
@@ -46,11 +46,12 @@ def rss_mb() -> float:
 
 def child(kind: str, planes: int, size: int, detections: int, repeats: int) -> dict:
     from napari_cellseg._torch import torch
-    from napari_cellseg.inference import predict
-    from napari_cellseg.model import ModelConfig, build_model
-    from napari_cellseg.postprocess import to_labels
+    from napari_cellseg.inference.predict import predict
+    from napari_cellseg.model.network import ModelConfig, build_model
+    from napari_cellseg.inference.postprocess import to_labels
     from napari_cellseg.progress import drain
-    from napari_cellseg.stacks import Stack, iter_predict_stack, to_stack_labels
+    from napari_cellseg.inference.stacks import iter_predict_stack, to_stack_labels
+    from napari_cellseg.io.image_reader import Stack
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0,

@@ -30,9 +30,9 @@ def child(cfg: dict) -> None:
     import numpy as np
     import tifffile
 
-    from napari_cellseg.checkpoint import load_model
+    from napari_cellseg.model.checkpoint import load_model
     from napari_cellseg.progress import drain
-    from napari_cellseg.streaming import iter_segment_file
+    from napari_cellseg.inference.streaming import iter_segment_file
 
     model, _ = load_model(cfg["model"])
     gc.collect()
@@ -50,7 +50,7 @@ def child(cfg: dict) -> None:
     scores = drain(iter_segment_file(model, cfg["image"], {1: cfg["out"]}, tile_size=cfg["tile_size"],
                                      should_stop=lambda: bool(stop_after) and len(ticks) >= stop_after), tick)
     elapsed = ticks[-1] - t0
-    from napari_cellseg.tiling import tile_grid
+    from napari_cellseg.inference.tiling import tile_grid
 
     n = cfg["size"]
     pixels = [t.shape[0] * t.shape[1] for t in tile_grid((n, n), cfg["tile_size"], 128)][: len(ticks)]
@@ -66,7 +66,7 @@ def child(cfg: dict) -> None:
 
 def _tiled_mp(n: int, args) -> float:
     """Megapixels the tiles of an n x n image cover (overlaps counted), for a stopped run's share."""
-    from napari_cellseg.tiling import tile_grid
+    from napari_cellseg.inference.tiling import tile_grid
 
     return sum(t.shape[0] * t.shape[1] for t in tile_grid((n, n), args.tile_size, 128)) / 1e6
 

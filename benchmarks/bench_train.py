@@ -43,13 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from napari_cellseg._torch import torch  # noqa: E402
-from napari_cellseg.amp import cpu_has_native_bf16  # noqa: E402
-from napari_cellseg.data import collate, dataset_classes, instance_targets, read_sample, split_samples  # noqa: E402
-from napari_cellseg.engine import LRSchedule, StepEvent, TrainConfig, train  # noqa: E402
-from napari_cellseg.images import to_tensor  # noqa: E402
+from napari_cellseg.training.amp import cpu_has_native_bf16  # noqa: E402
+from napari_cellseg.training.dataset import collate, dataset_classes, instance_targets, split_samples
+from napari_cellseg.io.samples import read_sample
+from napari_cellseg.training.engine import LRSchedule, StepEvent, TrainConfig, train  # noqa: E402
+from napari_cellseg.io.images import to_tensor  # noqa: E402
 from napari_cellseg.devices import resolve_device  # noqa: E402
-from napari_cellseg.model import ModelConfig, build_model  # noqa: E402
-from napari_cellseg.transforms import train_augment  # noqa: E402
+from napari_cellseg.model.network import ModelConfig, build_model  # noqa: E402
+from napari_cellseg.training.transforms import train_augment  # noqa: E402
 
 SEED = 0
 

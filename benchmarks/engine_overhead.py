@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from napari_cellseg._torch import torch  # noqa: E402
-from napari_cellseg.data import read_sample, split_samples  # noqa: E402
+from napari_cellseg.io.samples import read_sample
+from napari_cellseg.training.dataset import split_samples
 
 
 def main() -> None:

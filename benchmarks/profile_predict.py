@@ -1,7 +1,7 @@
 """Where the time of one prediction goes: per network part (module hooks), mask pasting, labels.
 
 Profiles ``CellMaskRCNN.detect`` on one image (a tile) with the detection cap given, then times
-torchvision's full-size mask pasting (what ``forward`` adds) against ``inference.paste_masks``
+torchvision's full-size mask pasting (what ``forward`` adds) against ``inference.predict.paste_masks``
 (crops only) and ``to_labels``. Also shows the tiled cost on a 2500 x 2000 mosaic: how many
 detections the mask head computed and how many survived the tile-core filter.
 
@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from napari_cellseg._torch import torch  # noqa: E402
-from napari_cellseg.images import to_tensor  # noqa: E402
-from napari_cellseg.inference import paste_masks, predict  # noqa: E402
-from napari_cellseg.postprocess import to_labels  # noqa: E402
-from napari_cellseg.tiling import tile_grid  # noqa: E402
+from napari_cellseg.io.images import to_tensor  # noqa: E402
+from napari_cellseg.inference.predict import paste_masks, predict  # noqa: E402
+from napari_cellseg.inference.postprocess import to_labels  # noqa: E402
+from napari_cellseg.inference.tiling import tile_grid  # noqa: E402
 from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
 
 
@@ -97,7 +97,7 @@ def main() -> None:
     for _ in range(args.repeats):
         crop_boxes, crops, kept = paste_masks(masks, boxes, shape)
     t_crop = (time.perf_counter() - t0) / args.repeats
-    from napari_cellseg.raw import RawInstances
+    from napari_cellseg.io.raw import RawInstances
 
     raw = RawInstances(crop_boxes, det["scores"][kept].numpy(), det["labels"][kept].numpy(), crops, shape)
     t0 = time.perf_counter()

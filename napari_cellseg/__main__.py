@@ -1,5 +1,5 @@
 """``python -m napari_cellseg`` (and ``torchrun -m napari_cellseg train ...``)."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -1,22 +1,23 @@
-"""One call from Python: ``napari_cellseg.segment(image)`` -> labels, classes, scores, a cell table.
+"""The public API, one call per job: ``segment``, ``load_model``, ``train``, ``evaluate``.
 
-Why a single entry point: a script, a notebook or a cluster job should not need to know that the
-work is split into ``checkpoint.load_model``, ``inference.predict`` and ``postprocess.to_labels``;
-it passes an image (or a stack) and the CLI's options and gets one object back. Models loaded by
-name or path stay cached, so segmenting many images in a loop loads the model once.
+Why: a script, a notebook or a cluster job should not need to know that segmenting is split into
+``model.checkpoint.load_model``, ``inference.predict.predict`` and ``inference.postprocess.to_labels``,
+or that training is a generator of events; each call takes the CLI's options and returns one
+object. Models loaded by name or path stay cached, so segmenting many images in a loop loads the
+model once. ``napari_cellseg/__init__.py`` exports these names lazily (the import stays cheap).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .cell_export import Cell, find_cells, write_cells
+from .export.cells import Cell, find_cells, write_cells
 from .defaults import MASK_THRESH, SCORE_THRESH, TILE_SIZE
 
 
@@ -40,7 +41,7 @@ class Segmentation:
     axis: str = ""
 
     def cells(self) -> list[Cell]:
-        """Every cell measured, with its outline (``cell_export.Cell``)."""
+        """Every cell measured, with its outline (``export.cells.Cell``)."""
         return find_cells(self.class_labels, self.scores, self.class_names, self.image)
 
     def table(self) -> list[dict[str, object]]:
@@ -50,8 +51,8 @@ class Segmentation:
 
     def write(self, folder: str | os.PathLike, stem: str, formats: Sequence[str] = ("labels", "csv")) -> list[Path]:
         """Write the formats of ``predict --format`` into ``folder`` as ``<stem>_...``; returns the paths."""
-        from .images import write_labels
-        from .stacks import write_stack_labels
+        from .io.images import write_labels
+        from .io.image_reader import write_stack_labels
 
         folder = Path(folder)
         written = []
@@ -81,23 +82,25 @@ def segment(
     scale: float | str = "auto",
     diameter: float | None = None,
 ) -> Segmentation:
-    """Segment ``image`` with ``model`` (a built-in name such as ``"nuclei"``, a checkpoint path,
-    or a loaded ``CellMaskRCNN`` with its ``class_names``); options as ``napari-cellseg predict``.
+    """Segment ``image`` with ``model`` (a built-in name such as ``"nuclei"``, a checkpoint path, what
+    ``load_model`` returned, or a ``CellMaskRCNN`` with its ``class_names``); options as
+    ``napari-cellseg predict``.
 
     ``image``: an array (``H x W`` grey, ``H x W x C`` or ``C x H x W`` colour with C <= 4, any
     dtype) or an image file; ``planes x H x W`` (or ``planes x H x W x C``) is a stack, segmented
     plane by plane (``stack`` forces either reading). ``link``: a stack's cell keeps its id from
     plane to plane where its masks overlap. ``scale`` (``"auto"`` or a factor) and ``diameter``
-    (the nuclei's size in pixels) as ``--scale``/``--diameter`` (``scale.py``).
+    (the nuclei's size in pixels) as ``--scale``/``--diameter`` (``inference/scale.py``).
     """
-    from .stacks import iter_predict_stack, read_stack, stack_scores, to_stack_labels
+    from .inference.stacks import iter_predict_stack, stack_scores, to_stack_labels
+    from .io.image_reader import read_stack
     from .progress import drain
 
     net, names = _model(model, device, class_names)
     data = read_stack(image) if isinstance(image, (str, os.PathLike)) else _as_stack(np.asarray(image), stack)
     classes = range(1, len(names) + 1)
     if len(data) == 1:
-        from .pipeline import segment_image
+        from .inference.pipeline import segment_image
 
         rgb = data.plane(0)
         class_labels, scores = segment_image(net, rgb, score_thresh=score_thresh, mask_thresh=mask_thresh,
@@ -106,7 +109,7 @@ def segment(
         raw = drain(iter_predict_stack(net, data, tile_size=tile_size, flip=flip, scale=scale, diameter=diameter))
         class_labels, scores = to_stack_labels(raw, score_thresh, mask_thresh, classes), stack_scores(raw)
         if link:
-            from .stacks import link_over_time
+            from .inference.stacks import link_over_time
 
             link_over_time(class_labels)
         rgb = np.stack([data.plane(p) for p in range(len(data))])
@@ -121,7 +124,7 @@ def segment(
 
 def _as_stack(array: np.ndarray, stack: bool | None):
     """An array as a ``Stack``: one plane unless it reads as planes (see ``segment``)."""
-    from .stacks import Stack
+    from .io.image_reader import Stack
 
     if stack is None:
         colour = array.ndim == 3 and (array.shape[2] <= 4 or array.shape[0] <= 4 < min(array.shape[1:]))
@@ -132,7 +135,9 @@ def _as_stack(array: np.ndarray, stack: bool | None):
 def _model(model: object, device: str, class_names: Sequence[str] | None):
     """The network and its class names: a loaded model as it is, a name or path loaded once."""
     if isinstance(model, (str, os.PathLike)):
-        net, config = _load(str(model), str(device))
+        model = _load(str(model), str(device))
+    if isinstance(model, tuple):  # load_model's (network, config)
+        net, config = model
         return net, list(class_names or config.class_names)
     count = model.roi_heads.box_predictor.cls_score.out_features - 1
     names = list(class_names) if class_names is not None else [f"class{k}" for k in range(1, count + 1)]
@@ -143,10 +148,45 @@ def _model(model: object, device: str, class_names: Sequence[str] | None):
 
 @functools.lru_cache(maxsize=2)
 def _load(model: str, device: str):
-    from .checkpoint import load_model
+    return load_model(model, device)
+
+
+def load_model(model: str | os.PathLike = "nuclei", device: str = "auto"):
+    """``(network, config)`` of a built-in model (``"nuclei"``), a checkpoint or a ``.onnx`` export, in
+    eval mode on ``device`` (``"auto"``: the GPU when there is one); ``segment(image, model=...)``
+    takes it as it is, ``config.class_names`` names its classes."""
     from .devices import resolve_device
+    from .model.checkpoint import load_model as load
 
-    return load_model(model, resolve_device(device))
+    return load(model, resolve_device(device))
 
 
-__all__ = ["Segmentation", "segment"]
+def train(dataset: str | os.PathLike, out_dir: str | os.PathLike = "runs/cellseg", *,
+          progress: Callable[[object], None] | None = None, **options):
+    """Train (or fine-tune, ``init="nuclei"``; or resume, ``resume=...``) on a HW3 dataset folder until
+    done; ``options`` are ``TrainConfig``'s fields (the ``train`` command's options by name).
+
+    ``progress`` receives every event (steps, epochs with validation metrics) as it happens. Returns
+    the final ``DoneEvent``: ``.model`` is the checkpoint the run hands on (best on validation, else
+    its last), ``.metrics`` its validation figures."""
+    from .training.config import TrainConfig
+    from .training.engine import train as run
+
+    done = None
+    for done in run(TrainConfig(dataset=str(dataset), out_dir=str(out_dir), **options)):  # the last is DoneEvent
+        if progress is not None:
+            progress(done)
+    return done
+
+
+def evaluate(results: str | os.PathLike, truth: str | os.PathLike, *, mapping: str | os.PathLike | None = None,
+             class_agnostic: bool = False, score_thresh: float = SCORE_THRESH) -> dict[str, object]:
+    """COCO AP/AP50 (all and per class) and TP/(TP+FP+FN), precision, recall, F1 and PQ at IoU 0.5 of
+    a results JSON (``export``'s) against a folder of samples with ground truth (``val/``); as
+    ``napari-cellseg evaluate``. ``mapping``: the file naming the results' image ids."""
+    from .evaluation.evaluate import evaluate_file
+
+    return evaluate_file(results, truth, mapping=mapping, class_agnostic=class_agnostic, score_thresh=score_thresh)
+
+
+__all__ = ["Segmentation", "segment", "load_model", "train", "evaluate"]

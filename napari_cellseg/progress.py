@@ -1,6 +1,6 @@
 """The one progress/cancel contract of every long-running generator, and the one way to run one.
 
-Long work (``inference.iter_predict``, ``stacks.iter_predict_stack``, ``pipeline.iter_export``,
+Long work (``inference.predict.iter_predict``, ``stacks.iter_predict_stack``, ``pipeline.iter_export``,
 ``sharding.iter_sharded_export``, the GUI jobs) is a generator that
 
 - takes ``should_stop`` (a callable, checked between steps: tiles, planes, images) and then returns

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_cellseg.data import find_samples, read_sample
-from napari_cellseg.sample_writer import merge_classes, save_sample
+from napari_cellseg.io.samples import find_samples, read_sample
+from napari_cellseg.training.sample_writer import merge_classes, save_sample
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,16 +24,16 @@ import numpy as np
 
 from napari_cellseg._torch import torch
 from napari_cellseg.atomic import atomic_path
-from napari_cellseg.checkpoint import FORMAT, load_checkpoint, model_weights
-from napari_cellseg.model import ModelConfig
-from napari_cellseg.packing import pack_state_dict
-from napari_cellseg.pretrained import write_digest
-from napari_cellseg.scale import label_areas, median_diameter
+from napari_cellseg.model.checkpoint import FORMAT, load_checkpoint, model_weights
+from napari_cellseg.model.network import ModelConfig
+from napari_cellseg.model.packing import pack_state_dict
+from napari_cellseg.model.pretrained import write_digest
+from napari_cellseg.inference.scale import label_areas, median_diameter
 
 
 def training_diameter(folders: list[str]) -> tuple[float, int]:
     """Median equivalent diameter (px) of every instance of every sample in ``folders``, and the count."""
-    from napari_cellseg.data import find_samples, read_sample
+    from napari_cellseg.io.samples import find_samples, read_sample
 
     areas = [label_areas(labels) for folder in folders for sample in find_samples(folder)
              for labels in read_sample(sample)[1].values()]

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari._qt.dialogs.qt_notification import NapariQtNotification
     from qtpy.QtWidgets import QApplication
 
-    from napari_cellseg._widget_train import Amp, Device
+    from napari_cellseg.plugin.train_widget import Amp, Device
     from napari_cellseg.sample_data import SAMPLE_DATASET
 
     viewer = napari.Viewer(title="napari-cellseg", show=True)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def shoot_finetune(viewer, main, folder: Path, settle) -> None:
     """The Fine-tune tab's loop as a user goes through it, one screenshot a step."""
-    from napari_cellseg import _widget_segment
+    from napari_cellseg.plugin import segment_widget
 
     folder.mkdir(parents=True, exist_ok=True)
     viewer.theme = "dark"
@@ -134,7 +134,7 @@ def shoot_finetune(viewer, main, folder: Path, settle) -> None:
     main.show_tab("Fine-tune")
     settle()
     viewer.screenshot(str(folder / "1-added.png"), canvas_only=False, flash=False)
-    _widget_segment.ask_discard = lambda *a, **k: True  # the re-run replaces the saved, corrected layers
+    segment_widget.ask_discard = lambda *a, **k: True  # the re-run replaces the saved, corrected layers
     tune.fine_tune()  # the Train tab runs it (synchronously here), then Segment segments again
     main.show_tab("Train")
     settle()

@@ -135,8 +135,8 @@ def errors():
 def quick(widget, dataset, out):
     """A Train widget set to the lightest settings that still train: resnet18, 64 px crops,
     batch 1 (4 steps an epoch on the tiny dataset), 1 validation image, CPU, no AMP."""
-    from napari_cellseg._gui_session import Device
-    from napari_cellseg._widget_train import Amp
+    from napari_cellseg.plugin.session import Device
+    from napari_cellseg.plugin.train_widget import Amp
 
     widget.dataset.value = dataset
     widget.out_dir.value = out
@@ -154,7 +154,7 @@ def quick(widget, dataset, out):
 def _no_modal_dialogs(monkeypatch):
     """A modal dialog nobody answers blocks the event loop for ever (CI stops at its time limit with
     no trace): here it fails the test at once. Tests that expect a question replace the asking
-    function of their module (e.g. ``_widget_segment.ask_discard``)."""
+    function of their module (e.g. ``plugin.segment_widget.ask_discard``)."""
     try:
         from qtpy.QtWidgets import QMessageBox
     except Exception:  # no Qt binding: nothing can be modal
@@ -167,3 +167,13 @@ def _no_modal_dialogs(monkeypatch):
     for name in ("question", "information", "warning", "critical", "exec", "exec_"):
         monkeypatch.setattr(QMessageBox, name, modal, raising=False)
     yield
+
+
+MOVIE_SHAPE = (40, 48)
+
+
+def write_movie(path, planes=3, axes="TYX"):
+    """A grey ImageJ stack of ``planes`` random planes on ``axes``; returns its pixels."""
+    data = np.random.default_rng(planes).integers(0, 255, (planes, *MOVIE_SHAPE), dtype=np.uint8)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": axes})
+    return data

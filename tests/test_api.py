@@ -24,7 +24,7 @@ def test_import_is_cheap_even_with_segment():
 @pytest.fixture(scope="module")
 def tiny():
     from napari_cellseg._torch import torch
-    from napari_cellseg.model import ModelConfig, build_model
+    from napari_cellseg.model.network import ModelConfig, build_model
 
     torch.manual_seed(0)
     config = ModelConfig(arch="resnet18", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10)
@@ -32,7 +32,7 @@ def tiny():
 
 
 def test_builtin_model_on_a_sample_image(one_thread):
-    from napari_cellseg.images import read_image
+    from napari_cellseg.io.images import read_image
 
     path = sorted((SAMPLE_DATASET / "val").iterdir())[0] / "image.tif"
     result = napari_cellseg.segment(read_image(path), device="cpu")
@@ -66,3 +66,32 @@ def test_colour_and_channel_first_images_are_one_plane(tiny):
     assert napari_cellseg.segment(np.moveaxis(rgb, 2, 0), tiny).labels.shape == (40, 48)
     with pytest.raises(ValueError, match="2 classes but 1 class names"):
         napari_cellseg.segment(rgb, tiny, class_names=["only"])
+
+
+def test_the_public_api_trains_loads_segments_and_evaluates(tiny_dataset, tmp_path, one_thread):
+    """The notebook path end to end, through the package's own names only: ``train`` hands on a
+    checkpoint, ``load_model`` loads it, ``segment`` takes what it returned, ``evaluate`` scores an
+    exported results file the way ``napari-cellseg evaluate`` does."""
+    import json
+
+    from napari_cellseg.io.coco import labels_to_results
+    from napari_cellseg.io.images import read_image
+
+    events = []
+    done = napari_cellseg.train(tiny_dataset, tmp_path / "run", progress=events.append, arch="resnet18", epochs=1,
+                                batch_size=2, crop_size=64, warmup_steps=1, val_limit=1, device="cpu")
+    assert isinstance(done, napari_cellseg.DoneEvent) and done.model.is_file() and events[-1] is done
+    assert any(type(e).__name__ == "StepEvent" for e in events)
+    model = napari_cellseg.load_model(done.model, device="cpu")
+    assert model[1].class_names == ["class1", "class2"]
+    val = sorted((tiny_dataset / "val").iterdir())
+    rows = []
+    for image_id, sample in enumerate(val, start=1):
+        result = napari_cellseg.segment(read_image(sample / "image.tif"), model=model, score_thresh=0.0)
+        assert result.class_names == ["class1", "class2"] and result.labels.shape == (64, 80)
+        rows += labels_to_results(result.class_labels, image_id, result.scores)
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    metrics = napari_cellseg.evaluate(tmp_path / "results.json", tiny_dataset / "val")
+    assert 0.0 <= metrics["AP50"] <= 1.0 and "matching" in metrics
+    with pytest.raises(TypeError):
+        napari_cellseg.train(tiny_dataset, tmp_path / "bad", no_such_option=1)

@@ -31,9 +31,9 @@ def _mode(path: Path) -> int:
 @posix
 def test_outputs_follow_the_umask(tmp_path, umask_022):
     """mkstemp's 0600 used to reach every submission, label TIFF and checkpoint."""
-    from napari_cellseg.checkpoint import save_checkpoint
-    from napari_cellseg.images import write_labels
-    from napari_cellseg.model import ModelConfig, build_model
+    from napari_cellseg.model.checkpoint import save_checkpoint
+    from napari_cellseg.io.images import write_labels
+    from napari_cellseg.model.network import ModelConfig, build_model
 
     write_text_atomic(tmp_path / "results.json", "[]")
     write_labels(tmp_path / "labels.tif", np.ones((16, 16), np.int32))

@@ -23,15 +23,17 @@ import tifffile
 
 import badfiles
 from conftest import TINY_SHAPE, write_tiny_dataset
-from napari_cellseg import coco, pipeline
-from napari_cellseg.rle import encode_mask
+from napari_cellseg.io import coco
+from napari_cellseg.inference import pipeline
+from napari_cellseg.io.rle import encode_mask
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import load_checkpoint, load_model, save_checkpoint
-from napari_cellseg.cli import main
-from napari_cellseg.data import find_samples, instance_targets, read_sample, split_samples
+from napari_cellseg.model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from napari_cellseg.cli.main import main
+from napari_cellseg.io.samples import find_samples, read_sample
+from napari_cellseg.training.dataset import instance_targets, split_samples
 from napari_cellseg.errors import CheckpointError, DatasetError
-from napari_cellseg.images import read_image, read_image_size, read_labels
-from napari_cellseg.model import ModelConfig, build_model
+from napari_cellseg.io.images import read_image, read_image_size, read_labels
+from napari_cellseg.model.network import ModelConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -712,7 +714,7 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):
 
 
 def test_demo_takes_a_new_folder_and_its_own_again(tmp_path):
-    from napari_cellseg.cli_commands import DEMO_MARK, _claim_demo_folder
+    from napari_cellseg.cli.commands import DEMO_MARK, _claim_demo_folder
 
     out = tmp_path / "new"
     _claim_demo_folder(out)
@@ -764,7 +766,7 @@ def test_negative_ids_are_reported_not_dropped():
 
 
 def test_write_labels_refuses_ids_that_do_not_fit(tmp_path):
-    from napari_cellseg.images import write_labels
+    from napari_cellseg.io.images import write_labels
 
     labels = np.zeros(TINY_SHAPE, np.int64)
     labels[5:15, 5:15] = 2**32  # would wrap to 0 (background) in uint32

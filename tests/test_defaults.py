@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 
 from napari_cellseg import defaults
-from napari_cellseg.cli import build_parser
-from napari_cellseg.model import ModelConfig
-from napari_cellseg.postprocess import to_labels
+from napari_cellseg.cli.main import build_parser
+from napari_cellseg.model.network import ModelConfig
+from napari_cellseg.inference.postprocess import to_labels
 
 
 def test_the_cli_and_to_labels_start_from_the_named_defaults():
@@ -27,6 +27,6 @@ def test_the_detector_floor_is_the_models_and_overlap_shrinks_for_small_tiles():
 
 
 def test_the_confidence_tooltip_states_the_detector_floor():
-    from napari_cellseg._tooltips import SEGMENT
+    from napari_cellseg.plugin.tooltips import SEGMENT
 
     assert "0.05" in SEGMENT["score"].format(floor=defaults.DETECTOR_SCORE_FLOOR)

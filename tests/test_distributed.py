@@ -8,14 +8,14 @@ import textwrap
 import pytest
 
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import load_checkpoint
-from napari_cellseg.engine import StepEvent, TrainConfig, train
+from napari_cellseg.model.checkpoint import load_checkpoint
+from napari_cellseg.training.engine import StepEvent, TrainConfig, train
 
 WORKER = textwrap.dedent(
     """
     import os, sys
     import torch
-    import napari_cellseg.engine as engine
+    import napari_cellseg.training.engine as engine
 
     real_step = engine._train_step
     def step(model, *args):

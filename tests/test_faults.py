@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_cellseg import checkpoint as checkpoint_module
-from napari_cellseg import engine, pipeline
+from napari_cellseg.model import checkpoint as checkpoint_module
+from napari_cellseg.training import engine
+from napari_cellseg.inference import pipeline
 from napari_cellseg._torch import torch
-from napari_cellseg.checkpoint import load_checkpoint, save_checkpoint
-from napari_cellseg.cli import main
-from napari_cellseg.model import ModelConfig, build_model
+from napari_cellseg.model.checkpoint import load_checkpoint, save_checkpoint
+from napari_cellseg.cli.main import main
+from napari_cellseg.model.network import ModelConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -237,7 +238,7 @@ def test_training_on_a_full_disk_is_one_line(failure, tiny_dataset, tmp_path, mo
 
 
 def test_resuming_an_export_with_another_model_redoes_every_image(model_file, tmp_path, monkeypatch):
-    from napari_cellseg.checkpoint import load_model
+    from napari_cellseg.model.checkpoint import load_model
 
     images = tmp_path / "imgs"
     images.mkdir()

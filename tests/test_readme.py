@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from napari_cellseg.cli import build_parser, main
+from napari_cellseg.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-MANIFEST = yaml.safe_load((ROOT / "napari_cellseg" / "napari.yaml").read_text(encoding="utf-8"))
+MANIFEST = yaml.safe_load((ROOT / "napari_cellseg" / "plugin" / "napari.yaml").read_text(encoding="utf-8"))
 SHELL = {"bash", "sh", "shell", "console"}
 EXPENSIVE = {"train", "export", "evaluate", "demo"}
 """Subcommands parsed but not run here (minutes of work; test_cli.py runs them on tiny data)."""
@@ -128,7 +128,7 @@ def test_help_shows_defaults_quoted_in_the_readme():
     # --detections defaults to the --init model's cap, else a new model's (ModelConfig's)
     from dataclasses import fields
 
-    from napari_cellseg.model import ModelConfig
+    from napari_cellseg.model.network import ModelConfig
 
     new_model = {f.name: f.default for f in fields(ModelConfig)}
     assert defaults["detections"] is None and f"{new_model['detections_per_img']} detections per image" in text
@@ -209,7 +209,7 @@ def _button_texts(main_widget) -> set[str]:
 
     shown = {b.text().replace("&&", "&") for b in main_widget.findChildren(QAbstractButton) if b.text()}
     switched = set()
-    for module in (ROOT / "napari_cellseg").glob("_widget_*.py"):
+    for module in (ROOT / "napari_cellseg" / "plugin").glob("*_widget.py"):
         for assignment in re.findall(r"\.text(?:, [\w.]+\.text)* = (.+)", module.read_text(encoding="utf-8")):
             switched.update(re.findall(r'"([^"]+)"', assignment))
     return shown | switched
@@ -244,3 +244,23 @@ def test_links_lead_somewhere():
             assert (ROOT / path).exists(), f"README links to a missing file: {path}"
         elif anchor:
             assert anchor in anchors, f"README links to a missing section: #{anchor}"
+
+
+def test_python_examples_name_what_the_package_holds():
+    """Every import and ``napari_cellseg.<name>`` of the README's Python examples exists (a module
+    moved or a public name renamed shows here, not in a user's notebook)."""
+    import ast
+    import importlib
+
+    import napari_cellseg
+
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert blocks, "the README has no Python example"
+    for block in blocks:
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("napari_cellseg"):
+                module = importlib.import_module(node.module)
+                missing = [a.name for a in node.names if not hasattr(module, a.name)]
+                assert not missing, f"README: {node.module} has no {missing}"
+            elif isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "napari_cellseg":
+                assert node.attr in napari_cellseg.__all__, f"README: napari_cellseg.{node.attr} is not public"

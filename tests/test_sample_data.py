@@ -14,7 +14,7 @@ import npe2
 import numpy as np
 import pytest
 
-from napari_cellseg._sample_data import brightfield_sample, fluorescence_sample
+from napari_cellseg.plugin.open_sample import brightfield_sample, fluorescence_sample
 from napari_cellseg.sample_data import SAMPLE_DATASET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,11 +74,11 @@ def test_manifest_and_sample_data_are_in_the_wheel(tmp_path):
         names = set(zf.namelist())
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
         zf.extractall(tmp_path / "site")
-    assert "napari_cellseg/napari.yaml" in names
+    assert "napari_cellseg/plugin/napari.yaml" in names
     root = SAMPLE_DATASET.parents[1]
     shipped = {str(p.relative_to(root).as_posix()) for p in SAMPLE_DATASET.rglob("*") if p.is_file()}
     assert {f"napari_cellseg/{p}" for p in shipped} <= names and len(shipped) > 30
-    assert "napari-cellseg = napari_cellseg:napari.yaml" in entry_points
+    assert "napari-cellseg = napari_cellseg.plugin:napari.yaml" in entry_points
     # npe2 reads the manifest of the unpacked wheel (not of the editable checkout)
     probe = (
         "import importlib.metadata as md, npe2, napari_cellseg;"
@@ -93,4 +93,4 @@ def test_manifest_and_sample_data_are_in_the_wheel(tmp_path):
     assert out.returncode == 0, out.stderr
     module_file, widgets = out.stdout.split()
     assert Path(module_file).is_relative_to(tmp_path / "site") and widgets == "1"
-    check_manifest(npe2.PluginManifest.from_file(tmp_path / "site" / "napari_cellseg" / "napari.yaml"))
+    check_manifest(npe2.PluginManifest.from_file(tmp_path / "site" / "napari_cellseg" / "plugin" / "napari.yaml"))

@@ -1,5 +1,6 @@
-"""The codebase's structural rules, checked so they stay true: ruff clean, short modules,
-no import circle inside the package, and a slider path that never loads torch."""
+"""The codebase's structural rules, checked so they stay true: ruff clean, short modules, a top
+folder of at most 12 modules, layered subpackages (no import circle, no arrow up), Qt and napari
+only in ``plugin/``, and a slider path that never loads torch."""
 
 from __future__ import annotations
 
@@ -15,39 +16,74 @@ PACKAGE = ROOT / "napari_cellseg"
 MAX_LINES = 400
 
 
+LAYERS = [
+    {"errors", "defaults", "progress", "atomic", "_torch", "devices", "distributed", "sample_data"},
+    {"io"}, {"model"}, {"evaluation"}, {"inference"}, {"training", "export"},
+    {"api", "cli", "plugin", "__init__", "__main__"},
+]
+"""Layers from the bottom up: a module may import its own layer or one below, never one above."""
+GUI_LIBRARIES = {"qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "superqt", "vispy"}
+MAX_TOP_MODULES = 12
+
+
 def _modules() -> dict[str, Path]:
-    """Module name (without the package prefix) -> file, for every module of the package."""
-    return {p.stem: p for p in sorted(PACKAGE.glob("*.py"))}
+    """Dotted module name (without the package prefix; a package by its own name, the root's
+    ``__init__`` as ``__init__``) -> file, for every module of the package."""
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _package_parts(path: Path) -> list[str]:
+    return list(path.relative_to(PACKAGE).parent.parts) if path.is_relative_to(PACKAGE) else []
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(dotted modules under the package, top-level outside packages) that ``path`` imports, at top
+    level or inside functions, in every form (``from .x import``, ``from .. import x``,
+    ``import napari_cellseg.x``, ``from napari_cellseg.x import``)."""
+    local: set[str] = set()
+    external: set[str] = set()
+    here = _package_parts(path)
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                module = ".".join(base + (node.module.split(".") if node.module else []))
+            elif node.module and (node.module == "napari_cellseg" or node.module.startswith("napari_cellseg.")):
+                module = node.module.partition(".")[2]
+            else:
+                external.add((node.module or "").split(".")[0])
+                continue
+            local.update(f"{module}.{a.name}" if module else a.name for a in node.names)
+            local.add(module)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                head, _, rest = alias.name.partition(".")
+                (local.add(rest) if head == "napari_cellseg" and rest else external.add(head))
+    return local, external
 
 
 def _local_imports(path: Path, known: set[str]) -> set[str]:
-    """The package modules `path` imports, at top level or inside functions (`from .x import`,
-    `from . import x`, `import napari_cellseg.x`, `from napari_cellseg.x import`)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module is None:
-                found.update(a.name for a in node.names if a.name in known)
-            elif node.level == 1:
-                found.add(node.module.split(".")[0])
-            elif node.level == 0 and node.module and node.module.startswith("napari_cellseg."):
-                found.add(node.module.split(".")[1])
-            elif node.level == 0 and node.module == "napari_cellseg":
-                found.update(a.name for a in node.names if a.name in known)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "napari_cellseg" and len(parts) > 1:
-                    found.add(parts[1])
-    found.discard(path.stem)
-    return found & known
+    """The package modules ``path`` imports (names imported from a module are not modules)."""
+    me = next((name for name, p in _modules().items() if p == path), path.stem)
+    return {m for m in _imports(path)[0] if m in known and m != me and m}
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Package module -> the package modules it imports (`__init__` and `__main__` included)."""
+    """Package module -> the package modules it imports (packages' ``__init__`` included)."""
     modules = _modules()
     known = set(modules)
     return {name: _local_imports(path, known) for name, path in modules.items()}
+
+
+def layer_of(module: str) -> int:
+    head = module.split(".")[0]
+    return next(i for i, layer in enumerate(LAYERS) if head in layer)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -87,7 +123,7 @@ def test_ruff_is_clean():
 @pytest.mark.parametrize("name", sorted(_modules()))
 def test_module_is_short(name):
     lines = len(_modules()[name].read_text(encoding="utf-8").splitlines())
-    assert lines < MAX_LINES, f"{name}.py has {lines} lines; split it (rule: under {MAX_LINES})"
+    assert lines < MAX_LINES, f"{name} has {lines} lines; split it (rule: under {MAX_LINES})"
 
 
 def test_find_cycle_sees_a_circle_and_a_clean_graph():
@@ -96,42 +132,60 @@ def test_find_cycle_sees_a_circle_and_a_clean_graph():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_import_graph_reads_every_import_form(tmp_path):
-    src = tmp_path / "m.py"
+def test_import_graph_reads_every_import_form(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path)
+    (tmp_path / "io").mkdir()
+    src = tmp_path / "io" / "m.py"
     src.write_text(
-        "from .a import x\nfrom . import b, nothere\nimport napari_cellseg.c\n"
-        "def f():\n    from napari_cellseg.d import y\n    from napari_cellseg import e\n"
+        "from .a import x\nfrom .. import b, nothere\nimport napari_cellseg.c\nfrom ..model import net\n"
+        "def f():\n    from napari_cellseg.d import y\n    from napari_cellseg import e\n    import qtpy.QtCore\n"
     )
-    assert _local_imports(src, {"a", "b", "c", "d", "e", "m"}) == {"a", "b", "c", "d", "e"}
+    known = {"io.a", "b", "c", "d", "e", "model", "model.net", "io.m"}
+    assert _local_imports(src, known) == {"io.a", "b", "c", "d", "e", "model", "model.net"}
+    assert _imports(src)[1] == {"qtpy"}
 
 
 def test_package_has_no_import_circle():
     graph = import_graph()
-    assert "postprocess" in graph and graph["inference"], "the graph was not read"
+    assert "inference.postprocess" in graph and graph["inference.predict"], "the graph was not read"
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle)
 
 
-def test_core_never_imports_the_gui():
+def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_ones():
     graph = import_graph()
-    gui_prefixes = ("_widget", "_gui", "_segment", "_reader", "_writer", "_sample_data", "_tooltips")
-    gui = {m for m in graph if m.startswith(gui_prefixes)}
-    core = set(graph) - gui - {"__init__", "__main__"}
-    leaks = {m: sorted(graph[m] & gui) for m in core if graph[m] & gui}
-    assert not leaks, f"core modules import GUI modules: {leaks}"
+    upward = {m: sorted(d for d in deps if layer_of(d) > layer_of(m)) for m, deps in graph.items()}
+    upward = {m: deps for m, deps in upward.items() if deps}
+    assert not upward, f"imports up the layers {[sorted(layer) for layer in LAYERS]}: {upward}"
+
+
+def test_the_top_folder_shows_the_architecture():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_MODULES, f"{len(top)} modules at the top (at most {MAX_TOP_MODULES}): {top}"
+    prefixed = [p.name for p in PACKAGE.rglob("_*.py") if p.name.startswith(("_widget", "_gui", "_segment"))]
+    assert not prefixed, f"a prefix stands in for a folder: {prefixed}"
+
+
+def test_only_the_plugin_imports_qt_or_napari():
+    leaks = {}
+    for name, path in _modules().items():
+        gui = _imports(path)[1] & GUI_LIBRARIES
+        if gui and not name.startswith("plugin"):
+            leaks[name] = sorted(gui)
+    assert not leaks, f"Qt/napari imported outside napari_cellseg.plugin: {leaks}"
 
 
 def test_the_faces_never_import_each_other():
     graph = import_graph()
-    cli = {"cli", "cli_commands", "__main__"}
-    widgets = {m for m in graph if m.startswith("_widget")}
-    crossings = {m: sorted(graph[m] & widgets) for m in cli if graph[m] & widgets}
-    crossings.update({m: sorted(graph[m] & cli) for m in widgets if graph[m] & cli})
-    assert not crossings, f"the CLI and the widgets import each other: {crossings}"
+    face = {"cli": "cli", "__main__": "cli", "plugin": "plugin"}  # ``python -m napari_cellseg`` is the CLI
+    crossings = {m: sorted(d for d in deps if face.get(d.split(".")[0], face[m.split(".")[0]]) != face[m.split(".")[0]])
+                 for m, deps in graph.items() if m.split(".")[0] in face}
+    crossings = {m: deps for m, deps in crossings.items() if deps}
+    assert not crossings, f"the CLI and the plugin import each other: {crossings}"
 
 
 def test_slider_path_does_not_import_torch():
-    code = "import sys, napari_cellseg.postprocess; print('torch' in sys.modules)"
+    code = "import sys, napari_cellseg.inference.postprocess; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

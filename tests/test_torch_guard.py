@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-GUARD = "import sys, napari_cellseg.model; print(sys.modules.get('triton', 'absent'))"
+GUARD = "import sys, napari_cellseg.model.network; print(sys.modules.get('triton', 'absent'))"
 
 AFTER_GL = """
 import numpy as np, napari, sys
 viewer = napari.Viewer(show=True)
 viewer.add_image(np.random.random((64, 64)))
 viewer.screenshot()  # forces a real OpenGL context (Mesa)
-from napari_cellseg.model import ModelConfig, build_model
+from napari_cellseg.model.network import ModelConfig, build_model
 model = build_model(ModelConfig(arch="resnet18", class_names=["a"]))
 viewer.close()
 print("ok", sys.modules.get("triton", "absent"))

@@ -1,0 +1,1 @@
+"""The command line ``napari-cellseg train|predict|evaluate|export|...``."""

@@ -1,0 +1,1 @@
+"""COCO AP/AP50 with pycocotools and instance matching (TP/(TP+FP+FN), PQ)."""

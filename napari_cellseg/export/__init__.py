@@ -1,0 +1,1 @@
+"""What users take elsewhere: cell tables, outlines, overlays, bioimage.io packages."""

@@ -1,0 +1,284 @@
+"""Run the network once per image (tile by tile when large) and keep compact raw instances.
+
+Why raw instances: thresholds are chosen afterwards with sliders, so the network output is kept
+as it is - each mask's probabilities cropped to its box, as uint8 - and ``postprocess.to_labels``
+turns it into label images in milliseconds. torchvision would paste every mask into a full-size
+float image (N x H x W: 14 GB for 700 cells on a 2500 x 2000 image); here each 28 x 28 map is
+resized into its own box only, with torchvision's geometry, so thresholding gives the same masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import numpy as np
+
+from .._torch import torch
+from ..io.images import to_tensor
+from ..devices import resolve_device
+from .fastpath import accelerated
+from ..defaults import OVERLAP, TILE_SIZE
+from ..errors import DetectionCapWarning
+from ..model.network import MAX_DETECTIONS, set_detections_per_img
+from ..progress import Progress, StopCheck, drain, stopped
+from ..io.raw import RawInstances
+from .tiling import Tile, in_core, tile_grid
+
+from torch.nn import functional as F  # noqa: E402
+
+
+def iter_predict(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    device: str | torch.device | None = None,
+    tile_size: int = TILE_SIZE,
+    overlap: int = OVERLAP,
+    max_detections: int | None = None,
+    flip: bool = False,
+    scale: float = 1.0,
+    should_stop: StopCheck | None = None,
+) -> Generator[Progress, None, RawInstances | None]:
+    """Predict tile by tile, yielding ``Progress(tiles_done, tiles, "tile")``; returns the
+    ``RawInstances``, or None when ``should_stop`` says so (checked before every tile).
+
+    A generator so the GUI can show progress and cancel between tiles (``progress``'s contract);
+    arguments are checked when it is called, before the first tile. Only one tile's network output is alive at a time.
+    ``max_detections`` fixes the cap per tile; by default it follows the tile (``tile_cap``) and a
+    tile that hits it is run again once with 4x the cap. A tile that still hits it is counted in the
+    result's ``capped_tiles`` and a ``DetectionCapWarning`` says so: cells are never lost silently.
+    ``scale`` resizes the image inside the model (``scale.py`` decides it). An image no larger than
+    ``tile_size`` is one tile: exactly the untiled result. ``flip`` also segments the mirror image
+    and merges the two views (``tta.merge_views``): twice the time, a little more AP.
+    """
+    _check_image(image)
+    if max_detections is not None and max_detections < 1:
+        raise ValueError("max_detections must be at least 1")
+    if not 0.05 <= scale <= 8:
+        raise ValueError(f"the scale factor must be between 0.05 and 8, got {scale:g}")
+    tiles = tile_grid((image.shape[0], image.shape[1]), tile_size, overlap)
+    device = _model_device(model) if device is None else _as_device(device)
+    return _run_tiles(model, image, tiles, device, max_detections, flip, should_stop, scale)
+
+
+def _run_tiles(
+    model: torch.nn.Module, image: np.ndarray, tiles: list[Tile], device: torch.device, max_detections: int | None,
+    flip: bool, should_stop: StopCheck | None, scale: float = 1.0,
+) -> Generator[Progress, None, RawInstances | None]:
+    """The generator behind ``iter_predict`` (which checks its arguments before the first step)."""
+    shape = (image.shape[0], image.shape[1])
+    views = [image, np.ascontiguousarray(image[:, ::-1])] if flip else [image]
+    total, results = len(tiles) * len(views), []
+    with _inference_setup(model, device, max_detections, scale) as base_cap, _stop_inside(model, should_stop):
+        for v, view in enumerate(views):
+            parts = []
+            for done, tile in enumerate(tiles, start=1):
+                if stopped(should_stop):
+                    return None
+                try:
+                    parts.append(_predict_uncapped(model, view, tile, device, max_detections, base_cap, scale))
+                except _Stopped:
+                    return None
+                yield Progress(v * len(tiles) + done, total, "tile")
+            results.append(RawInstances.concatenate(parts, shape))
+        cap = _detection_cap(model)
+    result = results[0]
+    if flip:
+        from .tta import merge_views, mirror  # imported when used: tta pulls in torchvision ops
+
+        result = merge_views(results[0], mirror(results[1]))
+    result.scale, result.capped_tiles = scale, sum(r.capped_tiles for r in results)
+    if result.capped_tiles:
+        warnings.warn(DetectionCapWarning(cap_message(result.capped_tiles, total, cap)), stacklevel=2)
+    return result
+
+
+AREA_PER_DETECTION = 32 * 32
+"""Network pixels per allowed detection when a tile's cap is set from its area: a 1024 px tile
+allows 1,024, more than the densest DSB2018 image holds; ``model.network.detect`` says when it is hit anyway."""
+
+
+def tile_cap(tile_shape: tuple[int, int], base: int, scale: float = 1.0) -> int:
+    """The detection cap of a tile: its area (in network pixels) over ``AREA_PER_DETECTION``,
+    never below the model's own cap ``base`` nor above ``MAX_DETECTIONS``."""
+    area = tile_shape[0] * tile_shape[1] * scale * scale
+    return int(min(MAX_DETECTIONS, max(base, math.ceil(area / AREA_PER_DETECTION))))
+
+
+def cap_message(capped: int, tiles: int, cap: int | None) -> str:
+    """One line for the user when tiles hit the detection cap (the CLI's warning, the GUI's status)."""
+    return (f"{capped} of {tiles} tile(s) hit the limit of {cap} detections: some cells may be missing; "
+            "use a smaller tile size or a higher detection limit")
+
+
+def _predict_uncapped(
+    model: torch.nn.Module, image: np.ndarray, tile: Tile, device: torch.device, fixed: int | None, base: int | None,
+    scale: float,
+) -> RawInstances:
+    """One tile under a cap that follows its area, run again once with 4x the cap when it is hit
+    (unless the caller ``fixed`` the cap; once: each run costs a whole tile); a tile that still hits
+    it keeps ``capped_tiles == 1``."""
+    if fixed is None and base is not None:
+        set_detections_per_img(model, tile_cap(tile.shape, base, scale))
+    part = _predict_tile(model, image, tile, device)
+    if fixed is None and part.capped_tiles and (cap := _detection_cap(model) or MAX_DETECTIONS) < MAX_DETECTIONS:
+        set_detections_per_img(model, min(4 * cap, MAX_DETECTIONS))
+        part = _predict_tile(model, image, tile, device)
+    return part
+
+
+def predict(model: torch.nn.Module, image: np.ndarray, **options: Any) -> RawInstances:
+    """``iter_predict`` run to the end, for scripts and the CLI; ``options`` are its keywords
+    (``device``, ``tile_size``, ``overlap``, ``max_detections``, ``flip``)."""
+    return drain(iter_predict(model, image, **options))
+
+
+def paste_masks(
+    masks: torch.Tensor, boxes: torch.Tensor, image_shape: tuple[int, int]
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Resize each M x M probability map into its own box, as torchvision's ``paste_masks_in_image``.
+
+    Same geometry (1-px zero padding, box grown by (M + 2) / M and truncated to integers, bilinear
+    resize to the box + 1 px, clipped to the image) but only the crop is kept, as uint8
+    (round(p * 255)). Returns the crop bounds (xyxy, exclusive ends), the crops, and the indices
+    of the instances kept (a crop entirely outside the image is dropped).
+    """
+    h_img, w_img = image_shape
+    m = masks.shape[-1]
+    padded = F.pad(masks.float().cpu(), (1, 1, 1, 1))
+    grown = _expand_boxes(boxes.float().cpu(), (m + 2) / m).to(torch.int64).tolist()
+    crop_boxes, crops, kept = [], [], []
+    for i, (x0, y0, x1, y1) in enumerate(grown):
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1 + 1, w_img), min(y1 + 1, h_img)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        size = (max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1))
+        resized = F.interpolate(padded[i][None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        crop = resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+        crops.append(crop.mul(255).round_().clamp_(0, 255).to(torch.uint8).numpy())
+        crop_boxes.append((cx0, cy0, cx1, cy1))
+        kept.append(i)
+    return np.asarray(crop_boxes, np.int32).reshape(-1, 4), crops, np.asarray(kept, np.intp)
+
+
+def _expand_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
+    """torchvision's ``expand_boxes``, same float32 operations so truncation matches exactly."""
+    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5
+    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5
+    x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    w_half *= scale
+    h_half *= scale
+    return torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], dim=1)
+
+
+def _predict_tile(model: torch.nn.Module, image: np.ndarray, tile: Tile, device: torch.device) -> RawInstances:
+    """Detect in one tile, keep the detections centred in its core, paste them in image coordinates."""
+    shape = (image.shape[0], image.shape[1])
+    offset = torch.tensor([tile.x0, tile.y0, tile.x0, tile.y0], dtype=torch.float32)
+
+    def centred_in_core(boxes: torch.Tensor) -> torch.Tensor:
+        inside = in_core((boxes.float().cpu() + offset).numpy(), tile)
+        return torch.from_numpy(inside).to(boxes.device)
+
+    with torch.inference_mode():
+        tensor = to_tensor(image[tile.y0 : tile.y1, tile.x0 : tile.x1]).to(device)
+        det = model.detect([tensor], keep=centred_in_core)[0]
+        capped = bool(det.get("capped", False))
+        boxes = det["boxes"].float().cpu() + offset
+        masks, scores, labels = det["masks"].cpu(), det["scores"].cpu(), det["labels"].cpu()
+        del det
+        crop_boxes, crops, kept = paste_masks(masks, boxes, shape)
+    return RawInstances(crop_boxes, scores.numpy()[kept], labels.numpy()[kept], crops, shape,
+                        capped_tiles=int(capped))
+
+
+class _Stopped(Exception):
+    """Raised inside the network when ``should_stop`` says so: a cancel waits for one layer, not a tile."""
+
+
+@contextlib.contextmanager
+def _stop_inside(model: torch.nn.Module, should_stop: StopCheck | None) -> Iterator[None]:
+    """Check ``should_stop`` before every leaf layer of ``model`` (a 1024 px tile took 16 s on a busy CPU,
+    so a check per tile let a cancel wait that long); the hooks go when the run ends."""
+    if should_stop is None:
+        yield
+        return
+
+    def check(_module, _inputs) -> None:
+        if should_stop():
+            raise _Stopped
+
+    handles = [m.register_forward_pre_hook(check) for m in model.modules() if next(m.children(), None) is None]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _inference_setup(
+    model: torch.nn.Module, device: torch.device, max_detections: int | None, scale: float = 1.0
+) -> Iterator[int | None]:
+    """Eval mode on ``device`` (a given cap, the image scale times ``scale``) for the run, on the CPU
+    the fast heads (``fastpath``); mode, cap, scale and heads come back afterwards. Yields the
+    model's own cap."""
+    was_training = model.training
+    old_cap = _detection_cap(model)
+    transform = getattr(model, "transform", None)
+    old_scale = getattr(transform, "image_scale", None)
+    model.to(device)
+    model.eval()
+    if max_detections is not None:
+        set_detections_per_img(model, max_detections)
+    if old_scale is not None:
+        transform.image_scale = old_scale * scale
+    try:
+        with accelerated(model, device):
+            yield old_cap if hasattr(model, "rpn") else None  # an ONNX graph's cap is fixed at export
+    finally:
+        if old_cap is not None and old_cap != _detection_cap(model):
+            set_detections_per_img(model, old_cap)
+        if old_scale is not None:
+            transform.image_scale = old_scale
+        model.train(was_training)
+
+
+def _detection_cap(model: torch.nn.Module) -> int | None:
+    roi_heads = getattr(model, "roi_heads", None)
+    return getattr(roi_heads, "detections_per_img", None)
+
+
+def _check_image(image: np.ndarray) -> None:
+    """The core's convention is H x W x 3 uint8; anything else is a caller's mistake worth naming."""
+    ok = (
+        isinstance(image, np.ndarray)
+        and image.ndim == 3
+        and image.shape[2] == 3
+        and image.dtype == np.uint8
+        and image.shape[0] > 0
+        and image.shape[1] > 0
+    )
+    if not ok:
+        got = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(
+            f"prediction needs an RGB image as an H x W x 3 uint8 array, got {got}; "
+            "convert it with napari_cellseg.io.images.to_rgb_uint8 first"
+        )
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _as_device(device: str | torch.device) -> torch.device:
+    return resolve_device(device) if isinstance(device, str) else torch.device(device)
+
+
+__all__ = ["RawInstances", "resolve_device", "iter_predict", "predict", "paste_masks", "tile_cap", "cap_message"]

@@ -1,0 +1,1 @@
+"""The network: Mask R-CNN builders, checkpoints, packing, built-in models, ONNX."""

@@ -1,0 +1,132 @@
+"""The Segment widget's layer side: which layers show an image's result, and how new labels get
+into a Labels layer fast enough for a slider (``update_labels``, timed by ``benchmarks/bench_slider.py``)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from .session import ImageResult
+from .reader import GROUND_TRUTH, META, PREDICTION, features_table, layer_meta
+from .writer import scores_from_features
+
+REVIEW = "review"  # the role of the one image layer a folder review steps through
+
+
+@dataclass(eq=False)
+class Shown:
+    """One image layer's prediction layers (class id -> Labels), the result they show, edit state."""
+
+    result: ImageResult
+    image: Image
+    layers: dict[int, Labels]
+    edited: set[int] = field(default_factory=set)  # edited since the last redraw
+    kept: set[int] = field(default_factory=set)  # the user chose to keep these edits
+    model_tables: set[int] = field(default_factory=set)  # layers whose features are the model's scores
+    visible: dict[int, set[int]] = field(default_factory=dict)  # class id -> ids on screen after the last redraw
+
+    def live(self, viewer) -> dict[int, Labels]:
+        """The layers still in the viewer (the user may delete any of them)."""
+        return {k: layer for k, layer in self.layers.items() if layer in viewer.layers}
+
+    def edit(self, class_id: int, painted: set[int] | None) -> None:
+        """A hand edit of ``class_id`` (``painted``: the ids a paint event wrote): cells drawn by
+        hand get score 1.0 (``drawn_ids``), and the edit stays with the result."""
+        layer = self.layers[class_id]
+        self.edited.add(class_id)
+        self.kept.discard(class_id)
+        if painted is not None:
+            table = scores_from_features(layer.features)
+            drawn = drawn_ids(painted, table, self.visible.get(class_id, set()))
+            if drawn:
+                table.update(dict.fromkeys(drawn, 1.0))
+                self.model_tables.discard(class_id)
+                ids = np.array(sorted(table), dtype=np.int64)
+                layer.features = features_table(ids, self.result.class_names[class_id - 1], table)
+        self.visible[class_id] = self.visible.get(class_id, set()) | (painted or set()) - {0}  # recount later:
+        self.remember_edits()  # napari sends a paint event before it writes the pixels
+
+    def remember_edits(self, copy: bool = False) -> None:
+        """Edited classes stay with their result: by reference while shown, copied when the layers
+        move on to another image."""
+        edited = [k for k in sorted(self.edited) if k in self.layers]
+        data = {k: self.layers[k].data for k in edited}
+        self.result.reviewed = {k: (v.copy() if copy else v) for k, v in data.items()} or None
+        self.result.reviewed_scores = {k: scores_from_features(self.layers[k].features) for k in edited} or None
+
+
+def present_ids(data: np.ndarray) -> set[int]:
+    """Ids on screen in a label image (a bincount: a few ms on 1000 x 1000, ~5x faster than np.unique)."""
+    if data.size == 0:
+        return set()
+    counts = np.bincount(np.asarray(data).ravel().astype(np.intp, copy=False).clip(0))  # bincount's own cast
+    return {int(i) for i in np.flatnonzero(counts) if i > 0}
+
+
+def drawn_ids(painted: set[int], table: dict[int, float], visible: set[int]) -> set[int]:
+    """Ids of cells the user drew: painted ids that were not on screen. napari's *new label* picks
+    the largest id + 1, often the id of a detection hidden below the confidence, whose score a
+    drawn cell must not take; painting over a shown cell keeps that cell's score."""
+    return {v for v in painted if v > 0 and (v not in table or v not in visible)}
+
+
+def count_text(name: str, shown: int, below: int) -> str:
+    """One count, what is on screen; the cells the confidence hides said apart."""
+    text = f"{name}: {shown} cell{'s' if shown != 1 else ''} shown"
+    if below:
+        text += f" ({below} below the confidence)"
+    return text
+
+
+def update_labels(layer: Labels, data: np.ndarray) -> None:
+    """New labels into ``layer``. In place when the array fits, through napari's partial update
+    (``data_setitem``: only the changed pixels are re-coloured and sent to the GPU); ``layer.data =``
+    re-derives dims, extent and the whole texture, ~5x slower on 1000 x 1000 (bench_slider.py)."""
+    old = layer.data
+    if not (isinstance(old, np.ndarray) and old.shape == data.shape and old.dtype == data.dtype) or old is data:
+        layer.data = data
+        return
+    flat = np.flatnonzero(old != data)  # ~2x faster than a 2-D np.nonzero
+    if flat.size:
+        changed = np.divmod(flat, data.shape[1])
+        layer.data_setitem(changed, data.ravel()[flat])
+        with warnings.catch_warnings():  # napari flags its private API; without it, undo can revert a redraw
+            warnings.simplefilter("ignore", FutureWarning)
+            reset = getattr(layer, "_reset_history", None)  # a slider move is not an undoable edit
+        if reset is not None:
+            reset()
+
+
+def truth_below_predictions(viewer, layer) -> None:
+    """A ground-truth layer opened while segmentations are shown goes below the lowest of them: added on
+    top, it hid the cells being reviewed."""
+    if not isinstance(layer, Labels) or layer_meta(layer).get("role") != GROUND_TRUTH or layer not in viewer.layers:
+        return
+    below = [i for i, la in enumerate(viewer.layers)
+             if isinstance(la, Labels) and layer_meta(la).get("role") == PREDICTION]
+    index = viewer.layers.index(layer)
+    if below and index > min(below):
+        viewer.layers.move(index, min(below))
+
+
+def review_image(viewer, result: ImageResult) -> Image:
+    """The folder review's one image layer, showing (and named after) ``result``'s image."""
+    from .reader import image_layer as image_tuple
+    from ..io.images import read_image
+
+    data, kwargs, _ = image_tuple(read_image(result.path), result.path, result.name)
+    kwargs["metadata"] = {META: {**layer_meta(kwargs["metadata"]), "role": REVIEW}}
+    old = [la for la in viewer.layers if isinstance(la, Image) and layer_meta(la).get("role") == REVIEW]
+    if not old:
+        layer = viewer.add_image(data, **kwargs)
+        viewer.reset_view()
+        return layer
+    layer, fit = old[0], old[0].data.shape[:2] != data.shape[:2]
+    layer.data, layer.metadata, layer.name = data, kwargs["metadata"], kwargs["name"]
+    layer.reset_contrast_limits()
+    if fit:  # another image size: show the whole image
+        viewer.reset_view()
+    return layer

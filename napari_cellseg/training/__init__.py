@@ -1,0 +1,1 @@
+"""Training: the dataset, augmentations, the engine, its config, AMP and new samples."""

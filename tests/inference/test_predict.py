@@ -1,0 +1,366 @@
+"""Prediction: torchvision's masks without full-size pasting, tiles without doubles, progress, devices."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from skimage.measure import regionprops
+from skimage.measure import label as connected_components
+
+from napari_cellseg._torch import torch
+from napari_cellseg.io.images import to_tensor
+from napari_cellseg.progress import drain
+from napari_cellseg.devices import resolve_device
+from napari_cellseg.inference.fastpath import exact
+from napari_cellseg.errors import DetectionCapWarning
+from napari_cellseg.inference.predict import iter_predict, paste_masks, predict, tile_cap
+from napari_cellseg.io.raw import RawInstances
+from napari_cellseg.model.network import MAX_DETECTIONS, ModelConfig, build_model, set_detections_per_img
+from napari_cellseg.inference.scale import scale_note
+
+from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(one_thread):
+    """Random weights; 10 detections per image keep the mask head cheap on 2 CPU cores."""
+    torch.manual_seed(0)
+    return build_model(ModelConfig(arch="resnet18", class_names=["a", "b"], detections_per_img=10)).eval()
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _canvas(raw: RawInstances, i: int) -> np.ndarray:
+    """Instance ``i``'s crop placed into a full image (tests only: production never does this)."""
+    out = np.zeros(raw.image_shape, np.uint8)
+    x0, y0, x1, y1 = raw.boxes[i]
+    out[y0:y1, x0:x1] = raw.masks[i]
+    return out
+
+
+def _assert_valid(raw: RawInstances, shape: tuple[int, int]) -> None:
+    assert raw.image_shape == shape
+    assert raw.boxes.dtype == np.int32 and raw.scores.dtype == np.float32 and raw.labels.dtype == np.int32
+    assert np.all(np.diff(raw.scores) <= 0)
+    h, w = shape
+    for (x0, y0, x1, y1), m in zip(raw.boxes, raw.masks):
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert m.dtype == np.uint8 and m.shape == (y1 - y0, x1 - x0)
+
+
+# --- pasting -------------------------------------------------------------------------------------
+
+
+def test_paste_masks_reproduces_torchvision_exactly():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(6, 28, 28, generator=g)
+    boxes = torch.tensor(
+        [
+            [10.3, 12.7, 40.2, 33.9],  # inside
+            [0.0, 0.0, 15.5, 9.1],  # at the top-left corner
+            [70.2, 50.6, 80.0, 60.0],  # at the bottom-right corner
+            [30.0, 20.0, 30.4, 20.3],  # tiny
+            [5.5, 40.0, 74.9, 44.0],  # long and thin
+            [-3.0, -2.0, 20.0, 25.0],  # partly outside (torchvision clips first, but be safe)
+        ]
+    )
+    shape = (60, 80)
+    crop_boxes, crops, kept = paste_masks(masks, boxes, shape)
+    expected = paste_masks_in_image(masks[:, None], boxes, shape)[:, 0]
+    assert kept.tolist() == list(range(6))
+    raw = RawInstances(crop_boxes, np.linspace(1, 0, 6), np.ones(6), crops, shape)
+    for i in range(6):
+        ours = _canvas(raw, i)
+        theirs = expected[i].mul(255).round().to(torch.uint8).numpy()
+        np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_array_equal(ours >= 128, expected[i].numpy() >= 0.5)
+
+
+def test_paste_masks_drops_a_box_outside_the_image():
+    masks = torch.ones(2, 28, 28)
+    boxes = torch.tensor([[2.0, 2.0, 10.0, 10.0], [200.0, 200.0, 210.0, 210.0]])
+    crop_boxes, crops, kept = paste_masks(masks, boxes, (32, 32))
+    assert kept.tolist() == [0] and len(crops) == 1 and crop_boxes.shape == (1, 4)
+
+
+# --- a real (random) model -----------------------------------------------------------------------
+
+
+def test_single_tile_equals_torchvision_forward(tiny_model):
+    """The exact path (``fastpath.exact``) is torchvision's result; the fast path is tested in test_fastpath."""
+    image = _image(72, 96)
+    with exact():  # the model's own cap, fixed: by default a tile that hits it is run again with a higher one
+        raw = predict(tiny_model, image, tile_size=128, overlap=32, max_detections=10)
+    with torch.inference_mode():
+        ref = tiny_model([to_tensor(image)])[0]
+    assert len(raw) == len(ref["scores"]) > 0
+    np.testing.assert_array_equal(raw.scores, ref["scores"].numpy())
+    np.testing.assert_array_equal(raw.labels, ref["labels"].numpy())
+    _assert_valid(raw, (72, 96))
+    for i in range(len(raw)):
+        np.testing.assert_array_equal(_canvas(raw, i) >= 128, ref["masks"][i, 0].numpy() >= 0.5)
+
+
+def test_iter_predict_reports_each_tile_and_returns_the_result(tiny_model):
+    image = _image(80, 90, seed=2)
+    steps = iter_predict(tiny_model, image, tile_size=48, overlap=16, max_detections=10)
+    progress = []
+    raw = drain(steps, progress.append)
+    assert [p[:2] for p in progress] == [(k, 6) for k in range(1, 7)]
+    assert {p.name for p in progress} == {"tile"}
+    _assert_valid(raw, (80, 90))
+    assert 0 < len(raw) <= 6 * 10
+
+
+def test_iter_predict_stops_between_tiles_when_asked(tiny_model):
+    seen = []  # Cancel is clicked once two tiles are done (checks run inside tiles too: see below)
+    steps = iter_predict(tiny_model, _image(80, 90, seed=2), tile_size=48, overlap=16,
+                         should_stop=lambda: len(seen) >= 2)
+    assert drain(steps, seen.append) is None  # stopped: no result
+    assert [p.done for p in seen] == [1, 2]  # the third tile never finishes
+
+
+def test_max_detections_caps_each_tile_and_settings_come_back(tiny_model):
+    tiny_model.train()
+    try:
+        raw = predict(tiny_model, _image(64, 64), max_detections=3)
+        assert 0 < len(raw) <= 3
+        assert tiny_model.training
+        assert tiny_model.roi_heads.detections_per_img == 10
+    finally:
+        tiny_model.eval()
+
+
+def test_cancelling_between_tiles_restores_the_model(tiny_model):
+    tiny_model.train()
+    try:
+        steps = iter_predict(tiny_model, _image(64, 100), tile_size=64, overlap=16, max_detections=2)
+        assert next(steps)[:2] == (1, 2)
+        assert not tiny_model.training and tiny_model.roi_heads.detections_per_img == 2
+        steps.close()
+        assert tiny_model.training and tiny_model.roi_heads.detections_per_img == 10
+    finally:
+        tiny_model.eval()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((32, 32), np.uint8),
+        np.zeros((32, 32, 4), np.uint8),
+        np.zeros((32, 32, 3), np.float32),
+        np.zeros((0, 32, 3), np.uint8),
+        [[0, 0, 0]],
+    ],
+)
+def test_predict_rejects_images_outside_the_convention_before_running(tiny_model, image):
+    with pytest.raises(ValueError, match="H x W x 3 uint8"):
+        iter_predict(tiny_model, image)
+
+
+def test_bad_tiling_settings_are_rejected(tiny_model):
+    with pytest.raises(ValueError):
+        iter_predict(tiny_model, _image(32, 32), tile_size=64, overlap=64)
+    with pytest.raises(ValueError):
+        iter_predict(tiny_model, _image(32, 32), max_detections=0)
+
+
+# --- de-duplication across tile seams, with a perfect fake detector -----------------------------
+
+
+class PerfectDetector(torch.nn.Module):
+    """Finds every bright connected blob in the tile it is given, cut or whole, like a real one.
+
+    Its score is the blob's grey level, so each object of the synthetic image is recognisable.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls: list[tuple[int, int]] = []
+
+    def detect(self, images: list[torch.Tensor], keep=None) -> list[dict[str, torch.Tensor]]:
+        (image,) = images
+        self.calls.append(tuple(image.shape[-2:]))
+        grey = image[0].numpy()
+        regions = regionprops(connected_components(grey > 0), intensity_image=grey)
+        boxes = [[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]] for r in regions]
+        n = len(regions)
+        det = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
+            "scores": torch.tensor([r.intensity_max for r in regions], dtype=torch.float32),
+            "labels": torch.ones(n, dtype=torch.int64),
+            "masks": torch.ones(n, 28, 28),
+        }
+        sel = keep(det["boxes"]) if keep is not None else slice(None)
+        return [{k: v[sel] for k, v in det.items()}]
+
+
+def _seam_image() -> tuple[np.ndarray, dict[int, tuple[int, int, int, int]]]:
+    """160 x 160 with 16 x 16 squares across every tile edge and overlap midline of the grid.
+
+    With tile_size 64 and overlap 24 the 58 px tiles start at 0, 34, 68, 102 (edges at 34, 58, 68,
+    92, 102, 126, midlines at 46, 80, 114); squares are 2+ px apart so each is one connected blob.
+    """
+    image = np.zeros((160, 160, 3), np.uint8)
+    objects = {}
+    starts = (2, 22, 41, 59, 77, 95, 113, 136)
+    for k, (y, x) in enumerate((y, x) for y in starts for x in starts):
+        grey = 40 + 3 * k
+        image[y : y + 16, x : x + 16] = grey
+        objects[grey] = (x, y, x + 16, y + 16)
+    return image, objects
+
+
+def test_objects_straddling_seams_are_kept_exactly_once():
+    image, objects = _seam_image()
+    detector = PerfectDetector()
+    raw = predict(detector, image, tile_size=64, overlap=24)
+    assert len(detector.calls) > 4 and all(max(s) <= 64 for s in detector.calls)
+    found = np.round(raw.scores * 255).astype(int)
+    assert sorted(found.tolist()) == sorted(objects)  # every object once, no doubles, no cut copies
+    for i, grey in enumerate(found):
+        x0, y0, x1, y1 = objects[grey]
+        np.testing.assert_array_equal(np.argwhere(_canvas(raw, i) >= 128).min(0), [y0, x0])
+        np.testing.assert_array_equal(np.argwhere(_canvas(raw, i) >= 128).max(0) + 1, [y1, x1])
+
+
+def test_tiled_and_untiled_agree_for_a_perfect_detector():
+    image, _ = _seam_image()
+    tiled = predict(PerfectDetector(), image, tile_size=64, overlap=24)
+    whole = predict(PerfectDetector(), image, tile_size=4096)
+    np.testing.assert_array_equal(tiled.scores, whole.scores)
+    np.testing.assert_array_equal(tiled.boxes, whole.boxes)
+
+
+# --- RawInstances and devices --------------------------------------------------------------------
+
+
+def _raw3() -> RawInstances:
+    masks = [np.full((2, 3), 200, np.uint8), np.full((4, 4), 100, np.uint8), np.full((1, 1), 255, np.uint8)]
+    boxes = [[0, 0, 3, 2], [1, 1, 5, 5], [7, 7, 8, 8]]
+    return RawInstances(boxes, [0.9, 0.5, 0.2], [1, 2, 1], masks, (10, 10))
+
+
+def test_raw_instances_size_select_and_empty():
+    raw = _raw3()
+    assert len(raw) == 3
+    assert raw.nbytes == 3 * 16 + 3 * 4 + 3 * 4 + (6 + 16 + 1)
+    picked = raw.select([2, 0])
+    assert picked.scores.tolist() == pytest.approx([0.2, 0.9]) and picked.masks[0].shape == (1, 1)
+    assert raw.select(np.array([False, True, False])).labels.tolist() == [2]
+    empty = RawInstances.empty((5, 6))
+    assert len(empty) == 0 and empty.image_shape == (5, 6) and empty.boxes.shape == (0, 4)
+
+
+def test_concatenate_sorts_by_score():
+    raw = _raw3()
+    merged = RawInstances.concatenate([raw.select([2]), raw.select([0, 1])], raw.image_shape)
+    assert merged.scores.tolist() == pytest.approx([0.9, 0.5, 0.2])
+    assert [m.shape for m in merged.masks] == [(2, 3), (4, 4), (1, 1)]
+
+
+def test_raw_instances_rejects_mismatched_lengths():
+    with pytest.raises(ValueError):
+        RawInstances(np.zeros((2, 4)), [0.5], [1], [np.zeros((1, 1), np.uint8)], (4, 4))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    else:
+        with pytest.raises(ValueError, match="there is no GPU"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+# --- property: an image that fits one tile is segmented exactly as untiled -----------------------
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_an_image_that_fits_one_tile_is_the_untiled_result(tiny_model, data):
+    h, w = data.draw(st.integers(16, 96), label="height"), data.draw(st.integers(16, 96), label="width")
+    tile = data.draw(st.integers(max(h, w), 160), label="tile_size")
+    overlap = data.draw(st.integers(0, tile - 1), label="overlap")
+    image = _image(h, w, seed=data.draw(st.integers(0, 3), label="seed"))
+    with exact():  # torchvision's result (and its cap) is compared below
+        tiled = predict(tiny_model, image, tile_size=tile, overlap=overlap, max_detections=10)
+        whole = predict(tiny_model, image, tile_size=4096, overlap=0, max_detections=10)
+    for name in ("boxes", "scores", "labels"):
+        np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name))
+    assert all(np.array_equal(a, b) for a, b in zip(tiled.masks, whole.masks)) and len(tiled) == len(whole)
+    with torch.inference_mode():
+        ref = tiny_model([to_tensor(image)])[0]
+    np.testing.assert_array_equal(tiled.scores, ref["scores"].numpy())
+    np.testing.assert_array_equal(tiled.labels, ref["labels"].numpy())
+
+
+def test_a_stop_inside_a_tile_ends_the_run_before_the_tile_is_done(tiny_model):
+    """Cancel is checked before every layer of the network, not only between tiles (a 1024 px tile
+    took 16 s on a busy CPU); the hooks are gone afterwards."""
+    calls = []
+
+    def stop_at_tenth() -> bool:
+        calls.append(1)
+        return len(calls) >= 10
+
+    steps = list(iter_predict(tiny_model, _image(96, 96), tile_size=1024, should_stop=stop_at_tenth))
+    assert steps == [] and len(calls) == 10  # stopped within the one tile, after 9 layers
+    assert not any(m._forward_pre_hooks for m in tiny_model.modules())
+    assert isinstance(predict(tiny_model, _image(96, 96)), RawInstances)  # runs on without the hooks
+
+
+# --- the detection cap ---------------------------------------------------------------------------
+
+
+def test_tile_cap_follows_the_tile_area_within_bounds():
+    assert tile_cap((1024, 1024), 500) == 1024
+    assert tile_cap((256, 256), 500) == 500  # never below the model's own cap
+    assert tile_cap((512, 512), 100, scale=2.0) == 1024  # network pixels count
+    assert tile_cap((100_000, 100_000), 500) == MAX_DETECTIONS
+
+
+@pytest.fixture(scope="module")
+def dense_mosaic(one_thread):
+    """The nuclei model with its cap lowered to 20, and a 2 x 2 mosaic of sample nuclei crops (~40 cells)."""
+    from napari_cellseg.model.checkpoint import load_model
+    from napari_cellseg.io.images import read_image
+    from napari_cellseg.sample_data import SAMPLE_DATASET
+
+    model = load_model("nuclei")[0]
+    set_detections_per_img(model, 20)
+    image = read_image(sorted((SAMPLE_DATASET / "val").iterdir())[0] / "image.tif")[:128, :128]
+    top = np.concatenate([image, image[:, ::-1]], axis=1)
+    return model, np.ascontiguousarray(np.concatenate([top, top[::-1]], axis=0))
+
+
+def test_a_tile_that_hits_the_cap_is_run_again_with_a_higher_one(dense_mosaic):
+    model, image = dense_mosaic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DetectionCapWarning)
+        raw = predict(model, image)
+    generous = predict(model, image, max_detections=500)  # more proposals: a longer low-score tail
+    confident = int((raw.scores >= 0.5).sum())
+    assert raw.capped_tiles == 0 and len(raw) > 20 and confident == (generous.scores >= 0.5).sum() > 20
+    assert model.roi_heads.detections_per_img == 20  # the model's cap comes back
+
+
+def test_a_fixed_cap_that_is_hit_is_never_silent(dense_mosaic):
+    model, image = dense_mosaic
+    with pytest.warns(DetectionCapWarning, match="1 of 1 tile.* limit of 20 detections"):
+        raw = predict(model, image, max_detections=20)
+    assert raw.capped_tiles == 1 and len(raw) == 20
+    assert "1 tile(s) hit the detection limit" in scale_note(raw)

@@ -1,0 +1,66 @@
+"""Test-time flips: mirroring back is exact, two views of one object merge into one instance, and
+a flip-equivariant detector gives the same objects with and without flips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_cellseg.inference.predict import predict
+from napari_cellseg.io.raw import RawInstances
+from napari_cellseg.inference.tiling import tile_grid
+from napari_cellseg.inference.tta import merge_views, mirror
+from test_predict import PerfectDetector, _seam_image
+
+
+def _raw(boxes, scores, labels, shape=(20, 30)) -> RawInstances:
+    rng = np.random.default_rng(0)
+    masks = [rng.integers(0, 256, (y1 - y0, x1 - x0), dtype=np.uint8) for x0, y0, x1, y1 in boxes]
+    return RawInstances(np.array(boxes).reshape(-1, 4), scores, labels, masks, shape)
+
+
+def test_mirror_moves_boxes_and_flips_crops_and_twice_is_identity():
+    raw = _raw([[2, 3, 7, 9], [20, 0, 30, 4]], [0.9, 0.4], [1, 2])
+    once = mirror(raw)
+    np.testing.assert_array_equal(once.boxes, [[23, 3, 28, 9], [0, 0, 10, 4]])
+    np.testing.assert_array_equal(once.masks[0], raw.masks[0][:, ::-1])
+    twice = mirror(once)
+    np.testing.assert_array_equal(twice.boxes, raw.boxes)
+    assert all(np.array_equal(m, n) for m, n in zip(twice.masks, raw.masks))
+
+
+def test_an_object_seen_in_both_views_is_one_instance_with_averaged_mask_and_score():
+    a = RawInstances([[0, 0, 4, 2]], [0.8], [1], [np.full((2, 4), 200, np.uint8)], (10, 10))
+    b = RawInstances([[1, 0, 5, 2]], [0.6], [1], [np.full((2, 4), 100, np.uint8)], (10, 10))  # IoU 0.6
+    (merged_box,), (score,) = (m := merge_views(a, b)).boxes, m.scores
+    np.testing.assert_array_equal(merged_box, [0, 0, 5, 2])
+    assert score == pytest.approx(0.7)
+    np.testing.assert_array_equal(m.masks[0], [[100, 150, 150, 150, 50]] * 2)  # 0 where a view has no crop
+
+
+def test_objects_seen_in_one_view_only_keep_their_mask_at_half_the_score():
+    a = RawInstances([[0, 0, 4, 4]], [0.8], [1], [np.full((4, 4), 255, np.uint8)], (10, 10))
+    b = RawInstances([[0, 0, 4, 4], [6, 6, 9, 9]], [0.6, 0.5], [2, 1],
+                     [np.ones((4, 4), np.uint8), np.ones((3, 3), np.uint8)],
+                     (10, 10))  # same box as a but another class: not the same object
+    m = merge_views(a, b)
+    np.testing.assert_allclose(m.scores, [0.4, 0.3, 0.25])  # sorted by score
+    np.testing.assert_array_equal(m.labels, [1, 2, 1])
+    assert np.array_equal(m.masks[0], a.masks[0]) and len(merge_views(a, RawInstances.empty((10, 10)))) == 1
+
+
+def test_views_of_different_images_are_refused():
+    with pytest.raises(ValueError, match="different images"):
+        merge_views(RawInstances.empty((10, 10)), RawInstances.empty((10, 11)))
+
+
+def test_flips_with_a_flip_equivariant_detector_keep_every_object_once():
+    image, objects = _seam_image()
+    detector = PerfectDetector()
+    plain = predict(detector, image, tile_size=64, overlap=24)
+    flipped = predict(detector, image, tile_size=64, overlap=24, flip=True)
+    assert len(detector.calls) == 3 * len(tile_grid(image.shape[:2], 64, 24))  # each tile of both views
+    assert len(flipped) == len(plain) == len(objects)
+    order = np.lexsort(plain.boxes.T), np.lexsort(flipped.boxes.T)
+    np.testing.assert_array_equal(flipped.boxes[order[1]], plain.boxes[order[0]])
+    np.testing.assert_allclose(flipped.scores[order[1]], plain.scores[order[0]])
