@@ -50,7 +50,7 @@ class TrainingPlot(FigureCanvasQTAgg):
     def __init__(self, theme: str = "dark") -> None:
         figure = Figure(figsize=(3.7, 3.1), dpi=96, layout="constrained")  # the Train tab fits 768 px unscrolled
         super().__init__(figure)
-        self.setMinimumHeight(256)
+        self.setMinimumHeight(256)  # train_widget.PLOT_HEIGHT
         self.loss_ax, self.ap_ax = figure.subplots(2, 1)
         self.colours = theme_colours(theme)
         self.steps: list[int] = []
