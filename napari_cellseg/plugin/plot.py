@@ -118,7 +118,14 @@ class TrainingPlot(FigureCanvasQTAgg):
         self.draw()
 
     def _rebuild(self) -> None:
-        self.figure.set_layout_engine("constrained")
+        """Lines, legends and colours anew. The constrained layout runs only at the first build and after
+        the canvas was resized: titles and labels never change, so the axes keep their place (laying out
+        at every rebuild doubled its time in the GUI thread: 146 vs 75 ms on a busy CPU)."""
+        size = (self.width(), self.height())
+        lay_out = getattr(self, "_laid_out", None) != size
+        self._laid_out = size
+        if lay_out:
+            self.figure.set_layout_engine("constrained")
         ax = self.loss_ax
         ax.clear()
         ax.set_title("training loss", fontsize=FONT_PT + 1)
@@ -141,7 +148,8 @@ class TrainingPlot(FigureCanvasQTAgg):
                     fontsize=FONT_PT + 1, color=self.colours["text"])
         self._colour()
         self.draw()  # now, not draw_idle: its unparented timer could fire after the dock is closed
-        self.figure.set_layout_engine("none")  # the layout stays: new points do not move the axes
+        if lay_out:
+            self.figure.set_layout_engine("none")  # the layout stays: new points do not move the axes
 
     def _legend(self, ax, loc: str, ncols: int) -> None:
         legend = ax.legend(fontsize=FONT_PT, loc=loc, ncols=ncols, framealpha=0.7)
