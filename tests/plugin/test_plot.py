@@ -76,3 +76,15 @@ def test_new_points_within_the_axes_draw_only_the_lines(qtbot, monkeypatch):
     plot.add_step(40, {"loss": 0.4, "loss_mask": 0.2})
     plot.redraw()
     assert len(full) == 1 and full[0][1] > 40  # grown, with room for the next steps
+
+
+def test_tick_labels_stay_whole_when_the_dock_resizes_the_plot(qtbot):
+    """The dock sizes the plot after it is built; laid out for the old size, its tick labels were cut."""
+    plot = TrainingPlot()
+    qtbot.addWidget(plot)
+    plot.show()
+    qtbot.waitUntil(lambda: not plot.figure.get_constrained_layout())  # laid out once, then kept
+    plot.resize(200, 300)
+    qtbot.waitUntil(lambda: not plot.figure.get_constrained_layout(), timeout=5_000)  # laid out again
+    for ax in (plot.loss_ax, plot.ap_ax):
+        assert min(t.get_window_extent().x0 for t in ax.get_yticklabels() if t.get_text()) >= 0
