@@ -241,3 +241,88 @@ def write_figures(figures: dict[str, Any], path: str | None = None) -> None:
     sys.stdout.write(text + "\n")
     if path:
         Path(path).write_text(text)
+
+
+# ---------------------------------------------------------------------------------------- GUI stalls
+
+
+class StallRecorder:
+    """The longest time the GUI thread could not run its event loop, phase by phase: a 10 ms QTimer
+    ticks throughout and a phase's stall is the longest gap between its ticks (the gap that spans
+    the phase's first call included). With ``why``, a watchdog thread samples the GUI thread's stack
+    every 5 ms while no tick came for 100 ms, so each phase also names the code that held the thread.
+    Needs a QApplication (a napari viewer made one)."""
+
+    def __init__(self, interval_ms: int = 10, why: bool = False) -> None:
+        import threading
+        from collections import Counter
+
+        from qtpy.QtCore import QTimer
+        from qtpy.QtWidgets import QApplication
+
+        self.app = QApplication.instance()
+        self.ticks: list[float] = []
+        self.stalls: dict[str, float] = {}
+        self.calls: dict[str, float] = {}
+        self.causes: dict[str, list[tuple[str, int]]] = {}
+        self._samples: Counter = Counter()
+        self._timer = QTimer()
+        self._timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self._timer.start(interval_ms)
+        self._gui = threading.main_thread().ident
+        if why:
+            threading.Thread(target=self._watch, name="stall-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        import traceback
+
+        while True:
+            time.sleep(0.005)
+            if self.ticks and time.perf_counter() - self.ticks[-1] > 0.1:
+                frame = sys._current_frames().get(self._gui)
+                if frame is not None:  # the innermost line of ours (what we can change) and the innermost line
+                    stack = traceback.extract_stack(frame)
+                    ours = [f for f in stack if "napari_cellseg" in f.filename and "benchmarks" not in f.filename]
+                    where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in (*ours[-1:], stack[-1])]
+                    self._samples[" ... ".join(where)] += 1
+
+    def settle(self, seconds: float = 0.3) -> None:
+        """Run the event loop for ``seconds``."""
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            self.app.processEvents()
+            time.sleep(0.002)
+
+    def mark(self) -> int:
+        """Where a phase starts: pass it to ``wait``."""
+        self._samples.clear()
+        return len(self.ticks)
+
+    def wait(self, phase: str, busy: Callable[[], bool], start: int) -> float:
+        """Run the event loop while ``busy()``, then record the phase's longest gap (ms)."""
+        start = max(0, start - 1)
+        while busy():
+            self.app.processEvents()
+            time.sleep(0.002)
+        self.settle(0.1)
+        gaps = [b - a for a, b in zip(self.ticks[start:], self.ticks[start + 1:])]
+        self.stalls[phase] = round(max(gaps, default=0.0) * 1000, 1)
+        if self._samples:  # each sample is about 5 ms of a stall over 100 ms
+            self.causes[phase] = self._samples.most_common(4)
+        return self.stalls[phase]
+
+    def timed(self, phase: str, action: Callable[[], Any]) -> Any:
+        """Call ``action`` in the GUI thread: its own time and the phase's longest gap."""
+        self.settle(0.05)
+        start = self.mark()
+        tick = time.perf_counter()
+        value = action()
+        self.calls[phase] = round((time.perf_counter() - tick) * 1000, 1)
+        self.wait(phase, lambda: False, start)
+        return value
+
+    def figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"longest_stall_ms": self.stalls, "call_ms": self.calls}
+        if self.causes:
+            out["stall_causes"] = self.causes
+        return out

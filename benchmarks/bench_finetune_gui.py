@@ -12,20 +12,19 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository on sys.path)
+from _common import StallRecorder
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--why", action="store_true", help="sample the GUI thread's stack during each stall")
     args = p.parse_args()
 
     import napari
-    from qtpy.QtCore import QTimer
-    from qtpy.QtWidgets import QApplication
 
     from napari_cellseg.plugin import segment_widget
     from napari_cellseg.plugin.session import Device
@@ -35,45 +34,29 @@ def main() -> None:
     viewer.open_sample("napari-cellseg", "brightfield")
     _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
     main.segment.device.value = main.train.device.value = Device.cpu
-    app = QApplication.instance()
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start(10)
-    stalls: dict[str, float] = {}
-
-    def wait(phase: str, busy) -> None:
-        start = len(ticks)
-        while busy():
-            app.processEvents()
-            time.sleep(0.002)
-        app.processEvents()
-        gaps = [b - a for a, b in zip(ticks[start:], ticks[start + 1:])]
-        stalls[phase] = max(gaps, default=0.0) * 1000
+    rec = StallRecorder(why=args.why)
+    before = len(rec.ticks)
 
     main.segment.image.value = viewer.layers[0]
+    start = rec.mark()
     main.segment.start()
-    wait("segment (worker)", lambda: main.segment._worker is not None)
+    rec.wait("segment (worker)", lambda: main.segment._worker is not None, start)
     layer = main.segment.current.layers[1]
     data = layer.data.copy()
     data[data == data.max()] = 0
     layer.data = data
     main.finetune.folder.value = Path(tempfile.mkdtemp(prefix="cellseg-corrected-"))
-    before = len(ticks)
-    tick = time.perf_counter()
-    main.finetune.add_button.clicked()  # runs in the GUI thread: its own time is the stall
-    app.processEvents()
-    stalls["add to training set (GUI thread)"] = (time.perf_counter() - tick) * 1000
+    rec.timed("add to training set (GUI thread)", main.finetune.add_button.clicked)
     segment_widget.ask_discard = lambda *a, **k: True
     main.finetune.steps.value = args.steps
+    start = rec.mark()
     main.finetune.tune_button.clicked()
-    wait("fine-tune (worker)", lambda: main.train._worker is not None)
-    wait("segment again (worker)", lambda: main.segment._worker is not None)
-    result = {"longest_stall_ms": {k: round(v, 1) for k, v in stalls.items()}, "ticks": len(ticks) - before,
-              "status": main.finetune.status.value}
+    rec.wait("fine-tune (worker)", lambda: main.train._worker is not None, start)
+    start = rec.mark()
+    rec.wait("segment again (worker)", lambda: main.segment._worker is not None, start)
+    result = {**rec.figures(), "ticks": len(rec.ticks) - before, "status": main.finetune.status.value}
     sys.stdout.write(json.dumps(result, indent=1) + "\n")
     viewer.close()
-
 
 if __name__ == "__main__":
     main()

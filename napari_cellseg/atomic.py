@@ -44,6 +44,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _remove_leftovers(path, started)
+    except OSError as exc:  # the message names the user's file, not the hidden temporary one
+        if exc.filename is not None and Path(exc.filename) == tmp_path and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -111,3 +111,12 @@ def test_a_lock_holding_a_non_ascii_digit_is_stale_not_a_crash(tmp_path):
     os.utime(tmp_path / "res.json.lock", (0, 0))  # old: not one being written just now
     with output_lock(out) as lock:
         assert lock.read_text() == str(os.getpid())
+
+
+def test_a_failed_write_names_the_target_not_the_temporary_file(tmp_path):
+    """What the user sees comes from the error's file name: it is theirs, never ``.x.json.1a2b.tmp``."""
+    (tmp_path / "x.json").mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        write_text_atomic(tmp_path / "x.json", "{}")
+    assert caught.value.filename == str(tmp_path / "x.json") and caught.value.filename2 is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]

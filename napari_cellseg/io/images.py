@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
 
-from .._torch import torch
 from ..atomic import atomic_path
 from ..errors import DatasetError
+
+if TYPE_CHECKING:
+    from .._torch import torch
 
 MIN_SIDE = 8
 """Smaller images cannot hold a cell the network could see; they are refused as damaged."""
@@ -36,7 +39,10 @@ _STACK_AXES = "ZT"
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """H x W x 3 uint8 -> 3 x H x W float32 in [0, 1], what the network takes."""
+    """H x W x 3 uint8 -> 3 x H x W float32 in [0, 1], what the network takes (torch imported here:
+    reading an image, as napari's reader does in the GUI thread, needs none)."""
+    from .._torch import torch
+
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 

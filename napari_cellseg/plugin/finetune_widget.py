@@ -23,9 +23,7 @@ from .session import path_or_none, short_path
 from .segment_jobs import CHECKPOINT_FILE, model_file
 from .tooltips import FINETUNE as TIPS
 from ..errors import CellsegError
-from ..io.images import to_rgb_uint8
 from ..io.layout import image_name
-from ..training.sample_writer import SampleExistsError, count_samples, save_sample
 
 
 def few_images_settings(n_samples: int) -> dict:
@@ -71,6 +69,8 @@ class FineTuneWidget(Container):
         return root / "train"
 
     def _update_count(self, _value=None) -> None:
+        from ..training.sample_writer import count_samples  # torch: warmed off the GUI thread (session.warm_up)
+
         root = path_or_none(self.folder)
         n = count_samples(root / "train") if root is not None else 0
         self.count.value = f"{n} corrected image{'s' if n != 1 else ''}" if root is not None else "no folder chosen"
@@ -81,6 +81,9 @@ class FineTuneWidget(Container):
 
     def add_current(self, _value=None) -> None:
         """The image Segment shows, with its label layers as corrected now, as one training sample."""
+        from ..io.images import to_rgb_uint8
+        from ..training.sample_writer import SampleExistsError, save_sample  # warmed (session.warm_up)
+
         shown = self.segment.current
         try:
             folder = self.samples_folder()
@@ -106,6 +109,8 @@ class FineTuneWidget(Container):
 
     def fine_tune(self, _value=None) -> None:
         """Fill the Train tab for a few images, starting from the model Segment uses, and start it."""
+        from ..training.sample_writer import count_samples
+
         try:
             folder = self.samples_folder()
             n = count_samples(folder)

@@ -76,11 +76,13 @@ class ModelCache:
         self.entry = None  # (key, model, config, device)
 
     def loader(self, path: Path, device_name: str):
-        """A function the worker calls to get (model, config, device)."""
-        from ..model.checkpoint import load_model
-        from ..devices import resolve_device
+        """A function the worker calls to get (model, config, device); it imports torch there, in the
+        worker (here, in the GUI thread, it waited 3 s on the warm-up's import of torch)."""
 
         def load():
+            from ..model.checkpoint import load_model
+            from ..devices import resolve_device
+
             device = resolve_device(device_name)
             key = (str(path), path.stat().st_mtime if path.exists() else None, str(device))
             if self.entry is None or self.entry[0] != key:

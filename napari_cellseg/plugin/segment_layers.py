@@ -58,6 +58,18 @@ class Shown:
         self.result.reviewed_scores = {k: scores_from_features(self.layers[k].features) for k in edited} or None
 
 
+def drop_superseded(viewer, sets: list[Shown], review: Shown, path) -> None:
+    """Earlier runs on the image (``path``) the folder review shows now, never edited, go (layers and
+    set): hidden behind the review's, under the same names, they were stale copies of an older result."""
+    if layer_meta(review.image).get("role") != REVIEW or path is None:
+        return
+    for other in [s for s in sets if s is not review and s.result.path is not None and not s.edited]:
+        if other.result.reviewed is None and other.result.path.resolve() == path.resolve():
+            sets.remove(other)
+            for layer in other.live(viewer).values():
+                viewer.layers.remove(layer)
+
+
 def present_ids(data: np.ndarray) -> set[int]:
     """Ids on screen in a label image (a bincount: a few ms on 1000 x 1000, ~5x faster than np.unique)."""
     if data.size == 0:

@@ -27,7 +27,8 @@ from .segment_jobs import (
     CHECKPOINT_FILE, ModelCache, channel_choices, first_model, folder_events, folder_images, layer_channels,
     model_choices, model_file, painted_values, predict_events, Eta,
 )
-from .segment_layers import REVIEW, Shown, count_text, present_ids, review_image, truth_below_predictions, update_labels
+from .segment_layers import (REVIEW, Shown, count_text, drop_superseded, present_ids, review_image,
+                             truth_below_predictions, update_labels)
 from .tooltips import SEGMENT as TIPS
 from ..defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 from ..inference.scale import scale_note
@@ -286,6 +287,7 @@ class SegmentWidget(Container):
         if shown is None:
             shown = Shown(result, image_layer, {})
             self.sets.append(shown)
+        drop_superseded(self.viewer, self.sets, shown, result.path)  # before its names are taken again
         live = shown.live(self.viewer)
         for k, name in enumerate(result.class_names, start=1):
             kwargs = labels_layer_kwargs(k, name, source=result.path, role=PREDICTION, name=f"{name} ({result.name})")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 from psygnal import evented
 
 from .tooltips import GUI_WORDS, OS_ERRORS
@@ -281,9 +281,12 @@ def _show_full_path(edit) -> None:
 
 
 WARM_MODULES = ("pandas", "napari.layers.labels", "napari_cellseg.inference.postprocess", "napari_cellseg.io.channels",
-                "napari_cellseg.model.checkpoint", "napari_cellseg.inference.predict", "napari_cellseg.io.coco")
+                "napari_cellseg.model.checkpoint", "napari_cellseg.inference.predict", "napari_cellseg.io.coco",
+                "napari_cellseg.training.config", "napari_cellseg.training.sample_writer", "napari_cellseg.plugin.plot")
 """Imported off the GUI thread when the dock opens: napari's first Labels layer imported pandas for its
-features table in the GUI thread (0.7 s on a busy CPU), the first run the model's modules."""
+features table in the GUI thread (0.7 s on a busy CPU), the first run the model's modules, Start and
+Add-to-training-set torch (the dock itself imports none: 3.0 s when the Train tab did), the Train tab's
+plot matplotlib."""
 _warmed: list[threading.Thread] = []
 
 
@@ -307,6 +310,24 @@ def warm_up() -> threading.Thread:
         _warmed.append(threading.Thread(target=work, name="cellseg-warm-up", daemon=True))
         _warmed[0].start()
     return _warmed[0]
+
+
+def when_warm(widget, callback: Callable[[], None]) -> None:
+    """Call ``callback`` in the GUI thread once ``warm_up`` has finished (at once if it has): what
+    needs torch (the CUDA question) waits for it instead of importing it in the GUI thread."""
+    thread = warm_up()
+    if not thread.is_alive():
+        callback()
+        return
+    timer = QTimer(widget.native)
+
+    def check() -> None:
+        if not thread.is_alive():
+            timer.stop()
+            callback()
+
+    timer.timeout.connect(check)
+    timer.start(50)
 
 
 def guarded(factory: Callable[[], Iterator[Any]]) -> Generator[Any, None, Any]:

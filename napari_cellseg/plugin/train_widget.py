@@ -24,15 +24,24 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_info
 from psygnal import Signal
-from qtpy.QtWidgets import QMessageBox
+from qtpy.QtWidgets import QMessageBox, QWidget
+
+from typing import TYPE_CHECKING
 
 from . import session
 from .session import Device, folder_size, gui_words, human_size, path_or_none, short_path
-from .plot import TrainingPlot
 from .tooltips import TRAIN as TIPS
-from ..training.engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train
 from .segment_jobs import CHECKPOINT_FILE, model_choices, model_file
-from ..model.network import ARCHS
+
+if TYPE_CHECKING:  # torch: imported in the worker (``train``) or by the warm-up, never while the dock opens
+    from ..training.engine import DoneEvent, EpochEvent, StepEvent, TrainConfig
+    from .plot import TrainingPlot
+
+ARCHS = ("resnet50", "resnet50_v2", "resnet18")
+"""``model.network.ARCHS``, named here so that building the dock imports no torch (a test keeps them equal)."""
+
+PLOT_HEIGHT = 256
+"""The live plot's height (``plot.TrainingPlot``), kept free while the plot is not built yet."""
 
 SCRATCH = "random weights"
 """The Train dock's "start from" choice for a new network; the others fine-tune (``TrainConfig.init``)."""
@@ -42,6 +51,14 @@ class Amp(Enum):
     auto = None
     on = True
     off = False
+
+
+def train(cfg: TrainConfig, should_stop=None):
+    """``training.engine.train``, imported when the worker calls it: torch loads off the GUI thread
+    (tests monkeypatch this)."""
+    from ..training.engine import train as engine_train
+
+    return engine_train(cfg, should_stop=should_stop)
 
 
 def default_run_folder() -> Path:
@@ -85,7 +102,7 @@ class TrainWidget(Container):
         self.viewer = napari_viewer
         self.synchronous = False  # tests: run the generator in the GUI thread
         self.dataset = FileEdit(mode="d", label="dataset folder", tooltip=TIPS["dataset"])
-        self.arch = ComboBox(choices=ARCHS, value=_default_arch(), label="architecture", tooltip=TIPS["arch"])
+        self.arch = ComboBox(choices=ARCHS, value="resnet18", label="architecture", tooltip=TIPS["arch"])
         self.init = ComboBox(choices=[SCRATCH, *model_choices()], value=SCRATCH, label="start from",
                              tooltip=TIPS["init"])
         self.init_file = FileEdit(mode="r", filter="*.pt", label="weights file", tooltip=TIPS["init_file"])
@@ -127,9 +144,10 @@ class TrainWidget(Container):
         self.status.native.setWordWrap(True)
         self.step_info.native.setWordWrap(True)
         self.run_size.native.setWordWrap(True)
-        self.plot = TrainingPlot(napari_viewer.theme)
-        self.plot.setToolTip(TIPS["plot"])
-        self.native.layout().addWidget(self.plot)
+        self._plot: TrainingPlot | None = None
+        self._plot_slot = QWidget()  # holds the plot's place until matplotlib is loaded
+        self._plot_slot.setMinimumHeight(PLOT_HEIGHT)
+        self.native.layout().addWidget(self._plot_slot)
         napari_viewer.events.theme.connect(self._follow_theme)
         session.keep_narrow(self)
         self.start.changed.connect(self._toggle)
@@ -137,6 +155,9 @@ class TrainWidget(Container):
         self._stop = False
         self._clock: tuple[float, int] | None = None
         self.done: DoneEvent | None = None
+        self._arch_chosen = False  # the user's choice wins over the default that follows the hardware
+        self.arch.changed.connect(self._note_arch_choice)
+        session.when_warm(self, self._warmed)
 
     # ------------------------------------------------------------------ options -> core
 
@@ -151,6 +172,8 @@ class TrainWidget(Container):
             out = default_run_folder()
             self.out_dir.value = out
         resume = path_or_none(self.resume)
+        from ..training.config import TrainConfig  # warmed off the GUI thread when the dock opened
+
         init = None if self.init.value == SCRATCH else str(model_file(self.init.value, path_or_none(self.init_file)))
         return TrainConfig(
             dataset=str(dataset), out_dir=str(out), arch=self.arch.value, epochs=self.epochs.value,
@@ -159,6 +182,34 @@ class TrainWidget(Container):
             max_steps=self.max_steps.value or None, crop_size=self.crop_size.value,
             val_limit=self.val_limit.value or None, init=init, **extra,
         )
+
+    def _note_arch_choice(self, _value=None) -> None:
+        self._arch_chosen = True
+
+    def _warmed(self) -> None:
+        self._default_arch()
+        _ = self.plot
+
+    @property
+    def plot(self) -> TrainingPlot:
+        """The live plot, built in the GUI thread once the warm-up has imported matplotlib (importing
+        it and drawing the empty plot took 0.5-1.7 s of the 1.8 s that adding the dock froze)."""
+        if self._plot is None:
+            from .plot import TrainingPlot
+
+            self._plot = TrainingPlot(self.viewer.theme)
+            self._plot.setToolTip(TIPS["plot"])
+            self.native.layout().replaceWidget(self._plot_slot, self._plot)
+            self._plot_slot.deleteLater()
+        return self._plot
+
+    def _default_arch(self) -> None:
+        """A GPU trains the larger network; asked once torch is loaded (off the GUI thread)."""
+        if self._arch_chosen:
+            return
+        from .._torch import torch
+
+        self.arch.value = "resnet50_v2" if torch.cuda.is_available() else "resnet18"
 
     def _init_changed(self, value: str) -> None:
         """Fine-tuning keeps the starting model's network, so the architecture choice steps aside."""
@@ -169,6 +220,8 @@ class TrainWidget(Container):
         self.advanced.visible = shown
 
     def _follow_theme(self, event=None) -> None:
+        if self._plot is None:  # built later, in the theme of that moment
+            return
         try:
             self.plot.set_theme(self.viewer.theme)
         except RuntimeError:  # the dock was closed: its canvas is gone
@@ -256,6 +309,8 @@ class TrainWidget(Container):
     # ------------------------------------------------------------------ core events -> GUI
 
     def _on_event(self, event) -> None:
+        from ..training.engine import DoneEvent, EpochEvent, InfoEvent, StepEvent  # loaded by the worker
+
         if isinstance(event, StepEvent):
             self._on_step(event)
         elif isinstance(event, EpochEvent):
@@ -341,8 +396,3 @@ def _handed_on(event: DoneEvent) -> str:
         which = f"{event.last.name} (its last weights: no validation images)"
     return f"its model is {which}" if event.cancelled else f"Segment now uses {which}"
 
-
-def _default_arch() -> str:
-    from .._torch import torch
-
-    return "resnet50_v2" if torch.cuda.is_available() else "resnet18"

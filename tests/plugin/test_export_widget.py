@@ -191,3 +191,23 @@ def test_export_names_its_images_and_asks_for_several(make_napari_viewer, tiny_d
     viewer.layers[-1].visible = False  # the second image's layer hidden: one image, no question
     widget.export()
     assert len(asked) == 2 and "of 1 image (test_0.tif)" in widget.status.value
+
+
+def test_a_failed_write_names_the_users_file_not_a_hidden_temp_file(
+    make_napari_viewer, qtbot, tiny_dataset, tmp_path, errors
+):
+    """The results file's name taken by a folder: the write goes to a hidden temporary file first,
+    and the message named it (".results.json.1a2b3c4d.tmp: is a folder") instead of results.json."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    labels = np.zeros((64, 80), np.int32)
+    labels[5:9, 5:9] = 1
+    add_prediction(viewer, tiny_dataset / "test_release" / "test_1.tif", {1: labels}, {1: 0.5})
+    widget = ExportWidget(viewer)  # a real worker
+    (tmp_path / "results.json").mkdir()
+    widget.out.value = tmp_path / "results.json"
+    widget.export()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=30_000)
+    assert len(errors) == 1 and widget.status.value == f"stopped: {errors[0]}"
+    assert "results.json: is a folder" in errors[0] and ".tmp" not in errors[0]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind

@@ -120,3 +120,54 @@ def test_the_training_progress_text_is_readable_in_the_dock(laptop, qtbot):
     info = train.step_info.native  # the second line wraps in the dock's width
     assert info.text().startswith("epoch 12, loss 2.496, ETA ") and info.wordWrap()
     assert info.width() <= train.native.width() and info.heightForWidth(info.width()) <= info.height() + 1
+
+
+_NO_TORCH_ON_THE_GUI_THREAD = """
+import sys, threading, traceback
+gui_imports = []
+
+class Watch:  # records who imports torch: the warm-up thread may, the GUI thread must not
+    def find_spec(self, name, path=None, target=None):
+        if name in ("torch", "matplotlib") and threading.current_thread() is threading.main_thread():
+            gui_imports.append("".join(traceback.format_stack(limit=12)))
+        return None
+
+sys.meta_path.insert(0, Watch())
+import napari_cellseg.plugin.main_widget
+assert "torch" not in sys.modules and "matplotlib" not in sys.modules, "importing the plugin imported them"
+import napari
+from napari_cellseg.plugin import session
+viewer = napari.Viewer(show=False)
+_, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
+session.warm_up().join(120)
+from qtpy.QtWidgets import QApplication
+for _ in range(40):  # the Train tab's hardware default and plot arrive once the warm-up is done
+    QApplication.processEvents()
+    threading.Event().wait(0.01)
+assert not gui_imports, gui_imports[0]
+print("torch" in sys.modules, main.train.arch.value, main.train.plot.steps == [])
+viewer.close()
+"""
+
+
+def test_the_dock_imports_no_torch_in_the_gui_thread():
+    """Adding the dock imported torch in the GUI thread through the Train tab (a 3.0 s freeze), and
+    matplotlib for the Train tab's plot."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run([sys.executable, "-c", _NO_TORCH_ON_THE_GUI_THREAD], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warmed, arch, plot = done.stdout.split()[-3:]
+    assert warmed == "True" and arch == "resnet18"  # warmed off the GUI thread; no GPU here: the small network
+    assert plot == "True"  # the plot came once matplotlib was loaded
+
+
+def test_the_train_tabs_architectures_are_the_networks():
+    from napari_cellseg.model.network import ARCHS
+    from napari_cellseg.plugin import train_widget
+
+    assert train_widget.ARCHS == ARCHS

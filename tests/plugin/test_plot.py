@@ -57,3 +57,34 @@ def test_a_run_without_validation_says_so_instead_of_ap_0(qtbot):
     assert [t.get_text() for t in plot.ap_ax.texts] == ["no validation images"] and not plot.ap_ax.lines
     plot.clear()
     assert plot.validated and not plot.ap_ax.texts
+
+
+def test_new_points_within_the_axes_draw_only_the_lines(qtbot, monkeypatch):
+    """A redraw drew every tick label and legend again (most of its time in the GUI thread): points
+    that fit the axes are blitted, and the axes grow with room ahead when a point leaves them."""
+    plot = TrainingPlot()
+    qtbot.addWidget(plot)
+    plot.show()
+    for step in (1, 2, 3):
+        plot.add_step(step, {"loss": 2.0 / step, "loss_mask": 1.0 / step})
+        plot.redraw()
+    full = []
+    monkeypatch.setattr(plot, "draw", lambda: full.append(plot.loss_ax.get_xlim()))
+    plot.add_step(4, {"loss": 0.5, "loss_mask": 0.25})
+    plot.redraw()
+    assert full == [] and [len(line.get_xdata()) for line in plot.loss_ax.get_lines()] == [4, 4]
+    plot.add_step(40, {"loss": 0.4, "loss_mask": 0.2})
+    plot.redraw()
+    assert len(full) == 1 and full[0][1] > 40  # grown, with room for the next steps
+
+
+def test_tick_labels_stay_whole_when_the_dock_resizes_the_plot(qtbot):
+    """The dock sizes the plot after it is built; laid out for the old size, its tick labels were cut."""
+    plot = TrainingPlot()
+    qtbot.addWidget(plot)
+    plot.show()
+    qtbot.waitUntil(lambda: not plot.figure.get_constrained_layout())  # laid out once, then kept
+    plot.resize(200, 300)
+    qtbot.waitUntil(lambda: not plot.figure.get_constrained_layout(), timeout=5_000)  # laid out again
+    for ax in (plot.loss_ax, plot.ap_ax):
+        assert min(t.get_window_extent().x0 for t in ax.get_yticklabels() if t.get_text()) >= 0

@@ -70,6 +70,34 @@ def test_folder_review_survives_layers_added_and_removed(
     assert sorted(predictions) == ["class1 (test_0.tif)", "class2 (test_0.tif)"] and not errors
 
 
+def test_the_review_drops_an_earlier_unedited_run_on_its_image(
+    make_napari_viewer, qtbot, tiny_dataset, untrained, errors, monkeypatch
+):
+    """Image 1 segmented alone, then its folder: the review showed image 1 in its own layers while the
+    earlier run's labels stayed, hidden, under the same names. An edited earlier run stays (the user's work)."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    widget = docked(viewer, untrained)
+    monkeypatch.setattr(segment_widget, "ask_discard", lambda *a: pytest.fail("asked without an edit at stake"))
+    folder = tiny_dataset / "test_release"
+    for name in ("test_1.tif", "test_0.tif"):
+        (layer,) = viewer.open(str(folder / name))
+        widget.image.value = layer
+        widget.run_button.clicked()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    edited = widget.current.layers[1]
+    edited.paint((3, 3), 77)  # test_0's earlier run holds an edit
+    widget.folder.value = folder
+    widget.folder_button.clicked()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    widget.review.value = [r.name for r in session_for(viewer).folder_results].index("test_1.tif")
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("class1 (test_1.tif)") == 1 and names.count("class2 (test_1.tif)") == 1
+    assert all(la.visible for la in widget.current.layers.values())
+    assert "test_1" in names  # the user's own image layer stays
+    assert edited in viewer.layers and not edited.visible and edited.data[3, 3] == 77 and not errors
+
+
 def test_runs_replace_their_layers_and_hide_other_images(make_napari_viewer, qtbot, untrained, errors):
     viewer = make_napari_viewer()
     widget = docked(viewer, untrained)
