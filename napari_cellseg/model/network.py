@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._torch import torch, torchvision
-from ..defaults import DETECTOR_SCORE_FLOOR
+from ..defaults import ARCHS, DETECTOR_SCORE_FLOOR
 from ..errors import CheckpointError
 from ..io.layout import printable, unsafe_character
 
@@ -45,8 +45,6 @@ from torchvision.models.detection.rpn import RPNHead  # noqa: E402
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes  # noqa: E402
 from torchvision.ops import misc as misc_nn_ops  # noqa: E402
 
-ARCHS = ("resnet50", "resnet50_v2", "resnet18")
-"""``resnet18`` is the light model for CPUs: ResNet-18 body, FPN of 128 channels, slim heads."""
 
 RPN_ANCHORS = 3
 """Anchors per location the region proposal head is built for: one per aspect ratio, no more, no fewer."""

@@ -31,14 +31,13 @@ from typing import TYPE_CHECKING
 from . import session
 from .session import Device, folder_size, gui_words, human_size, path_or_none, short_path
 from .tooltips import TRAIN as TIPS
+from ..defaults import ARCHS
 from .segment_jobs import CHECKPOINT_FILE, model_choices, model_file
 
 if TYPE_CHECKING:  # torch: imported in the worker (``train``) or by the warm-up, never while the dock opens
     from ..training.engine import DoneEvent, EpochEvent, StepEvent, TrainConfig
     from .plot import TrainingPlot
 
-ARCHS = ("resnet50", "resnet50_v2", "resnet18")
-"""``model.network.ARCHS``, named here so that building the dock imports no torch (a test keeps them equal)."""
 
 PLOT_HEIGHT = 256
 """The live plot's height (``plot.TrainingPlot``), kept free while the plot is not built yet."""

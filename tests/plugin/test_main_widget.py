@@ -164,10 +164,3 @@ def test_the_dock_imports_no_torch_in_the_gui_thread():
     warmed, arch, plot = done.stdout.split()[-3:]
     assert warmed == "True" and arch == "resnet18"  # warmed off the GUI thread; no GPU here: the small network
     assert plot == "True"  # the plot came once matplotlib was loaded
-
-
-def test_the_train_tabs_architectures_are_the_networks():
-    from napari_cellseg.model.network import ARCHS
-    from napari_cellseg.plugin import train_widget
-
-    assert train_widget.ARCHS == ARCHS
