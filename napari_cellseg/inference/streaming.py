@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,10 @@ import tifffile
 
 from ..atomic import atomic_path
 from ..defaults import MASK_THRESH, SCORE_THRESH, TILE_SIZE, overlap_for
-from ..errors import DatasetError
+from ..errors import DatasetError, DetectionCapWarning
 from ..io.images import read_image_size
 from ..io.images import read_image
-from .predict import _as_device, _inference_setup, _model_device, _predict_tile
+from .predict import _as_device, _detection_cap, _inference_setup, _model_device, _predict_uncapped, cap_message
 from .postprocess import to_labels
 from ..progress import Progress, StopCheck, stopped
 from ..io.raw import RawInstances
@@ -216,18 +217,24 @@ def _segment(model, reader: RegionReader, outputs: dict[int, Any], device, score
     tiles = tile_grid(shape, tile_size, overlap)
     device = _model_device(model) if device is None else _as_device(device)
     scores: dict[int, float] = {}
+    capped = 0
     try:
-        with _label_files(outputs, shape) as files, _inference_setup(model, device, None):
+        with _label_files(outputs, shape) as files, _inference_setup(model, device, None) as (base_cap, fast):
             for done, tile in enumerate(tiles, start=1):
                 if stopped(should_stop):
                     raise _Stopped
                 pixels = reader[tile.y0 : tile.y1, tile.x0 : tile.x1]
                 if pixels.min() != pixels.max():
-                    raw = _predict_tile(model, reader, tile, device)
+                    raw = _predict_uncapped(model, reader, tile, device, None, base_cap, 1.0, fast)
+                    capped += raw.capped_tiles
                     scores.update(paint_tile(files, raw, len(scores) + 1, score_thresh, mask_thresh))
+                    del raw
                 yield Progress(done, len(tiles), "tile")
+            cap = _detection_cap(model)
     except _Stopped:
         return None
+    if capped:
+        warnings.warn(DetectionCapWarning(cap_message(capped, len(tiles), cap)), stacklevel=2)
     return scores
 
 

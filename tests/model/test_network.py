@@ -1,7 +1,7 @@
 import pytest
 
 from napari_cellseg._torch import torch
-from napari_cellseg.model.network import ARCHS, ModelConfig, build_model, set_detections_per_img
+from napari_cellseg.model.network import ARCHS, ModelConfig, build_model, set_detections_per_img, set_proposals
 
 
 def tiny_config(**kw) -> ModelConfig:
@@ -109,6 +109,15 @@ def test_detection_cap_can_be_raised_for_dense_images():
     set_detections_per_img(model, 800)
     assert model.roi_heads.detections_per_img == 800
     assert model.rpn._post_nms_top_n["testing"] >= 800
+
+
+def test_proposals_are_set_apart_from_the_cap_and_checked():
+    model = build_model(tiny_config())
+    set_proposals(model, 300)
+    assert model.rpn._pre_nms_top_n["testing"] == model.rpn._post_nms_top_n["testing"] == 300
+    assert model.rpn._post_nms_top_n["training"] == 2000  # training keeps torchvision's
+    with pytest.raises(ValueError, match="proposals"):
+        set_proposals(model, 0)
 
 
 def test_pretrained_weights_offline_give_a_clear_error(monkeypatch):
