@@ -23,7 +23,7 @@ from ..devices import resolve_device
 from .fastpath import accelerated
 from ..defaults import OVERLAP, TILE_SIZE
 from ..errors import DetectionCapWarning
-from ..model.network import MAX_DETECTIONS, MAX_PROPOSALS, set_detections_per_img, set_proposals
+from ..model.network import MAX_DETECTIONS, set_detections_per_img, set_proposals
 from ..progress import Progress, StopCheck, drain, stopped
 from ..io.raw import RawInstances
 from .tiling import Tile, in_core, tile_grid
@@ -110,21 +110,19 @@ def tile_cap(tile_shape: tuple[int, int], base: int, scale: float = 1.0) -> int:
 
 
 AREA_PER_PROPOSAL = 128
-"""Network pixels per region proposal kept after the RPN's NMS on the fast path. torchvision keeps a
-fixed number (here ``max(1000, 4 * cap)``): 2,000 boxes through the box head for ~50 cells on a
-256 x 256 image, while a dense 1024 x 1024 tile got 4x fewer per area than a small image and lost cells."""
-AREA_PER_PRE_NMS = 32
-"""Network pixels per proposal kept per pyramid level before the RPN's NMS (cheap: NMS only)."""
+"""Network pixels per region proposal on the fast path. torchvision keeps a fixed number (here
+``max(1000, 4 * cap)``): 2,000 boxes through the box branch for ~50 cells on a 256 x 256 image."""
 MIN_PROPOSALS = 1000
 """The fewest proposals a tile gets (torchvision's default): small images lost confident cells below it."""
 
 
-def tile_proposals(tile_shape: tuple[int, int], scale: float = 1.0) -> tuple[int, int]:
-    """Region proposals for a tile on the fast path, (after NMS, per level before NMS): its area in
-    network pixels over ``AREA_PER_PROPOSAL`` and ``AREA_PER_PRE_NMS``, each at least ``MIN_PROPOSALS``."""
+def tile_proposals(tile_shape: tuple[int, int], cap: int, scale: float = 1.0) -> int:
+    """Region proposals for a tile on the fast path, before (per pyramid level) and after the RPN's NMS:
+    its area in network pixels over ``AREA_PER_PROPOSAL``, at least ``MIN_PROPOSALS``, never more than
+    the exact path's ``max(1000, 4 * cap)`` (one per 128 px^2 on a 1000 px tile raised its peak memory
+    from 1.3 to 2.2 GB; BENCHMARKS.md)."""
     area = tile_shape[0] * tile_shape[1] * scale * scale
-    return tuple(int(min(MAX_PROPOSALS, max(MIN_PROPOSALS, math.ceil(area / per))))
-                 for per in (AREA_PER_PROPOSAL, AREA_PER_PRE_NMS))
+    return int(min(max(1000, 4 * cap), max(MIN_PROPOSALS, math.ceil(area / AREA_PER_PROPOSAL))))
 
 
 def cap_message(capped: int, tiles: int, cap: int | None) -> str:
@@ -143,8 +141,8 @@ def _predict_uncapped(
     the second run takes the exact path's."""
     if fixed is None and base is not None:
         set_detections_per_img(model, tile_cap(tile.shape, base, scale))
-    if fast and base is not None:
-        set_proposals(model, *tile_proposals(tile.shape, scale))
+    if fast and (cap := _detection_cap(model)) is not None:
+        set_proposals(model, tile_proposals(tile.shape, cap, scale))
     part = _predict_tile(model, image, tile, device)
     if fixed is None and part.capped_tiles and (cap := _detection_cap(model) or MAX_DETECTIONS) < MAX_DETECTIONS:
         set_detections_per_img(model, min(4 * cap, MAX_DETECTIONS))

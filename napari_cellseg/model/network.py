@@ -136,8 +136,8 @@ class ModelConfig:
 
 MAX_DETECTIONS = 10_000
 """Detections per image: dense images hold ~1,000 cells; 1e9 would allocate without end."""
-MAX_PROPOSALS = 100_000
-"""Region proposals per image or tile: 1/16 of a 1024 px tile's anchors at the finest level would already be 12,288."""
+MAX_PROPOSALS = 4 * MAX_DETECTIONS
+"""Region proposals per image or tile: four per detection at the largest cap, as ``set_detections_per_img`` sets."""
 MIN_IMAGE_SCALE = 0.05
 """Smaller factors shrink a tile below what the backbone's 32 px stride can see (0.001 crashed)."""
 MAX_CLASS_NAME = 64
@@ -381,15 +381,12 @@ def set_detections_per_img(model: CellMaskRCNN, n: int) -> None:
     set_proposals(model, max(1000, 4 * int(n)))
 
 
-def set_proposals(model: CellMaskRCNN, n: int, pre_nms: int | None = None) -> None:
-    """Region proposals kept at inference: ``n`` in all after the RPN's NMS (the box head's work grows
-    with them), ``pre_nms`` (default ``n``) per pyramid level before it (``inference.predict`` sizes
-    both from the tile's area)."""
-    pre_nms = n if pre_nms is None else pre_nms
-    for value in (n, pre_nms):
-        if not 1 <= int(value) <= MAX_PROPOSALS:
-            raise ValueError(f"proposals must be from 1 to {MAX_PROPOSALS:,}, got {value}")
-    model.rpn._pre_nms_top_n["testing"] = int(pre_nms)
+def set_proposals(model: CellMaskRCNN, n: int) -> None:
+    """Region proposals kept at inference, per pyramid level before the RPN's NMS and in all after it:
+    the box branch's work grows with them (``inference.predict`` sizes them from the tile's area)."""
+    if not 1 <= int(n) <= MAX_PROPOSALS:
+        raise ValueError(f"proposals must be from 1 to {MAX_PROPOSALS:,}, got {n}")
+    model.rpn._pre_nms_top_n["testing"] = int(n)
     model.rpn._post_nms_top_n["testing"] = int(n)
 
 
