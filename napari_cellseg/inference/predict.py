@@ -137,8 +137,8 @@ def _predict_uncapped(
 ) -> RawInstances:
     """One tile under a cap that follows its area, run again once with 4x the cap when it is hit
     (unless the caller ``fixed`` the cap; once: each run costs a whole tile); a tile that still hits
-    it keeps ``capped_tiles == 1``. On the fast path the proposals follow the tile's area (``tile_proposals``);
-    the second run takes the exact path's."""
+    it keeps ``capped_tiles == 1``. On the fast path the proposals follow the tile's area (``tile_proposals``),
+    the same in both runs."""
     if fixed is None and base is not None:
         set_detections_per_img(model, tile_cap(tile.shape, base, scale))
     if fast and (cap := _detection_cap(model)) is not None:
@@ -146,6 +146,8 @@ def _predict_uncapped(
     part = _predict_tile(model, image, tile, device)
     if fixed is None and part.capped_tiles and (cap := _detection_cap(model) or MAX_DETECTIONS) < MAX_DETECTIONS:
         set_detections_per_img(model, min(4 * cap, MAX_DETECTIONS))
+        if fast:  # the same proposals: the exact path's 4 per detection took a dense tile over 2 GB
+            set_proposals(model, tile_proposals(tile.shape, cap, scale))
         part = _predict_tile(model, image, tile, device)
     return part
 

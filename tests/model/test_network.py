@@ -160,3 +160,18 @@ def test_from_dict_validates_a_stored_config(changes, words):
     with pytest.raises(ValueError, match=words.replace(".", r"\.")):
         ModelConfig.from_dict(d)
     assert ModelConfig.from_dict(ModelConfig(arch="resnet18").to_dict()) == ModelConfig(arch="resnet18")
+
+
+def test_masks_computed_in_chunks_equal_masks_at_once(monkeypatch):
+    from napari_cellseg.model import network
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config()).eval()
+    model.roi_heads.score_thresh = 0.0  # random weights: keep every detection
+    image = [torch.rand(3, 96, 96)]
+    whole = model.detect(image)[0]
+    monkeypatch.setattr(network, "MASK_CHUNK", 3)
+    chunked = model.detect(image)[0]
+    assert len(whole["masks"]) > 3
+    torch.testing.assert_close(chunked["masks"], whole["masks"])
+    assert torch.equal(chunked["boxes"], whole["boxes"])
