@@ -1,5 +1,5 @@
-"""The CPU fast path of prediction, on by default: the same weights, 0.70x the time of the plain path
-(10 DSB val images, one thread, loaded machine; BENCHMARKS.md).
+"""The CPU fast path of prediction, on by default: the same weights, a fraction of the time of the plain
+path (10 DSB val images, one thread, loaded machine; BENCHMARKS.md).
 
 Why these parts: profiling the built-in ``nuclei`` model on DSB val images (one thread) put three
 quarters of the time in the heads, not the backbone - the mask predictor 31% (a 1 x 1 convolution
@@ -10,7 +10,9 @@ to two channels and a 2 x 2 transposed convolution, slow in NCHW layout), the bo
 - the mask head and the transposed convolution run channels-last (oneDNN's fast layout);
 - the mask logits are one matrix product on the channels-last features;
 - the box head's linear layers compute in int8 (dynamic quantisation, one scale per output channel);
-- on one thread, the RoI pooling is one sparse matrix product per pyramid level (the same sums).
+- on one thread, the RoI pooling is one sparse matrix product per pyramid level (the same sums);
+- (in ``predict``, when this path is on) the region proposals follow the tile's area instead of
+  torchvision's fixed count, so a small image sends fewer boxes through the box branch.
 
 ``accelerated`` swaps these wrappers in and the original modules back afterwards, so weights, the
 state dict and training never see them. Off on other devices, with ``NAPARI_CELLSEG_EXACT=1``

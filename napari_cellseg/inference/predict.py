@@ -23,7 +23,7 @@ from ..devices import resolve_device
 from .fastpath import accelerated
 from ..defaults import OVERLAP, TILE_SIZE
 from ..errors import DetectionCapWarning
-from ..model.network import MAX_DETECTIONS, set_detections_per_img
+from ..model.network import MAX_DETECTIONS, set_detections_per_img, set_proposals
 from ..progress import Progress, StopCheck, drain, stopped
 from ..io.raw import RawInstances
 from .tiling import Tile, in_core, tile_grid
@@ -73,14 +73,14 @@ def _run_tiles(
     shape = (image.shape[0], image.shape[1])
     views = [image, np.ascontiguousarray(image[:, ::-1])] if flip else [image]
     total, results = len(tiles) * len(views), []
-    with _inference_setup(model, device, max_detections, scale) as base_cap, _stop_inside(model, should_stop):
+    with _inference_setup(model, device, max_detections, scale) as (base_cap, fast), _stop_inside(model, should_stop):
         for v, view in enumerate(views):
             parts = []
             for done, tile in enumerate(tiles, start=1):
                 if stopped(should_stop):
                     return None
                 try:
-                    parts.append(_predict_uncapped(model, view, tile, device, max_detections, base_cap, scale))
+                    parts.append(_predict_uncapped(model, view, tile, device, max_detections, base_cap, scale, fast))
                 except _Stopped:
                     return None
                 yield Progress(v * len(tiles) + done, total, "tile")
@@ -109,6 +109,22 @@ def tile_cap(tile_shape: tuple[int, int], base: int, scale: float = 1.0) -> int:
     return int(min(MAX_DETECTIONS, max(base, math.ceil(area / AREA_PER_DETECTION))))
 
 
+AREA_PER_PROPOSAL = 128
+"""Network pixels per region proposal on the fast path. torchvision keeps a fixed number (here
+``max(1000, 4 * cap)``): 2,000 boxes through the box branch for ~50 cells on a 256 x 256 image."""
+MIN_PROPOSALS = 1000
+"""The fewest proposals a tile gets (torchvision's default): small images lost confident cells below it."""
+
+
+def tile_proposals(tile_shape: tuple[int, int], cap: int, scale: float = 1.0) -> int:
+    """Region proposals for a tile on the fast path, before (per pyramid level) and after the RPN's NMS:
+    its area in network pixels over ``AREA_PER_PROPOSAL``, at least ``MIN_PROPOSALS``, never more than
+    the exact path's ``max(1000, 4 * cap)`` (one per 128 px^2 on a 1000 px tile raised its peak memory
+    from 1.3 to 2.2 GB; BENCHMARKS.md)."""
+    area = tile_shape[0] * tile_shape[1] * scale * scale
+    return int(min(max(1000, 4 * cap), max(MIN_PROPOSALS, math.ceil(area / AREA_PER_PROPOSAL))))
+
+
 def cap_message(capped: int, tiles: int, cap: int | None) -> str:
     """One line for the user when tiles hit the detection cap (the CLI's warning, the GUI's status)."""
     return (f"{capped} of {tiles} tile(s) hit the limit of {cap} detections: some cells may be missing; "
@@ -117,16 +133,21 @@ def cap_message(capped: int, tiles: int, cap: int | None) -> str:
 
 def _predict_uncapped(
     model: torch.nn.Module, image: np.ndarray, tile: Tile, device: torch.device, fixed: int | None, base: int | None,
-    scale: float,
+    scale: float, fast: bool = False,
 ) -> RawInstances:
     """One tile under a cap that follows its area, run again once with 4x the cap when it is hit
     (unless the caller ``fixed`` the cap; once: each run costs a whole tile); a tile that still hits
-    it keeps ``capped_tiles == 1``."""
+    it keeps ``capped_tiles == 1``. On the fast path the proposals follow the tile's area (``tile_proposals``),
+    the same in both runs."""
     if fixed is None and base is not None:
         set_detections_per_img(model, tile_cap(tile.shape, base, scale))
+    if fast and (cap := _detection_cap(model)) is not None:
+        set_proposals(model, tile_proposals(tile.shape, cap, scale))
     part = _predict_tile(model, image, tile, device)
     if fixed is None and part.capped_tiles and (cap := _detection_cap(model) or MAX_DETECTIONS) < MAX_DETECTIONS:
         set_detections_per_img(model, min(4 * cap, MAX_DETECTIONS))
+        if fast:  # the same proposals: the exact path's 4 per detection took a dense tile over 2 GB
+            set_proposals(model, tile_proposals(tile.shape, cap, scale))
         part = _predict_tile(model, image, tile, device)
     return part
 
@@ -227,7 +248,7 @@ def _inference_setup(
 ) -> Iterator[int | None]:
     """Eval mode on ``device`` (a given cap, the image scale times ``scale``) for the run, on the CPU
     the fast heads (``fastpath``); mode, cap, scale and heads come back afterwards. Yields the
-    model's own cap."""
+    model's own cap and whether the fast path is on."""
     was_training = model.training
     old_cap = _detection_cap(model)
     transform = getattr(model, "transform", None)
@@ -239,11 +260,12 @@ def _inference_setup(
     if old_scale is not None:
         transform.image_scale = old_scale * scale
     try:
-        with accelerated(model, device):
-            yield old_cap if hasattr(model, "rpn") else None  # an ONNX graph's cap is fixed at export
+        with accelerated(model, device) as fast:
+            # an ONNX graph's cap and proposals are fixed at export
+            yield (old_cap, fast) if hasattr(model, "rpn") else (None, False)
     finally:
-        if old_cap is not None and old_cap != _detection_cap(model):
-            set_detections_per_img(model, old_cap)
+        if old_cap is not None and hasattr(model, "rpn"):
+            set_detections_per_img(model, old_cap)  # the cap and the proposals
         if old_scale is not None:
             transform.image_scale = old_scale
         model.train(was_training)

@@ -134,6 +134,8 @@ class ModelConfig:
 
 MAX_DETECTIONS = 10_000
 """Detections per image: dense images hold ~1,000 cells; 1e9 would allocate without end."""
+MASK_CHUNK = 512  # masks computed at once per image: each holds a few 128 x 14 x 14 maps (4,096: > 1 GB)
+MAX_PROPOSALS = 4 * MAX_DETECTIONS  # four per detection at the largest cap, as set_detections_per_img sets
 MIN_IMAGE_SCALE = 0.05
 """Smaller factors shrink a tile below what the backbone's 32 px stride can see (0.001 crashed)."""
 MAX_CLASS_NAME = 64
@@ -252,11 +254,19 @@ class CellMaskRCNN(MaskRCNN):
             detections.append({"boxes": out[sel], "scores": s[sel], "labels": lab[sel],
                                "capped": len(b) >= heads.detections_per_img})
             net_boxes.append(b[sel])
-        mask_feats = heads.mask_head(heads.mask_roi_pool(feats, net_boxes, batch.image_sizes))
-        probs = maskrcnn_inference(heads.mask_predictor(mask_feats), [d["labels"] for d in detections])
+        probs = self._mask_probs(feats, net_boxes, [d["labels"] for d in detections], batch.image_sizes)
         for det, prob in zip(detections, probs):
-            det["masks"] = prob[:, 0]
+            det["masks"] = prob
         return detections
+
+    def _mask_probs(self, feats, boxes: list[torch.Tensor], labels: list[torch.Tensor], sizes) -> list[torch.Tensor]:
+        """N x 28 x 28 mask probabilities per image, one image's detections ``MASK_CHUNK`` at a time."""
+        heads = self.roi_heads
+        if len(boxes) == 1 and len(boxes[0]) > MASK_CHUNK:
+            return [torch.cat([self._mask_probs(feats, [b], [lab], sizes)[0]
+                               for b, lab in zip(boxes[0].split(MASK_CHUNK), labels[0].split(MASK_CHUNK))])]
+        mask_feats = heads.mask_head(heads.mask_roi_pool(feats, boxes, sizes))
+        return [prob[:, 0] for prob in maskrcnn_inference(heads.mask_predictor(mask_feats), labels)]
 
 
 def _fetch(weights_enum: Any) -> dict[str, torch.Tensor]:
@@ -374,9 +384,14 @@ def set_detections_per_img(model: CellMaskRCNN, n: int) -> None:
     if not 1 <= int(n) <= MAX_DETECTIONS:
         raise ValueError(f"detections per image must be from 1 to {MAX_DETECTIONS:,}, got {n}")
     model.roi_heads.detections_per_img = int(n)
-    proposals = max(1000, 4 * int(n))
-    model.rpn._pre_nms_top_n["testing"] = proposals
-    model.rpn._post_nms_top_n["testing"] = proposals
+    set_proposals(model, max(1000, 4 * int(n)))
+
+
+def set_proposals(model: CellMaskRCNN, n: int) -> None:
+    """Region proposals at inference, per level before the RPN's NMS and after it (``predict`` sizes them)."""
+    if not 1 <= int(n) <= MAX_PROPOSALS:
+        raise ValueError(f"proposals must be from 1 to {MAX_PROPOSALS:,}, got {n}")
+    model.rpn._pre_nms_top_n["testing"] = model.rpn._post_nms_top_n["testing"] = int(n)
 
 
 __all__ = ["ARCHS", "WEIGHTS", "ModelConfig", "CellMaskRCNN", "build_model", "set_detections_per_img", "torchvision"]

@@ -17,7 +17,7 @@ from napari_cellseg.progress import drain
 from napari_cellseg.devices import resolve_device
 from napari_cellseg.inference.fastpath import exact
 from napari_cellseg.errors import DetectionCapWarning
-from napari_cellseg.inference.predict import iter_predict, paste_masks, predict, tile_cap
+from napari_cellseg.inference.predict import iter_predict, paste_masks, predict, tile_cap, tile_proposals
 from napari_cellseg.io.raw import RawInstances
 from napari_cellseg.model.network import MAX_DETECTIONS, ModelConfig, build_model, set_detections_per_img
 from napari_cellseg.inference.scale import scale_note
@@ -331,6 +331,32 @@ def test_tile_cap_follows_the_tile_area_within_bounds():
     assert tile_cap((256, 256), 500) == 500  # never below the model's own cap
     assert tile_cap((512, 512), 100, scale=2.0) == 1024  # network pixels count
     assert tile_cap((100_000, 100_000), 500) == MAX_DETECTIONS
+
+
+def test_tile_proposals_follow_the_area_below_the_exact_paths():
+    assert tile_proposals((384, 384), 500) == 1152  # 128 network pixels each
+    assert tile_proposals((256, 256), 500) == 1000  # at least torchvision's 1,000 (the exact path: 2,000)
+    assert tile_proposals((1024, 1024), 1024) == 4096  # never above the exact path's 4 per detection
+    assert tile_proposals((256, 256), 500, scale=2.0) == 2000  # network pixels count
+
+
+def test_the_fast_path_sizes_proposals_per_tile_and_restores_them(tiny_model):
+    def proposals(shape: tuple[int, int], tile: int, cap: int = 10) -> list[tuple[int, int]]:
+        """(after NMS, per level before NMS) of each tile, fast then exact; a fixed cap: no second run."""
+        seen = []
+        hook = tiny_model.rpn.register_forward_pre_hook(
+            lambda m, i: seen.append((m._post_nms_top_n["testing"], m._pre_nms_top_n["testing"])))
+        try:
+            predict(tiny_model, _image(*shape), tile_size=tile, overlap=tile // 4, max_detections=cap)
+            with exact():
+                predict(tiny_model, _image(*shape), tile_size=tile, overlap=tile // 4, max_detections=cap)
+        finally:
+            hook.remove()
+        return seen
+
+    assert proposals((96, 64), 64) == [(1000, 1000)] * 4  # small tiles: the floor, as the exact path
+    assert proposals((400, 400), 512, cap=500) == [(1250, 1250), (2000, 2000)]  # fast: 1 per 128 px^2
+    assert tiny_model.rpn._post_nms_top_n["testing"] == tiny_model.rpn._pre_nms_top_n["testing"] == 1000
 
 
 @pytest.fixture(scope="module")

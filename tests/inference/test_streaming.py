@@ -13,6 +13,8 @@ from napari_cellseg.inference.predict import predict
 from napari_cellseg.inference.postprocess import to_labels
 from napari_cellseg.progress import drain
 from napari_cellseg.inference.tiling import tile_grid
+from napari_cellseg.errors import DetectionCapWarning
+from napari_cellseg.inference import streaming
 from napari_cellseg.inference.streaming import LabelFile, RegionReader, iter_segment_file, open_labels, should_stream
 
 from torch.nn import functional as F  # noqa: E402
@@ -115,6 +117,19 @@ def test_flat_tiles_skip_the_network(tmp_path):
     assert not tifffile.imread(tmp_path / "l.tif").any()
 
 
+def test_a_tile_at_the_detection_cap_is_warned_about_and_memory_is_released_per_tile(disc_file, tmp_path, monkeypatch):
+    path, _ = disc_file
+    model = BlobDetector()
+    detect = model.detect
+    model.detect = lambda images, keep=None: [dict(d, capped=True) for d in detect(images, keep)]
+    released = []
+    monkeypatch.setattr(streaming, "release_freed_memory", lambda: released.append(1))
+    tiles = len(tile_grid((96, 100), 40, 16))
+    with pytest.warns(DetectionCapWarning, match=f"{tiles} of {tiles} tile"):
+        scores = drain(iter_segment_file(model, path, {1: tmp_path / "l.tif"}, tile_size=40, overlap=16))
+    assert len(scores) == len(CENTRES) and len(released) == tiles
+
+
 def test_cancel_leaves_no_label_file(disc_file, tmp_path):
     path, _ = disc_file
     ticks = iter([False, False, True])
@@ -164,3 +179,13 @@ def test_only_large_2d_images_stream(tmp_path, monkeypatch):
     monkeypatch.setattr("napari_cellseg.inference.streaming.STREAM_ABOVE", 1000)
     assert should_stream(path)
     assert not should_stream(tmp_path / "missing.tif")
+
+
+def test_release_freed_memory_trims_the_heap_where_it_can(monkeypatch):
+    calls = []
+    monkeypatch.setattr(streaming, "_malloc_trim", lambda: calls.append)
+    streaming.release_freed_memory()
+    assert calls == [0]  # malloc_trim(0): everything above the heap's top that is free
+    monkeypatch.setattr(streaming, "_malloc_trim", lambda: None)  # not glibc: nothing to do
+    streaming.release_freed_memory()
+    assert calls == [0]

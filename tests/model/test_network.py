@@ -1,7 +1,7 @@
 import pytest
 
 from napari_cellseg._torch import torch
-from napari_cellseg.model.network import ARCHS, ModelConfig, build_model, set_detections_per_img
+from napari_cellseg.model.network import ARCHS, ModelConfig, build_model, set_detections_per_img, set_proposals
 
 
 def tiny_config(**kw) -> ModelConfig:
@@ -111,6 +111,15 @@ def test_detection_cap_can_be_raised_for_dense_images():
     assert model.rpn._post_nms_top_n["testing"] >= 800
 
 
+def test_proposals_are_set_apart_from_the_cap_and_checked():
+    model = build_model(tiny_config())
+    set_proposals(model, 300)
+    assert model.rpn._pre_nms_top_n["testing"] == model.rpn._post_nms_top_n["testing"] == 300
+    assert model.rpn._post_nms_top_n["training"] == 2000  # training keeps torchvision's
+    with pytest.raises(ValueError, match="proposals"):
+        set_proposals(model, 0)
+
+
 def test_pretrained_weights_offline_give_a_clear_error(monkeypatch):
     from napari_cellseg.errors import CheckpointError
     import urllib.error
@@ -151,3 +160,18 @@ def test_from_dict_validates_a_stored_config(changes, words):
     with pytest.raises(ValueError, match=words.replace(".", r"\.")):
         ModelConfig.from_dict(d)
     assert ModelConfig.from_dict(ModelConfig(arch="resnet18").to_dict()) == ModelConfig(arch="resnet18")
+
+
+def test_masks_computed_in_chunks_equal_masks_at_once(monkeypatch):
+    from napari_cellseg.model import network
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config()).eval()
+    model.roi_heads.score_thresh = 0.0  # random weights: keep every detection
+    image = [torch.rand(3, 96, 96)]
+    whole = model.detect(image)[0]
+    monkeypatch.setattr(network, "MASK_CHUNK", 3)
+    chunked = model.detect(image)[0]
+    assert len(whole["masks"]) > 3
+    torch.testing.assert_close(chunked["masks"], whole["masks"])
+    assert torch.equal(chunked["boxes"], whole["boxes"])
