@@ -3,7 +3,7 @@
 Figures (all in one run, baseline and candidate alternated, medians over repeats):
 
 1. predict an image to label layers (``inference.predict.predict`` + ``postprocess.to_labels``) vs the bare
-   torchvision forward of the same model on the same image (``model.network.eval(); model([tensor])``,
+   torchvision forward of the same model on the same image (``model.eval(); model([tensor])``,
    which pastes every mask into a full-size float image). Target: <= 1.05x.
 2. re-threshold (``to_labels`` alone, as when a slider moves) on a 1000 x 1000 image with 300
    instances. Target: <= 20 ms median.

@@ -99,7 +99,7 @@ def _run_tiles(
 
 AREA_PER_DETECTION = 32 * 32
 """Network pixels per allowed detection when a tile's cap is set from its area: a 1024 px tile
-allows 1,024, more than the densest DSB2018 image holds; ``model.network.detect`` says when it is hit anyway."""
+allows 1,024, more than the densest DSB2018 image holds; ``CellMaskRCNN.detect`` says when it is hit anyway."""
 
 
 def tile_cap(tile_shape: tuple[int, int], base: int, scale: float = 1.0) -> int:
@@ -141,13 +141,15 @@ def _predict_uncapped(
     the same in both runs."""
     if fixed is None and base is not None:
         set_detections_per_img(model, tile_cap(tile.shape, base, scale))
+    proposals = None
     if fast and (cap := _detection_cap(model)) is not None:
-        set_proposals(model, tile_proposals(tile.shape, cap, scale))
+        proposals = tile_proposals(tile.shape, cap, scale)
+        set_proposals(model, proposals)
     part = _predict_tile(model, image, tile, device)
     if fixed is None and part.capped_tiles and (cap := _detection_cap(model) or MAX_DETECTIONS) < MAX_DETECTIONS:
         set_detections_per_img(model, min(4 * cap, MAX_DETECTIONS))
-        if fast:  # the same proposals: the exact path's 4 per detection took a dense tile over 2 GB
-            set_proposals(model, tile_proposals(tile.shape, cap, scale))
+        if proposals is not None:  # the same proposals: the exact path's 4 per detection took a dense tile over 2 GB
+            set_proposals(model, proposals)
         part = _predict_tile(model, image, tile, device)
     return part
 

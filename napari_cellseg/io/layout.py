@@ -100,7 +100,7 @@ class ExportItem:
 
 def sample_image_id(sample_names: Sequence[str], name: str) -> int:
     """The image id of sample ``name`` in a folder of samples (no mapping file there): its place
-    1..n in name order, as ``training.dataset.find_samples`` lists them and ``pipeline.sample_items`` numbers them."""
+    1..n in name order, as ``io.samples.find_samples`` lists them and ``pipeline.sample_items`` numbers them."""
     return sorted(sample_names).index(name) + 1
 
 

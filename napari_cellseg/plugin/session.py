@@ -44,7 +44,7 @@ log = logging.getLogger("napari_cellseg")
 
 
 class Device(Enum):
-    """Where the network runs (``inference.predict.resolve_device`` names)."""
+    """Where the network runs (``devices.resolve_device`` names)."""
 
     auto = "auto"
     cuda = "cuda"

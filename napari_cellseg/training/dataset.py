@@ -2,7 +2,7 @@
 torch dataset.
 
 Finding and reading the samples is ``io.samples``'s; test images are segmented by
-``inference.predict.pipeline.export_items``.
+``inference.pipeline.export_items``.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def save_sample(
 
 
 def _check_readable(image: np.ndarray, labels: Mapping[int, np.ndarray]) -> None:
-    """Refuse what ``training.dataset.find_samples`` and ``images.read_image`` would refuse when training reads it."""
+    """Refuse what ``io.samples.find_samples`` and ``io.images.read_image`` would refuse when training reads it."""
     height, width = image.shape[:2]
     if min(height, width) < MIN_SIDE or height * width > MAX_PIXELS:
         raise DatasetError(f"the image is {height} x {width} pixels; a training sample needs at least "
