@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from napari_cellseg.cli.main import build_parser, main
+from napari_cellseg.plugin.main_widget import TABS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -200,6 +201,8 @@ def test_the_split_list_matches_the_data_when_present():
 def dock(make_napari_viewer):
     viewer = make_napari_viewer()
     _, main_widget = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
+    for title in TABS:  # each tab is built when first shown
+        main_widget.tab(title)
     return main_widget
 
 

@@ -23,7 +23,7 @@ from ..devices import resolve_device
 from .fastpath import accelerated
 from ..defaults import OVERLAP, TILE_SIZE
 from ..errors import DetectionCapWarning
-from ..model.network import MAX_DETECTIONS, set_detections_per_img, set_proposals
+from ..model.network import MAX_DETECTIONS, exact_proposals, set_detections_per_img, set_proposals
 from ..progress import Progress, StopCheck, drain, stopped
 from ..io.raw import RawInstances
 from .tiling import Tile, in_core, tile_grid
@@ -111,7 +111,7 @@ def tile_cap(tile_shape: tuple[int, int], base: int, scale: float = 1.0) -> int:
 
 AREA_PER_PROPOSAL = 128
 """Network pixels per region proposal on the fast path. torchvision keeps a fixed number (here
-``max(1000, 4 * cap)``): 2,000 boxes through the box branch for ~50 cells on a 256 x 256 image."""
+``exact_proposals(cap)``): 2,000 boxes through the box branch for ~50 cells on a 256 x 256 image."""
 MIN_PROPOSALS = 1000
 """The fewest proposals a tile gets (torchvision's default): small images lost confident cells below it."""
 
@@ -119,10 +119,10 @@ MIN_PROPOSALS = 1000
 def tile_proposals(tile_shape: tuple[int, int], cap: int, scale: float = 1.0) -> int:
     """Region proposals for a tile on the fast path, before (per pyramid level) and after the RPN's NMS:
     its area in network pixels over ``AREA_PER_PROPOSAL``, at least ``MIN_PROPOSALS``, never more than
-    the exact path's ``max(1000, 4 * cap)`` (one per 128 px^2 on a 1000 px tile raised its peak memory
+    the exact path's ``exact_proposals(cap)`` (one per 128 px^2 on a 1000 px tile raised its peak memory
     from 1.3 to 2.2 GB; BENCHMARKS.md)."""
     area = tile_shape[0] * tile_shape[1] * scale * scale
-    return int(min(max(1000, 4 * cap), max(MIN_PROPOSALS, math.ceil(area / AREA_PER_PROPOSAL))))
+    return int(min(exact_proposals(cap), max(MIN_PROPOSALS, math.ceil(area / AREA_PER_PROPOSAL))))
 
 
 def cap_message(capped: int, tiles: int, cap: int | None) -> str:

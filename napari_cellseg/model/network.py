@@ -27,19 +27,9 @@ from ..io.layout import printable, unsafe_character
 from torch import nn  # noqa: E402
 from torchvision.models.detection import MaskRCNN  # noqa: E402
 from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
-from torchvision.models.detection.backbone_utils import (  # noqa: E402
-    BackboneWithFPN,
-    _resnet_fpn_extractor,
-)
-from torchvision.models.detection.faster_rcnn import (  # noqa: E402
-    FastRCNNConvFCHead,
-    FastRCNNPredictor,
-    TwoMLPHead,
-)
-from torchvision.models.detection.mask_rcnn import (  # noqa: E402
-    MaskRCNNHeads,
-    MaskRCNNPredictor,
-)
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor  # noqa: E402
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead  # noqa: E402
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor  # noqa: E402
 from torchvision.models.detection.roi_heads import maskrcnn_inference  # noqa: E402
 from torchvision.models.detection.rpn import RPNHead  # noqa: E402
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes  # noqa: E402
@@ -135,7 +125,14 @@ class ModelConfig:
 MAX_DETECTIONS = 10_000
 """Detections per image: dense images hold ~1,000 cells; 1e9 would allocate without end."""
 MASK_CHUNK = 512  # masks computed at once per image: each holds a few 128 x 14 x 14 maps (4,096: > 1 GB)
-MAX_PROPOSALS = 4 * MAX_DETECTIONS  # four per detection at the largest cap, as set_detections_per_img sets
+
+
+def exact_proposals(detections: int) -> int:
+    """Region proposals for a detection cap on the exact path: four per detection, at least 1,000."""
+    return max(1000, 4 * int(detections))
+
+
+MAX_PROPOSALS = exact_proposals(MAX_DETECTIONS)
 MIN_IMAGE_SCALE = 0.05
 """Smaller factors shrink a tile below what the backbone's 32 px stride can see (0.001 crashed)."""
 MAX_CLASS_NAME = 64
@@ -355,7 +352,7 @@ def build_model(config: ModelConfig, weights: str = "none") -> CellMaskRCNN:
     anchors = AnchorGenerator(
         tuple((s,) for s in config.anchor_sizes), (tuple(config.aspect_ratios),) * len(config.anchor_sizes)
     )
-    proposals = max(1000, 4 * config.detections_per_img)
+    proposals = exact_proposals(config.detections_per_img)
     model = CellMaskRCNN(
         backbone,
         image_scale=config.image_scale,
@@ -384,7 +381,7 @@ def set_detections_per_img(model: CellMaskRCNN, n: int) -> None:
     if not 1 <= int(n) <= MAX_DETECTIONS:
         raise ValueError(f"detections per image must be from 1 to {MAX_DETECTIONS:,}, got {n}")
     model.roi_heads.detections_per_img = int(n)
-    set_proposals(model, max(1000, 4 * int(n)))
+    set_proposals(model, exact_proposals(n))
 
 
 def set_proposals(model: CellMaskRCNN, n: int) -> None:

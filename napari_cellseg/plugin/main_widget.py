@@ -6,6 +6,10 @@ one dock of ``DOCK_WIDTH`` px, each tab scrolls, so napari fits a 1366 x 768 lap
 canvas keeping at least half the width. The widgets are the same objects the separate docks use
 (``TrainWidget``, ``SegmentWidget``, ``ExportWidget``): they share the viewer's session, so the
 model just trained is what Segment uses, and Segment's results are what Export writes.
+
+A tab is built the first time it is shown or used (``main.segment`` etc.): building all four and
+letting napari lay them out held the GUI thread 0.4-0.6 s when the dock was added; the first tab
+alone takes about a quarter of that, and the others cost their own first click.
 """
 
 from __future__ import annotations
@@ -15,10 +19,9 @@ from qtpy.QtWidgets import QDockWidget, QFrame, QLabel, QScrollArea, QTabWidget,
 
 from . import session
 from .session import DOCK_WIDTH
-from .export_widget import ExportWidget
-from .finetune_widget import FineTuneWidget
-from .segment_widget import SegmentWidget
-from .train_widget import TrainWidget
+
+TABS = ("Train", "Segment", "Export", "Fine-tune")
+"""The tabs, left to right."""
 
 TITLE = "Cell segmentation"
 """The dock's title bar text (napari's own adds the plugin name, which a 310 px dock cuts)."""
@@ -26,12 +29,12 @@ MAX_DOCK_WIDTH = 520
 """Widest the dock may be dragged (px): on a 1366 px screen the canvas keeps half the window."""
 
 
-def scrollable(widget: QWidget) -> QScrollArea:
-    """``widget`` in a vertical scroll area that never makes the dock wider than the tab."""
+def scrollable() -> QScrollArea:
+    """An empty vertical scroll area that never makes the dock wider than the tab (its widget's
+    layout takes the tab's widget first, then a stretch)."""
     holder = QWidget()
     layout = QVBoxLayout(holder)
     layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(widget)
     layout.addStretch(1)  # a short tab keeps its rows together at the top
     area = QScrollArea()
     area.setWidget(holder)
@@ -48,20 +51,58 @@ class CellsegWidget(QWidget):
         super().__init__()
         session.warm_up()  # imports for the first layer and run, off the GUI thread
         self.viewer = napari_viewer
-        self.train = TrainWidget(napari_viewer)
-        self.segment = SegmentWidget(napari_viewer)
-        self.export = ExportWidget(napari_viewer)
-        self.finetune = FineTuneWidget(napari_viewer, self.segment, self.train, self.show_tab)
+        self._built: dict[str, object] = {}
         self.tabs = QTabWidget()
-        tabs = (("Train", self.train), ("Segment", self.segment), ("Export", self.export),
-                ("Fine-tune", self.finetune))
-        for title, widget in tabs:
-            session.keep_narrow(widget)
-            self.tabs.addTab(scrollable(widget.native), title)
+        for title in TABS:
+            self.tabs.addTab(scrollable(), title)
+        self.tabs.currentChanged.connect(lambda index: self.tab(TABS[index]))
+        self.tab(TABS[0])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
         self.setMaximumWidth(MAX_DOCK_WIDTH)
+
+    def tab(self, title: str):
+        """The widget of the tab ``title``, built and put in its tab on first use."""
+        if title not in self._built:
+            widget = self._make(title)
+            self._built[title] = widget
+            session.keep_narrow(widget)
+            self.tabs.widget(TABS.index(title)).widget().layout().insertWidget(0, widget.native)
+        return self._built[title]
+
+    def _make(self, title: str):
+        if title == "Train":
+            from .train_widget import TrainWidget
+
+            return TrainWidget(self.viewer)
+        if title == "Segment":
+            from .segment_widget import SegmentWidget
+
+            return SegmentWidget(self.viewer)
+        if title == "Export":
+            from .export_widget import ExportWidget
+
+            return ExportWidget(self.viewer)
+        from .finetune_widget import FineTuneWidget
+
+        return FineTuneWidget(self.viewer, self.segment, self.train, self.show_tab)
+
+    @property
+    def train(self):
+        return self.tab("Train")
+
+    @property
+    def segment(self):
+        return self.tab("Segment")
+
+    @property
+    def export(self):
+        return self.tab("Export")
+
+    @property
+    def finetune(self):
+        return self.tab("Fine-tune")
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
         return QSize(DOCK_WIDTH, 600)
@@ -83,5 +124,4 @@ class CellsegWidget(QWidget):
 
     def show_tab(self, title: str) -> None:
         """Bring the tab called ``title`` (Train, Segment, Export, Fine-tune) to the front."""
-        titles = [self.tabs.tabText(i).replace("&&", "&") for i in range(self.tabs.count())]
-        self.tabs.setCurrentIndex(titles.index(title))
+        self.tabs.setCurrentIndex(TABS.index(title))

@@ -1,17 +1,28 @@
-"""A small matplotlib canvas for the Train widget: loss terms per step, validation AP per epoch.
+"""The Train widget's live plot: loss terms per step, validation AP per epoch, drawn off the GUI thread.
 
-Its colours follow the napari theme (``set_theme``): matplotlib's white defaults made a white box
-in the dark theme. Fonts stay at 9 pt or more, and the axes count steps and epochs in whole numbers.
+matplotlib draws the figure in one background thread (``_Figure``: a figure only that thread
+touches, on an Agg canvas) and hands the pixels back; the widget only paints that image. Laying
+out and drawing the figure in the GUI thread had held it 0.3-2.7 s per build or redraw on a busy
+CPU; here the GUI thread copies a few lists per redraw and never imports matplotlib. At most one
+drawing is in flight: points that arrive meanwhile are drawn next, stale states are skipped, and a
+redraw waits at least ``MIN_INTERVAL_S`` (or five drawing times on a slow CPU) after the last.
+
+The colours follow the napari theme (matplotlib's white defaults made a white box in the dark
+theme); fonts stay at 9 pt or more; the axes count steps and epochs in whole numbers.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QObject, QSize, QTimer, Signal
+from qtpy.QtGui import QColor, QImage, QPainter
+from qtpy.QtWidgets import QWidget
 
 _LOSS_LABELS = {
     "loss": "total",
@@ -24,8 +35,14 @@ _LOSS_LABELS = {
 
 FONT_PT = 9
 """Smallest font of the plot (ticks, legends); titles are one point larger."""
+PLOT_HEIGHT = 256
+"""The plot's minimum height (px): the Train tab still fits 768 px unscrolled."""
+MIN_INTERVAL_S = 0.5
+"""Shortest time between two drawings of one plot."""
 
 _FALLBACK = {"background": "#23242b", "text": "#f0f1f2", "grid": "#565f6c"}
+_DRAWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellseg-plot")
+"""The one thread that runs matplotlib for every plot (matplotlib is not thread-safe)."""
 
 
 def theme_colours(theme_name: str) -> dict[str, str]:
@@ -43,33 +60,179 @@ def theme_colours(theme_name: str) -> dict[str, str]:
     }
 
 
-class TrainingPlot(FigureCanvasQTAgg):
-    """Two panels that follow training; redraws are coalesced (at most two a second) so fast steps
-    cost the GUI thread little."""
+@dataclass
+class Snapshot:
+    """What one drawing shows: copies taken in the GUI thread, read by the drawing thread."""
+
+    steps: list[int]
+    losses: dict[str, list[float]]
+    epochs: list[int]
+    ap: dict[str, list[float]]
+    validated: bool
+    colours: dict[str, str]
+    size: tuple[int, int]  # device pixels
+    dpi: float
+
+
+@dataclass
+class _Figure:
+    """The matplotlib side of one plot; used only in the drawing thread. The layout (constrained)
+    is computed when the size, the theme or the set of lines changes; other drawings set new data
+    and limits only."""
+
+    figure: object = None
+    key: tuple = ()
+    drawn_in: list[str] = field(default_factory=list)  # the drawing threads' names (tests check them)
+
+    def draw(self, snap: Snapshot) -> tuple[bytes, int, int]:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.drawn_in.append(threading.current_thread().name)
+        key = (snap.size, snap.dpi, tuple(snap.colours.items()), tuple(snap.losses), tuple(snap.ap), snap.validated)
+        if self.figure is None or key != self.key:
+            self.figure = Figure(figsize=(snap.size[0] / snap.dpi, snap.size[1] / snap.dpi), dpi=snap.dpi,
+                                 layout="constrained")
+            FigureCanvasAgg(self.figure)
+            self._build(snap)
+            self.key = key
+        loss_ax, ap_ax = self.axes
+        for line, key in zip(loss_ax.get_lines(), snap.losses):
+            line.set_data(snap.steps, snap.losses[key])
+        for line, key in zip(ap_ax.get_lines(), snap.ap):
+            line.set_data(snap.epochs, snap.ap[key])
+        _fit_limits(loss_ax, snap.steps, max((max(v) for v in snap.losses.values() if v), default=0.0))
+        _fit_limits(ap_ax, snap.epochs, None)
+        canvas = self.figure.canvas
+        canvas.draw()
+        if self.figure.get_constrained_layout():
+            self.figure.set_layout_engine("none")  # laid out once per build: titles and labels never change
+        width, height = (int(v) for v in canvas.get_width_height(physical=True))
+        return bytes(canvas.buffer_rgba()), width, height
+
+    @property
+    def axes(self):
+        return self.figure.axes
+
+    def _build(self, snap: Snapshot) -> None:
+        c = snap.colours
+        loss_ax, ap_ax = self.figure.subplots(2, 1)
+        loss_ax.set_title("training loss", fontsize=FONT_PT + 1)
+        loss_ax.set_xlabel("step", fontsize=FONT_PT)
+        for key, values in snap.losses.items():
+            loss_ax.plot(snap.steps, values, label=_LOSS_LABELS.get(key, key), lw=1.8 if key == "loss" else 1.0)
+        if snap.losses:
+            _legend(loss_ax, "upper right", c)
+        ap_ax.set_title("validation", fontsize=FONT_PT + 1)
+        ap_ax.set_xlabel("epoch", fontsize=FONT_PT)
+        ap_ax.set_ylim(0, 1)
+        for key, values in snap.ap.items():
+            ap_ax.plot(snap.epochs, values, marker="o", label=key)
+        if snap.ap:
+            _legend(ap_ax, "upper left", c)
+        if not snap.validated:
+            ap_ax.text(0.5, 0.5, "no validation images", transform=ap_ax.transAxes, ha="center", va="center",
+                       fontsize=FONT_PT + 1, color=c["text"])
+        _colour(self.figure, c)
+
+
+def _fit_limits(ax, xs: list[int], top: float | None) -> None:
+    """Axes that leave room ahead (half the range again), so the ticks do not move every step."""
+    if not xs:
+        return
+    from matplotlib.ticker import MaxNLocator
+
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    first, last = xs[0], xs[-1]
+    if last > x1 or first < x0 or first > x0 + (x1 - x0) / 2:  # a resumed run starts late
+        span = max(4, 1.5 * (last - first))
+        ax.set_xlim(first - 0.04 * span, first + span)
+    if top is not None and (top > y1 or top < y1 / 4 or y0 != 0):
+        ax.set_ylim(0, top * 1.15 or 1.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 1.5, no epoch 0.5
+
+
+def _legend(ax, loc: str, c: dict[str, str]) -> None:
+    legend = ax.legend(fontsize=FONT_PT, loc=loc, ncols=2, framealpha=0.7)
+    legend.get_frame().set_facecolor(c["background"])
+    legend.get_frame().set_edgecolor(c["grid"])
+    for text in legend.get_texts():
+        text.set_color(c["text"])
+
+
+def _colour(figure, c: dict[str, str]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    figure.set_facecolor(c["background"])
+    for ax in figure.axes:
+        ax.set_facecolor(c["background"])
+        ax.tick_params(labelsize=FONT_PT, colors=c["text"])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.title.set_color(c["text"])
+        ax.xaxis.label.set_color(c["text"])
+        ax.grid(True, color=c["grid"], linewidth=0.5, alpha=0.6)
+        for spine in ax.spines.values():
+            spine.set_color(c["grid"])
+
+
+class _Mailbox(QObject):
+    """Carries finished drawings from the drawing thread into the GUI thread (a queued signal). One
+    for all plots, made in the GUI thread and never deleted: the drawing thread holds no Qt object
+    of a plot, so a dock closed mid-drawing is never freed from that thread."""
+
+    drawn = Signal(object, object)  # (weak reference to the plot, result)
+
+    def deliver(self, plot_ref, result) -> None:
+        plot = plot_ref()
+        if plot is not None:
+            try:
+                plot._drawn(result)
+            except RuntimeError:  # the plot's widget was deleted by Qt
+                pass
+
+
+_MAILBOX: list[_Mailbox] = []
+
+
+def _mailbox() -> _Mailbox:
+    if not _MAILBOX:
+        _MAILBOX.append(_Mailbox())
+        _MAILBOX[0].drawn.connect(_MAILBOX[0].deliver)
+    return _MAILBOX[0]
+
+
+class TrainingPlot(QWidget):
+    """Two panels that follow training, painted from the image the drawing thread made."""
 
     def __init__(self, theme: str = "dark") -> None:
-        figure = Figure(figsize=(3.7, 3.1), dpi=96, layout="constrained")  # the Train tab fits 768 px unscrolled
-        super().__init__(figure)
-        self.setMinimumHeight(256)  # train_widget.PLOT_HEIGHT
-        self.loss_ax, self.ap_ax = figure.subplots(2, 1)
+        super().__init__()
+        self.setMinimumHeight(PLOT_HEIGHT)
         self.colours = theme_colours(theme)
         self.steps: list[int] = []
         self.losses: dict[str, list[float]] = defaultdict(list)
         self.epochs: list[int] = []
         self.ap: dict[str, list[float]] = defaultdict(list)
         self.validated = True  # False: the run has no validation images, and the plot says so
+        self.drawings = 0  # finished drawings (tests wait on it)
+        self._figure = _Figure()
+        self._image: QImage | None = None
+        self._busy = False  # a drawing is in flight
+        self._due = False  # something changed since the drawing in flight started
+        self._last = (0.0, 0.0)  # (when the last drawing started, how long it took)
+        self._mailbox = _mailbox()
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        self._timer.setInterval(500)
-        self._timer.timeout.connect(self.redraw)
-        self._background = None  # the drawn figure without its lines, for blitting
-        self.mpl_connect("draw_event", self._on_draw)
-        self.redraw()
+        self._timer.timeout.connect(self._submit)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        return QSize(355, 298)
+
+    # ------------------------------------------------------------------ data (GUI thread)
 
     def set_theme(self, theme: str) -> None:
         """Recolour for the napari theme ``theme`` (dark, light or system)."""
         self.colours = theme_colours(theme)
-        self._rebuild()
+        self.redraw()
 
     def clear(self) -> None:
         self.steps.clear()
@@ -83,127 +246,105 @@ class TrainingPlot(FigureCanvasQTAgg):
         self.steps.append(step)
         for key, value in losses.items():
             self.losses[key].append(value)
-        self._schedule()
+        self.redraw()
 
     def add_epoch(self, epoch: int, metrics: dict) -> None:
         self.epochs.append(epoch)
         for key in ("AP", "AP50"):
             self.ap[key].append(float(metrics.get(key) or 0.0))
-        self._schedule()
+        self.redraw()
 
     def no_validation(self) -> None:
         """The run has no validation images: an empty panel that says so, not a line at AP 0."""
         if self.validated:
             self.validated = False
-            self._schedule()
+            self.redraw()
 
-    def _schedule(self) -> None:
-        if not self._timer.isActive():
-            self._timer.start()
+    @property
+    def idle(self) -> bool:
+        """No drawing in flight or due: the image shows the data as it is."""
+        return not (self._busy or self._due or self._timer.isActive())
+
+    @property
+    def figure(self):
+        """The last drawn matplotlib figure (read it only while ``idle``: the drawing thread owns it)."""
+        return self._figure.figure
+
+    @property
+    def loss_ax(self):
+        return self._figure.axes[0]
+
+    @property
+    def ap_ax(self):
+        return self._figure.axes[1]
+
+    # ------------------------------------------------------------------ drawing
 
     def redraw(self) -> None:
-        """New points into the lines drawn already (``set_data``, no new layout); the whole figure
-        is built again only when a line or the no-validation note appears or goes (``ax.clear()``
-        and the constrained layout took 0.4-2.7 s of the GUI thread per redraw on a busy CPU)."""
-        keys = (tuple(self.losses), tuple(self.ap), self.validated)  # "no validation images" is layout too
-        if keys != getattr(self, "_keys", None):
-            self._keys = keys
-            self._rebuild()
+        """Draw the current data soon: now if nothing is in flight and the last drawing is old enough."""
+        if self._busy:
+            self._due = True
             return
-        for line, key in zip(self.loss_ax.get_lines(), self.losses):
-            line.set_data(self.steps, self.losses[key])
-        for line, key in zip(self.ap_ax.get_lines(), self.ap):
-            line.set_data(self.epochs, self.ap[key])
-        if self._grow_limits() or self._background is None:
-            self.draw()  # new ticks: everything (``_draw_lines`` adds the lines)
+        if self._timer.isActive():
             return
-        self.restore_region(self._background)  # the same axes: only the lines are drawn again
-        self._draw_lines()
-        self.blit(self.figure.bbox)
+        started, took = self._last
+        wait = started + max(MIN_INTERVAL_S, 5 * took) - time.perf_counter()
+        self._timer.start(max(0, int(wait * 1000)))
 
-    def _grow_limits(self) -> bool:
-        """Whether an axis had to grow: limits leave room ahead (half the range again), so most
-        redraws keep the ticks, labels and legends and only draw the lines (their text took most of
-        a full redraw's time in the GUI thread)."""
-        top = max((max(v) for v in self.losses.values() if v), default=0.0)
-        grown = False
-        for ax, xs, tops in ((self.loss_ax, self.steps, top), (self.ap_ax, self.epochs, None)):
-            if not xs:
-                continue
-            (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-            first, last = xs[0], xs[-1]
-            if last > x1 or first < x0 or first > x0 + (x1 - x0) / 2:  # a resumed run starts late
-                span = max(4, 1.5 * (last - first))
-                ax.set_xlim(first - 0.04 * span, first + span)
-                grown = True
-            if tops is not None and (tops > y1 or tops < y1 / 4 or y0 != 0):
-                ax.set_ylim(0, tops * 1.15 or 1.0)
-                grown = True
-        return grown
+    def _submit(self) -> None:
+        if not self.isVisible():
+            self._due = True  # drawn when shown (``showEvent``): a hidden plot has no size yet
+            return
+        ratio = self.devicePixelRatioF()
+        size = (max(1, round(self.width() * ratio)), max(1, round(self.height() * ratio)))
+        snap = Snapshot(list(self.steps), {k: list(v) for k, v in self.losses.items()}, list(self.epochs),
+                        {k: list(v) for k, v in self.ap.items()}, self.validated, dict(self.colours), size, 96 * ratio)
+        self._busy, self._due = True, False
+        started = time.perf_counter()
+        mailbox, figure, ref = self._mailbox, self._figure, weakref.ref(self)
+
+        def draw() -> None:
+            try:
+                pixels = figure.draw(snap)
+            except Exception as exc:  # noqa: BLE001 - shown in the log, the plot keeps its last image
+                pixels = exc
+            mailbox.drawn.emit(ref, (pixels, started, time.perf_counter() - started))
+
+        _DRAWER.submit(draw)
+
+    def _drawn(self, result) -> None:
+        pixels, started, took = result
+        self._busy, self._last = False, (started, took)
+        self.drawings += 1
+        if isinstance(pixels, Exception):
+            import logging
+
+            logging.getLogger(__name__).warning("the training plot could not be drawn: %s", pixels)
+        else:
+            data, width, height = pixels
+            image = QImage(data, width, height, QImage.Format.Format_RGBA8888)
+            image.setDevicePixelRatio(self.devicePixelRatioF())
+            self._image = image.copy()  # owns its pixels
+            self.update()
+        if self._due:
+            self._due = False
+            self.redraw()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        if self._image is None:
+            painter.fillRect(self.rect(), QColor(self.colours["background"]))
+        else:
+            painter.drawImage(self.rect(), self._image)
+        painter.end()
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        """A new size lays the axes out again at the next draw (the dock sizes the plot after it is
-        built: without it the tick labels were cut at the left)."""
-        self.figure.set_layout_engine("constrained")
+        """A new size is drawn and laid out again (laid out for the old size, tick labels were cut)."""
         super().resizeEvent(event)
+        self.redraw()
 
-    def _on_draw(self, _event=None) -> None:
-        """After a full draw (which skips the animated lines): keep the background, add the lines.
-        The constrained layout runs at the first draw and after a resize only: titles and labels never
-        change, so the axes keep their place (laying out took ~20% of a full draw, 100 vs 81 ms)."""
-        if self.figure.get_constrained_layout():
-            self.figure.set_layout_engine("none")
-        self._background = self.copy_from_bbox(self.figure.bbox)
-        self._draw_lines()
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        self._due = False
+        self.redraw()
 
-    def _draw_lines(self) -> None:
-        for ax in (self.loss_ax, self.ap_ax):
-            for line in ax.get_lines():
-                ax.draw_artist(line)
-
-    def _rebuild(self) -> None:
-        """Lines, legends and colours anew (the layout stays: see ``_on_draw``)."""
-        ax = self.loss_ax
-        ax.clear()
-        ax.set_title("training loss", fontsize=FONT_PT + 1)
-        ax.set_xlabel("step", fontsize=FONT_PT)
-        for key, values in self.losses.items():
-            ax.plot(self.steps, values, label=_LOSS_LABELS.get(key, key), lw=1.8 if key == "loss" else 1.0,
-                    animated=True)
-        if self.losses:
-            self._legend(ax, "upper right", ncols=2)
-        ax = self.ap_ax
-        ax.clear()
-        ax.set_title("validation", fontsize=FONT_PT + 1)
-        ax.set_xlabel("epoch", fontsize=FONT_PT)
-        ax.set_ylim(0, 1)
-        for key, values in self.ap.items():
-            ax.plot(self.epochs, values, marker="o", label=key, animated=True)
-        if self.ap:
-            self._legend(ax, "upper left", ncols=2)
-        if not self.validated:
-            ax.text(0.5, 0.5, "no validation images", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=FONT_PT + 1, color=self.colours["text"])
-        self._grow_limits()
-        self._colour()
-        self.draw()  # now, not draw_idle: its unparented timer could fire after the dock is closed
-
-    def _legend(self, ax, loc: str, ncols: int) -> None:
-        legend = ax.legend(fontsize=FONT_PT, loc=loc, ncols=ncols, framealpha=0.7)
-        legend.get_frame().set_facecolor(self.colours["background"])
-        legend.get_frame().set_edgecolor(self.colours["grid"])
-        for text in legend.get_texts():
-            text.set_color(self.colours["text"])
-
-    def _colour(self) -> None:
-        c = self.colours
-        self.figure.set_facecolor(c["background"])
-        for ax in (self.loss_ax, self.ap_ax):
-            ax.set_facecolor(c["background"])
-            ax.tick_params(labelsize=FONT_PT, colors=c["text"])
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 1.5, no epoch 0.5
-            ax.title.set_color(c["text"])
-            ax.xaxis.label.set_color(c["text"])
-            ax.grid(True, color=c["grid"], linewidth=0.5, alpha=0.6)
-            for spine in ax.spines.values():
-                spine.set_color(c["grid"])

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from napari.layers import Image, Labels
 
-from .session import ImageResult
+from ..inference.scale import scale_note
+from .session import ImageResult, short_name
 from .reader import GROUND_TRUTH, META, PREDICTION, features_table, layer_meta
 from .writer import scores_from_features
 
@@ -48,6 +49,19 @@ class Shown:
                 layer.features = features_table(ids, self.result.class_names[class_id - 1], table)
         self.visible[class_id] = self.visible.get(class_id, set()) | (painted or set()) - {0}  # recount later:
         self.remember_edits()  # napari sends a paint event before it writes the pixels
+
+    def describe(self, viewer, score: float) -> str:
+        """The status line: the cells on screen, those below the confidence ``score``, the scale
+        chosen or capped tiles, and the layers whose edits the sliders leave alone."""
+        raw, live = self.result.raw, self.live(viewer)
+        on_screen = sum(len(self.visible.get(k, ())) for k in live)
+        below = int(np.count_nonzero(np.isin(raw.labels, list(live)) & (raw.scores < score)))
+        text = count_text(short_name(self.result.name), on_screen, below)
+        text += f" ({scale_note(raw)})" if scale_note(raw) else ""
+        if self.kept:
+            names = ", ".join(self.layers[k].name for k in sorted(self.kept))
+            text += f"; {names}: your edits are kept, the sliders leave them alone until you edit again"
+        return text
 
     def remember_edits(self, copy: bool = False) -> None:
         """Edited classes stay with their result: by reference while shown, copied when the layers

@@ -27,11 +27,10 @@ from .segment_jobs import (
     CHECKPOINT_FILE, ModelCache, channel_choices, first_model, folder_events, folder_images, layer_channels,
     model_choices, model_file, painted_values, predict_events, Eta,
 )
-from .segment_layers import (REVIEW, Shown, count_text, drop_superseded, present_ids, review_image,
+from .segment_layers import (REVIEW, Shown, drop_superseded, present_ids, review_image,
                              truth_below_predictions, update_labels)
 from .tooltips import SEGMENT as TIPS
 from ..defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
-from ..inference.scale import scale_note
 
 def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
     """True when the user agrees to throw away hand edits of ``names`` (tests monkeypatch this)."""
@@ -92,6 +91,9 @@ class SegmentWidget(Container):
         self.mask.changed.connect(self._slider_moved)
         self.review.changed.connect(self._on_review)
         self.image.changed.connect(self._image_chosen)
+        opened = [layer for _, layer in self._image_layers() if layer_meta(layer).get("role") != REVIEW]
+        if opened:  # built after images were opened (the tab's first click): the newest, as if it had watched
+            self.image.value = opened[-1]
         self._image_chosen()
         self.session.events.last_checkpoint.connect(self._on_new_checkpoint)
         events = napari_viewer.layers.events
@@ -308,8 +310,8 @@ class SegmentWidget(Container):
         self.current = shown
         for other in self.sets:  # only this image's layers are visible
             for layer in [other.image, *other.layers.values()]:
-                if layer in self.viewer.layers:
-                    layer.visible = other is shown
+                if layer in self.viewer.layers and layer.visible != (other is shown):
+                    layer.visible = other is shown  # napari redraws a layer even when set to what it was
         self._redraw(shown, reviewed=result.reviewed)
 
     def _slider_moved(self, _value=None) -> None:
@@ -372,18 +374,7 @@ class SegmentWidget(Container):
         finally:
             self._redrawing = False
         shown.remember_edits()
-        self.status.value = self._describe(shown)
-
-    def _describe(self, shown: Shown) -> str:
-        raw, live = shown.result.raw, shown.live(self.viewer)
-        on_screen = sum(len(shown.visible.get(k, ())) for k in live)
-        below = int(np.count_nonzero(np.isin(raw.labels, list(live)) & (raw.scores < self.score.value)))
-        text = count_text(session.short_name(shown.result.name), on_screen, below)
-        text += f" ({scale_note(raw)})" if scale_note(raw) else ""  # the scale chosen, capped tiles
-        if shown.kept:
-            names = ", ".join(shown.layers[k].name for k in sorted(shown.kept))
-            text += f"; {names}: your edits are kept, the sliders leave them alone until you edit again"
-        return text
+        self.status.value = shown.describe(self.viewer, self.score.value)
 
     def _on_edit(self, shown: Shown, class_id: int, event) -> None:
         """A hand edit: remember it, give new cells score 1.0 (``Shown.edit``), keep it with its image."""
@@ -396,4 +387,4 @@ class SegmentWidget(Container):
         if class_id in shown.live(self.viewer):
             shown.visible[class_id] = present_ids(shown.layers[class_id].data)
             if shown is self.current:
-                self.status.value = self._describe(shown)
+                self.status.value = shown.describe(self.viewer, self.score.value)

@@ -282,11 +282,12 @@ def _show_full_path(edit) -> None:
 
 WARM_MODULES = ("pandas", "napari.layers.labels", "napari_cellseg.inference.postprocess", "napari_cellseg.io.channels",
                 "napari_cellseg.model.checkpoint", "napari_cellseg.inference.predict", "napari_cellseg.io.coco",
-                "napari_cellseg.training.config", "napari_cellseg.training.sample_writer", "napari_cellseg.plugin.plot")
+                "napari_cellseg.training.config", "napari_cellseg.training.sample_writer",
+                "matplotlib.backends.backend_agg")
 """Imported off the GUI thread when the dock opens: napari's first Labels layer imported pandas for its
 features table in the GUI thread (0.7 s on a busy CPU), the first run the model's modules, Start and
 Add-to-training-set torch (the dock itself imports none: 3.0 s when the Train tab did), the Train tab's
-plot matplotlib."""
+plot matplotlib (drawn in its own thread, ``plugin.plot``)."""
 _warmed: list[threading.Thread] = []
 
 

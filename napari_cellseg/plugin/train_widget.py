@@ -24,7 +24,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_info
 from psygnal import Signal
-from qtpy.QtWidgets import QMessageBox, QWidget
+from qtpy.QtWidgets import QMessageBox
 
 from typing import TYPE_CHECKING
 
@@ -32,15 +32,11 @@ from . import session
 from .session import Device, folder_size, gui_words, human_size, path_or_none, short_path
 from .tooltips import TRAIN as TIPS
 from ..defaults import ARCHS
+from .plot import TrainingPlot
 from .segment_jobs import CHECKPOINT_FILE, model_choices, model_file
 
 if TYPE_CHECKING:  # torch: imported in the worker (``train``) or by the warm-up, never while the dock opens
     from ..training.engine import DoneEvent, EpochEvent, StepEvent, TrainConfig
-    from .plot import TrainingPlot
-
-
-PLOT_HEIGHT = 256
-"""The live plot's height (``plot.TrainingPlot``), kept free while the plot is not built yet."""
 
 SCRATCH = "random weights"
 """The Train dock's "start from" choice for a new network; the others fine-tune (``TrainConfig.init``)."""
@@ -143,10 +139,9 @@ class TrainWidget(Container):
         self.status.native.setWordWrap(True)
         self.step_info.native.setWordWrap(True)
         self.run_size.native.setWordWrap(True)
-        self._plot: TrainingPlot | None = None
-        self._plot_slot = QWidget()  # holds the plot's place until matplotlib is loaded
-        self._plot_slot.setMinimumHeight(PLOT_HEIGHT)
-        self.native.layout().addWidget(self._plot_slot)
+        self.plot = TrainingPlot(napari_viewer.theme)  # matplotlib draws it in its own thread
+        self.plot.setToolTip(TIPS["plot"])
+        self.native.layout().addWidget(self.plot)
         napari_viewer.events.theme.connect(self._follow_theme)
         session.keep_narrow(self)
         self.start.changed.connect(self._toggle)
@@ -156,7 +151,7 @@ class TrainWidget(Container):
         self.done: DoneEvent | None = None
         self._arch_chosen = False  # the user's choice wins over the default that follows the hardware
         self.arch.changed.connect(self._note_arch_choice)
-        session.when_warm(self, self._warmed)
+        session.when_warm(self, self._default_arch)
 
     # ------------------------------------------------------------------ options -> core
 
@@ -185,23 +180,6 @@ class TrainWidget(Container):
     def _note_arch_choice(self, _value=None) -> None:
         self._arch_chosen = True
 
-    def _warmed(self) -> None:
-        self._default_arch()
-        _ = self.plot
-
-    @property
-    def plot(self) -> TrainingPlot:
-        """The live plot, built in the GUI thread once the warm-up has imported matplotlib (importing
-        it and drawing the empty plot took 0.5-1.7 s of the 1.8 s that adding the dock froze)."""
-        if self._plot is None:
-            from .plot import TrainingPlot
-
-            self._plot = TrainingPlot(self.viewer.theme)
-            self._plot.setToolTip(TIPS["plot"])
-            self.native.layout().replaceWidget(self._plot_slot, self._plot)
-            self._plot_slot.deleteLater()
-        return self._plot
-
     def _default_arch(self) -> None:
         """A GPU trains the larger network; asked once torch is loaded (off the GUI thread)."""
         if self._arch_chosen:
@@ -219,8 +197,6 @@ class TrainWidget(Container):
         self.advanced.visible = shown
 
     def _follow_theme(self, event=None) -> None:
-        if self._plot is None:  # built later, in the theme of that moment
-            return
         try:
             self.plot.set_theme(self.viewer.theme)
         except RuntimeError:  # the dock was closed: its canvas is gone
