@@ -246,11 +246,19 @@ def write_figures(figures: dict[str, Any], path: str | None = None) -> None:
 # ---------------------------------------------------------------------------------------- GUI stalls
 
 
+def _waiting(frame) -> bool:
+    """A thread parked in a lock, queue or sleep (it does not hold the GIL)."""
+    return Path(frame.f_code.co_filename).name in ("threading.py", "queue.py", "selectors.py", "thread.py") or \
+        frame.f_code.co_name in ("wait", "sleep", "_wait_for_tstate_lock", "get")
+
+
 class StallRecorder:
     """The longest time the GUI thread could not run its event loop, phase by phase: a 10 ms QTimer
     ticks throughout and a phase's stall is the longest gap between its ticks (the gap that spans
     the phase's first call included). With ``why``, a watchdog thread samples the GUI thread's stack
-    every 5 ms while no tick came for 100 ms, so each phase also names the code that held the thread.
+    every 5 ms while no tick came for 100 ms, so each phase also names the code that held the thread,
+    and the innermost frame of every other thread not parked in a wait (``[thread name]``): the one
+    holding the GIL, when a C call holds it, is among them.
     Needs a QApplication (a napari viewer made one)."""
 
     def __init__(self, interval_ms: int = 10, why: bool = False) -> None:
@@ -274,6 +282,7 @@ class StallRecorder:
             threading.Thread(target=self._watch, name="stall-watchdog", daemon=True).start()
 
     def _watch(self) -> None:
+        import threading
         import traceback
 
         while True:
@@ -285,6 +294,11 @@ class StallRecorder:
                     ours = [f for f in stack if "napari_cellseg" in f.filename and "benchmarks" not in f.filename]
                     where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in (*ours[-1:], stack[-1])]
                     self._samples[" ... ".join(where)] += 1
+                for ident, other in sys._current_frames().items():  # the thread holding the GIL is among these
+                    name = next((t.name for t in threading.enumerate() if t.ident == ident), "?")
+                    if ident not in (self._gui, threading.get_ident()) and not _waiting(other):
+                        self._samples[f"[{name}] {Path(other.f_code.co_filename).name}:{other.f_lineno} "
+                                      f"{other.f_code.co_name}"] += 1
 
     def settle(self, seconds: float = 0.3) -> None:
         """Run the event loop for ``seconds``."""
@@ -308,7 +322,7 @@ class StallRecorder:
         gaps = [b - a for a, b in zip(self.ticks[start:], self.ticks[start + 1:])]
         self.stalls[phase] = round(max(gaps, default=0.0) * 1000, 1)
         if self._samples:  # each sample is about 5 ms of a stall over 100 ms
-            self.causes[phase] = self._samples.most_common(4)
+            self.causes[phase] = self._samples.most_common(8)
         return self.stalls[phase]
 
     def timed(self, phase: str, action: Callable[[], Any]) -> Any:

@@ -14,7 +14,7 @@ alone takes about a quarter of that, and the others cost their own first click.
 
 from __future__ import annotations
 
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from . import session
@@ -114,6 +114,7 @@ class CellsegWidget(QWidget):
         """napari titles the dock "Cell segmentation (napari-cellseg)", cut at 310 px: the short
         title in the bar, the whole one in its tooltip (napari's title bar holds a QLabel ``title``)."""
         super().showEvent(event)
+        QTimer.singleShot(100, session.dock_drawn)  # after the first paint: then the warm-up imports
         dock = self.parentWidget()
         while dock is not None and not isinstance(dock, QDockWidget):
             dock = dock.parentWidget()

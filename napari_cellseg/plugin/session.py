@@ -289,16 +289,22 @@ features table in the GUI thread (0.7 s on a busy CPU), the first run the model'
 Add-to-training-set torch (the dock itself imports none: 3.0 s when the Train tab did), the Train tab's
 plot matplotlib (drawn in its own thread, ``plugin.plot``)."""
 _warmed: list[threading.Thread] = []
+_dock_drawn = threading.Event()
+WARM_UP_WAIT_S = 2.0
+"""Longest the warm-up waits for the dock's first drawing (``dock_drawn``) before it starts importing."""
 
 
 def warm_up() -> threading.Thread:
     """Import ``WARM_MODULES`` and set up napari's unit registry (1.2 s at the first layer) in a
     background thread, once per process; the GUI thread meets them ready (or waits on the import
-    lock, as it would have anyway)."""
+    lock, as it would have anyway). The imports start once the dock has been drawn (or after
+    ``WARM_UP_WAIT_S``): importing beside the dock's construction took the GIL from it, and adding
+    the dock stalled the GUI thread 0.54-0.59 s instead of 0.12 s (idle machine, bench_gui_stalls.py)."""
     if not _warmed:
         def work() -> None:
             import importlib
 
+            _dock_drawn.wait(WARM_UP_WAIT_S)
             try:
                 import pint
 
@@ -311,6 +317,11 @@ def warm_up() -> threading.Thread:
         _warmed.append(threading.Thread(target=work, name="cellseg-warm-up", daemon=True))
         _warmed[0].start()
     return _warmed[0]
+
+
+def dock_drawn() -> None:
+    """The dock is on screen: the warm-up may start importing."""
+    _dock_drawn.set()
 
 
 def when_warm(widget, callback: Callable[[], None]) -> None:
