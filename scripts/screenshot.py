@@ -78,8 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         toast.close()  # e.g. the PyQt5 deprecation notice
 
     def settle() -> None:
+        import time
+
         for _ in range(20):
             app.processEvents()
+        end = time.monotonic() + 10  # the plot is drawn in its own thread (plugin.plot)
+        while train.plot.isVisible() and not train.plot.idle and time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.01)
 
     main.show_tab("Segment")
     settle()

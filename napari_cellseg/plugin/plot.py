@@ -144,8 +144,8 @@ def _fit_limits(ax, xs: list[int], top: float | None) -> None:
 
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     first, last = xs[0], xs[-1]
-    if last > x1 or first < x0 or first > x0 + (x1 - x0) / 2:  # a resumed run starts late
-        span = max(4, 1.5 * (last - first))
+    if last > x1 or first < x0 or first > x0 + (x1 - x0) / 2 or x1 - x0 < 4:  # a resumed run starts late;
+        span = max(4, 1.5 * (last - first))  # one point alone got matplotlib's 0.1-wide range: ticks 0.945 ...
         ax.set_xlim(first - 0.04 * span, first + span)
     if top is not None and (top > y1 or top < y1 / 4 or y0 != 0):
         ax.set_ylim(0, top * 1.15 or 1.0)

@@ -71,6 +71,17 @@ def test_epoch_ticks_are_whole_numbers_and_fonts_readable(qtbot):
         assert min(t.get_fontsize() for t in texts) >= FONT_PT >= 9
 
 
+def test_one_epoch_alone_still_gets_whole_epoch_ticks(qtbot):
+    """A single validated epoch got matplotlib's 0.1-wide range around it: ticks 0.945, 0.960, ..."""
+    plot = _shown(qtbot)
+    plot.add_step(1, {"loss": 1.0})
+    plot.add_epoch(1, {"AP": 0.1, "AP50": 0.2})
+    _drawn(qtbot, plot)
+    for ax in (plot.loss_ax, plot.ap_ax):
+        (x0, x1), ticks = ax.get_xlim(), ax.get_xticks()
+        assert x1 - x0 >= 4 and all(float(t).is_integer() for t in ticks if x0 <= t <= x1)
+
+
 def test_a_run_without_validation_says_so_instead_of_ap_0(qtbot):
     plot = _shown(qtbot)
     plot.no_validation()
