@@ -88,21 +88,10 @@ class CellsegWidget(QWidget):
 
         return FineTuneWidget(self.viewer, self.segment, self.train, self.show_tab)
 
-    @property
-    def train(self):
-        return self.tab("Train")
-
-    @property
-    def segment(self):
-        return self.tab("Segment")
-
-    @property
-    def export(self):
-        return self.tab("Export")
-
-    @property
-    def finetune(self):
-        return self.tab("Fine-tune")
+    train = property(lambda self: self.tab("Train"), doc="The Train tab's widget (built on first use).")
+    segment = property(lambda self: self.tab("Segment"), doc="The Segment tab's widget.")
+    export = property(lambda self: self.tab("Export"), doc="The Export tab's widget.")
+    finetune = property(lambda self: self.tab("Fine-tune"), doc="The Fine-tune tab's widget.")
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
         return QSize(DOCK_WIDTH, 600)

@@ -290,8 +290,7 @@ Add-to-training-set torch (the dock itself imports none: 3.0 s when the Train ta
 plot matplotlib (drawn in its own thread, ``plugin.plot``)."""
 _warmed: list[threading.Thread] = []
 _dock_drawn = threading.Event()
-WARM_UP_WAIT_S = 2.0
-"""Longest the warm-up waits for the dock's first drawing (``dock_drawn``) before it starts importing."""
+WARM_UP_WAIT_S = 2.0  # longest the warm-up waits for the dock's first drawing (``dock_drawn``)
 
 
 def warm_up() -> threading.Thread:
