@@ -82,13 +82,13 @@ class _Figure:
 
     figure: object = None
     key: tuple = ()
-    drawn_in: list[str] = field(default_factory=list)  # the drawing threads' names (tests check them)
+    drawn_in: set[str] = field(default_factory=set)  # the drawing threads' names (tests check them)
 
     def draw(self, snap: Snapshot) -> tuple[bytes, int, int]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        self.drawn_in.append(threading.current_thread().name)
+        self.drawn_in.add(threading.current_thread().name)
         key = (snap.size, snap.dpi, tuple(snap.colours.items()), tuple(snap.losses), tuple(snap.ap), snap.validated)
         if self.figure is None or key != self.key:
             self.figure = Figure(figsize=(snap.size[0] / snap.dpi, snap.size[1] / snap.dpi), dpi=snap.dpi,
@@ -97,10 +97,10 @@ class _Figure:
             self._build(snap)
             self.key = key
         loss_ax, ap_ax = self.axes
-        for line, key in zip(loss_ax.get_lines(), snap.losses):
-            line.set_data(snap.steps, snap.losses[key])
-        for line, key in zip(ap_ax.get_lines(), snap.ap):
-            line.set_data(snap.epochs, snap.ap[key])
+        for line, name in zip(loss_ax.get_lines(), snap.losses):
+            line.set_data(snap.steps, snap.losses[name])
+        for line, name in zip(ap_ax.get_lines(), snap.ap):
+            line.set_data(snap.epochs, snap.ap[name])
         _fit_limits(loss_ax, snap.steps, max((max(v) for v in snap.losses.values() if v), default=0.0))
         _fit_limits(ap_ax, snap.epochs, None)
         canvas = self.figure.canvas
@@ -140,8 +140,6 @@ def _fit_limits(ax, xs: list[int], top: float | None) -> None:
     """Axes that leave room ahead (half the range again), so the ticks do not move every step."""
     if not xs:
         return
-    from matplotlib.ticker import MaxNLocator
-
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     first, last = xs[0], xs[-1]
     if last > x1 or first < x0 or first > x0 + (x1 - x0) / 2 or x1 - x0 < 4:  # a resumed run starts late;
@@ -149,7 +147,6 @@ def _fit_limits(ax, xs: list[int], top: float | None) -> None:
         ax.set_xlim(first - 0.04 * span, first + span)
     if top is not None and (top > y1 or top < y1 / 4 or y0 != 0):
         ax.set_ylim(0, top * 1.15 or 1.0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 1.5, no epoch 0.5
 
 
 def _legend(ax, loc: str, c: dict[str, str]) -> None:
@@ -167,7 +164,7 @@ def _colour(figure, c: dict[str, str]) -> None:
     for ax in figure.axes:
         ax.set_facecolor(c["background"])
         ax.tick_params(labelsize=FONT_PT, colors=c["text"])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 1.5, no epoch 0.5; kept by new limits
         ax.title.set_color(c["text"])
         ax.xaxis.label.set_color(c["text"])
         ax.grid(True, color=c["grid"], linewidth=0.5, alpha=0.6)
