@@ -44,15 +44,15 @@ def main() -> None:
 
     settle()  # the plugin is not imported before its dock is added: adding it pays for its imports
     _, main = timed("add the dock", lambda: viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation"))
-    from napari_cellseg.plugin import segment_widget, session
+    from napari_cellseg.plugin import segment_widget, warm_up
     from napari_cellseg.plugin.session import Device
     from napari_cellseg.plugin.train_widget import Amp
     from napari_cellseg.sample_data import SAMPLE_DATASET
 
     segment_widget.ask_discard = lambda *a, **k: True
-    warm = getattr(session, "warm_up", None)  # imports (torch) in a background thread, once the dock is up
+    warm = warm_up.warm_up  # imports (torch) in a background thread, once the dock is up
     start = rec.mark()
-    wait("background imports after the dock", lambda: warm is not None and warm().is_alive(), start)
+    wait("background imports after the dock", lambda: warm().is_alive(), start)
     train = main.train
     timed("first click on the Segment tab (builds it)", lambda: main.show_tab("Segment"))
     segment = main.segment

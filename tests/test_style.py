@@ -17,7 +17,7 @@ MAX_LINES = 400
 
 
 LAYERS = [
-    {"errors", "defaults", "progress", "atomic", "_torch", "devices", "distributed", "sample_data"},
+    {"errors", "defaults", "progress", "atomic", "_torch", "torch_libs", "devices", "distributed", "sample_data"},
     {"io"}, {"model"}, {"evaluation"}, {"inference"}, {"training", "export"},
     {"api", "cli", "plugin", "__init__", "__main__"},
 ]

@@ -69,7 +69,7 @@ class FineTuneWidget(Container):
         return root / "train"
 
     def _update_count(self, _value=None) -> None:
-        from ..training.sample_writer import count_samples  # torch: warmed off the GUI thread (session.warm_up)
+        from ..training.sample_writer import count_samples  # torch: warmed off the GUI thread (warm_up.warm_up)
 
         root = path_or_none(self.folder)
         n = count_samples(root / "train") if root is not None else 0
@@ -82,7 +82,7 @@ class FineTuneWidget(Container):
     def add_current(self, _value=None) -> None:
         """The image Segment shows, with its label layers as corrected now, as one training sample."""
         from ..io.images import to_rgb_uint8
-        from ..training.sample_writer import SampleExistsError, save_sample  # warmed (session.warm_up)
+        from ..training.sample_writer import SampleExistsError, save_sample  # warmed (warm_up.warm_up)
 
         shown = self.segment.current
         try:

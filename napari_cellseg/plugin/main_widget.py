@@ -17,7 +17,7 @@ from __future__ import annotations
 from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
-from . import session
+from . import session, warm_up
 from .session import DOCK_WIDTH
 
 TABS = ("Train", "Segment", "Export", "Fine-tune")
@@ -49,7 +49,7 @@ class CellsegWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
-        session.warm_up()  # imports for the first layer and run, off the GUI thread
+        warm_up.warm_up(napari_viewer)  # imports for the first layer and run, off the GUI thread
         self.viewer = napari_viewer
         self._built: dict[str, object] = {}
         self.tabs = QTabWidget()
@@ -103,7 +103,7 @@ class CellsegWidget(QWidget):
         """napari titles the dock "Cell segmentation (napari-cellseg)", cut at 310 px: the short
         title in the bar, the whole one in its tooltip (napari's title bar holds a QLabel ``title``)."""
         super().showEvent(event)
-        QTimer.singleShot(100, session.dock_drawn)  # after the first paint: then the warm-up imports
+        QTimer.singleShot(100, warm_up.dock_drawn)  # after the first paint: then the warm-up imports
         dock = self.parentWidget()
         while dock is not None and not isinstance(dock, QDockWidget):
             dock = dock.parentWidget()

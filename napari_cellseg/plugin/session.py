@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QEvent, QObject
 from psygnal import evented
 
 from .tooltips import GUI_WORDS, OS_ERRORS
@@ -278,67 +277,6 @@ def _show_full_path(edit) -> None:
 
     line.textChanged.connect(update)
     update()
-
-
-WARM_MODULES = ("pandas", "napari.layers.labels", "napari_cellseg.inference.postprocess", "napari_cellseg.io.channels",
-                "napari_cellseg.model.checkpoint", "napari_cellseg.inference.predict", "napari_cellseg.io.coco",
-                "napari_cellseg.training.config", "napari_cellseg.training.sample_writer",
-                "matplotlib.backends.backend_agg")
-"""Imported off the GUI thread when the dock opens: napari's first Labels layer imported pandas for its
-features table in the GUI thread (0.7 s on a busy CPU), the first run the model's modules, Start and
-Add-to-training-set torch (the dock itself imports none: 3.0 s when the Train tab did), the Train tab's
-plot matplotlib (drawn in its own thread, ``plugin.plot``)."""
-_warmed: list[threading.Thread] = []
-_dock_drawn = threading.Event()
-WARM_UP_WAIT_S = 2.0  # longest the warm-up waits for the dock's first drawing (``dock_drawn``)
-
-
-def warm_up() -> threading.Thread:
-    """Import ``WARM_MODULES`` and set up napari's unit registry (1.2 s at the first layer) in a
-    background thread, once per process; the GUI thread meets them ready (or waits on the import
-    lock, as it would have anyway). The imports start once the dock has been drawn (or after
-    ``WARM_UP_WAIT_S``): importing beside the dock's construction took the GIL from it, and adding
-    the dock stalled the GUI thread 0.54-0.59 s instead of 0.12 s (idle machine, bench_gui_stalls.py)."""
-    if not _warmed:
-        def work() -> None:
-            import importlib
-
-            _dock_drawn.wait(WARM_UP_WAIT_S)
-            try:
-                import pint
-
-                _ = pint.get_application_registry().pixel  # the lazy registry is built on first use
-                for name in WARM_MODULES:
-                    importlib.import_module(name)
-            except Exception:  # a warm-up never breaks the dock: the GUI thread imports what is missing
-                log.debug("warm-up import failed", exc_info=True)
-
-        _warmed.append(threading.Thread(target=work, name="cellseg-warm-up", daemon=True))
-        _warmed[0].start()
-    return _warmed[0]
-
-
-def dock_drawn() -> None:
-    """The dock is on screen: the warm-up may start importing."""
-    _dock_drawn.set()
-
-
-def when_warm(widget, callback: Callable[[], None]) -> None:
-    """Call ``callback`` in the GUI thread once ``warm_up`` has finished (at once if it has): what
-    needs torch (the CUDA question) waits for it instead of importing it in the GUI thread."""
-    thread = warm_up()
-    if not thread.is_alive():
-        callback()
-        return
-    timer = QTimer(widget.native)
-
-    def check() -> None:
-        if not thread.is_alive():
-            timer.stop()
-            callback()
-
-    timer.timeout.connect(check)
-    timer.start(50)
 
 
 def guarded(factory: Callable[[], Iterator[Any]]) -> Generator[Any, None, Any]:

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import QMessageBox
 
 from typing import TYPE_CHECKING
 
-from . import session
+from . import session, warm_up
 from .session import Device, folder_size, gui_words, human_size, path_or_none, short_path
 from .tooltips import TRAIN as TIPS
 from ..defaults import ARCHS
@@ -151,7 +151,7 @@ class TrainWidget(Container):
         self.done: DoneEvent | None = None
         self._arch_chosen = False  # the user's choice wins over the default that follows the hardware
         self.arch.changed.connect(self._note_arch_choice)
-        session.when_warm(self, self._default_arch)
+        warm_up.when_warm(self, self._default_arch)
 
     # ------------------------------------------------------------------ options -> core
 
