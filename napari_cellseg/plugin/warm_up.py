@@ -24,14 +24,16 @@ from ..torch_libs import preload
 log = logging.getLogger("napari_cellseg")
 
 
-WARM_MODULES = ("pandas", "napari.layers.labels", "napari_cellseg.inference.postprocess", "napari_cellseg.io.channels",
+WARM_MODULES = ("pandas", "napari.layers.labels", "skimage.color.colorconv", "vispy.visuals.line.dash_atlas",
+                "napari_cellseg.inference.postprocess", "napari_cellseg.io.channels",
                 "napari_cellseg.model.checkpoint", "napari_cellseg.inference.predict", "napari_cellseg.io.coco",
                 "napari_cellseg.training.config", "napari_cellseg.training.sample_writer",
                 "matplotlib.backends.backend_agg")
 """Imported off the GUI thread when the dock opens: napari's first Labels layer imported pandas for its
-features table in the GUI thread (0.7 s on a busy CPU), the first run the model's modules, Start and
-Add-to-training-set torch (the dock itself imports none: 3.0 s when the Train tab did), the Train tab's
-plot matplotlib (drawn in its own thread, ``plugin.plot``)."""
+features table in the GUI thread (0.7 s on a busy CPU) and scikit-image's colour module for its colours
+(0.22 s), and drew vispy's dash patterns (0.22 s; cached once computed, so the warm-up draws them);
+the first run the model's modules, Start and Add-to-training-set torch (the dock itself imports none:
+3.0 s when the Train tab did), the Train tab's plot matplotlib (drawn in its own thread)."""
 _warmed: list[threading.Thread] = []
 _viewers: weakref.WeakSet = weakref.WeakSet()
 _frozen_layers: set[int] = set()  # ids of the layers open at the freeze (alive until removed)
@@ -64,6 +66,7 @@ def warm_up(viewer=None) -> threading.Thread:
                 _ = pint.get_application_registry().pixel  # the lazy registry is built on first use
                 for name in WARM_MODULES:
                     importlib.import_module(name)
+                importlib.import_module("vispy.visuals.line.dash_atlas").DashAtlas()
             except Exception:  # a warm-up never breaks the dock: the GUI thread imports what is missing
                 log.debug("warm-up import failed", exc_info=True)
             _freeze()
