@@ -50,6 +50,7 @@ def warm_up(viewer=None) -> threading.Thread:
     ``WARM_UP_WAIT_S``): importing beside the dock's construction took the GIL from it, and adding
     the dock stalled the GUI thread 0.54-0.59 s instead of 0.12 s (idle machine, bench_gui_stalls.py).
     Then freezes what exists (module docstring); ``viewer``'s layers open at that moment are watched."""
+    viewer = _unwrapped(viewer)
     if viewer is not None and viewer not in _viewers:
         _viewers.add(viewer)
         viewer.layers.events.removed.connect(_on_removed)
@@ -81,11 +82,18 @@ def _freeze() -> None:
     gc.freeze()
 
 
+def _unwrapped(obj):
+    """napari gives a plugin's widget its viewer as a proxy, and each layer read through it as a new
+    proxy: ``id`` needs the object itself."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def _on_removed(event) -> None:
     """A layer open at the freeze was removed: collect it (one full sweep), then freeze again; once
     napari has let go of it (its controls are deleted later), and once for several removals."""
-    if id(event.value) in _frozen_layers:
-        _frozen_layers.discard(id(event.value))
+    layer = _unwrapped(event.value)
+    if id(layer) in _frozen_layers:
+        _frozen_layers.discard(id(layer))
         if not _refreeze_due:
             _refreeze_due.append(True)
             QTimer.singleShot(REFREEZE_DELAY_MS, _refreeze)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari.utils._proxies import PublicOnlyProxy
+
 from napari_cellseg.plugin import segment_widget
 from napari_cellseg.plugin.session import Device, session_for
 from napari_cellseg.plugin.segment_widget import SegmentWidget
@@ -23,8 +25,10 @@ def untrained(tmp_path_factory) -> Path:
 
 
 def docked(viewer, untrained) -> SegmentWidget:
-    """The Segment widget as napari shows it: docked, so napari resets its choices on layer changes."""
-    widget = SegmentWidget(viewer)
+    """The Segment widget as napari shows it: docked, so napari resets its choices on layer changes, and
+    given the viewer as napari gives it to a plugin's widget (a proxy whose every layer is a new proxy
+    object: comparing layers with ``is`` left a stale set of layers per reviewed image)."""
+    widget = SegmentWidget(PublicOnlyProxy(viewer))
     viewer.window.add_dock_widget(widget, name="Segment")
     widget.checkpoint.value, widget.device.value = untrained, Device.cpu
     return widget
@@ -68,6 +72,7 @@ def test_folder_review_survives_layers_added_and_removed(
     assert "class2 (test_0.tif)" in viewer.layers  # re-made on the next step
     predictions = [la.name for la in viewer.layers if la.name.startswith("class")]
     assert sorted(predictions) == ["class1 (test_0.tif)", "class2 (test_0.tif)"] and not errors
+    assert len(widget.sets) == 1  # one set of layers for the review, whichever image it shows
 
 
 def test_the_review_drops_an_earlier_unedited_run_on_its_image(
