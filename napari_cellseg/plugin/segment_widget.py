@@ -277,6 +277,7 @@ class SegmentWidget(Container):
         the other images' layers are hidden, so only this image's cells are visible."""
         if image_layer is None:
             image_layer = review_image(self.viewer, result)
+            self.image.reset_choices()  # the review's image layer was renamed: the box showed the old name
         shown = next((s for s in self.sets if s.image == image_layer), None)  # == : napari hands plugins proxies
         if shown is not None and shown.result is not result:
             if layer_meta(image_layer).get("role") != REVIEW and shown.edited:  # a re-run on this image

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari.utils._proxies import PublicOnlyProxy
-
 from napari_cellseg.plugin import segment_widget
 from napari_cellseg.plugin.session import Device, session_for
 from napari_cellseg.plugin.segment_widget import SegmentWidget
@@ -25,11 +23,11 @@ def untrained(tmp_path_factory) -> Path:
 
 
 def docked(viewer, untrained) -> SegmentWidget:
-    """The Segment widget as napari shows it: docked, so napari resets its choices on layer changes, and
-    given the viewer as napari gives it to a plugin's widget (a proxy whose every layer is a new proxy
-    object: comparing layers with ``is`` left a stale set of layers per reviewed image)."""
-    widget = SegmentWidget(PublicOnlyProxy(viewer))
-    viewer.window.add_dock_widget(widget, name="Segment")
+    """The Segment tab as users get it: in the plugin's dock, built by napari, which hands the plugin a
+    proxy of the viewer whose every layer read is a new proxy object (comparing layers with ``is`` left a
+    stale set of layers per reviewed image), and which resets no choices on layer changes by itself."""
+    _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
+    widget = main.segment
     widget.checkpoint.value, widget.device.value = untrained, Device.cpu
     return widget
 
@@ -65,6 +63,7 @@ def test_folder_review_survives_layers_added_and_removed(
     class1.paint((2, 2), 99)
     widget.review.value = 2
     assert class1.name == "class1 (test_2.tif)" and class1.data[2, 2] != 99
+    assert widget.image.current_choice == widget.image.value.name  # the box shows the layer's name now
     assert "class1 (test_0.tif)" not in viewer.layers  # one set of layers, not a pile
     viewer.layers.remove("class2 (test_2.tif)")  # the user deletes a layer mid-review
     widget.review.value = 0
