@@ -122,8 +122,15 @@ class Session:
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def unwrapped(obj):
+    """napari gives a plugin's widget its viewer as a proxy, and each layer read through it as a new
+    proxy object: compare with ``==`` (it reaches the object), and key or ``id`` the object itself."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def session_for(viewer) -> Session:
-    """The session of ``viewer`` (created on first use)."""
+    """The session of ``viewer`` (created on first use; it lives as long as the viewer, not the proxy)."""
+    viewer = unwrapped(viewer)
     if viewer not in _SESSIONS:
         _SESSIONS[viewer] = Session()
     return _SESSIONS[viewer]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from qtpy.QtCore import QTimer
 
+from .session import unwrapped
 from ..torch_libs import preload
 
 log = logging.getLogger("napari_cellseg")
@@ -50,7 +51,7 @@ def warm_up(viewer=None) -> threading.Thread:
     ``WARM_UP_WAIT_S``): importing beside the dock's construction took the GIL from it, and adding
     the dock stalled the GUI thread 0.54-0.59 s instead of 0.12 s (idle machine, bench_gui_stalls.py).
     Then freezes what exists (module docstring); ``viewer``'s layers open at that moment are watched."""
-    viewer = _unwrapped(viewer)
+    viewer = unwrapped(viewer)
     if viewer is not None and viewer not in _viewers:
         _viewers.add(viewer)
         viewer.layers.events.removed.connect(_on_removed)
@@ -82,16 +83,11 @@ def _freeze() -> None:
     gc.freeze()
 
 
-def _unwrapped(obj):
-    """napari gives a plugin's widget its viewer as a proxy, and each layer read through it as a new
-    proxy: ``id`` needs the object itself."""
-    return getattr(obj, "__wrapped__", obj)
-
 
 def _on_removed(event) -> None:
     """A layer open at the freeze was removed: collect it (one full sweep), then freeze again; once
     napari has let go of it (its controls are deleted later), and once for several removals."""
-    layer = _unwrapped(event.value)
+    layer = unwrapped(event.value)
     if id(layer) in _frozen_layers:
         _frozen_layers.discard(id(layer))
         if not _refreeze_due:
