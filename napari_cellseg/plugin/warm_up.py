@@ -25,10 +25,9 @@ from ..torch_libs import preload
 log = logging.getLogger("napari_cellseg")
 
 
-WARM_MODULES = ("pandas", "napari.layers.labels", "skimage.color.colorconv", "vispy.visuals.line.dash_atlas",
-                "napari_cellseg.inference.postprocess", "napari_cellseg.io.channels",
-                "napari_cellseg.model.checkpoint", "napari_cellseg.inference.predict", "napari_cellseg.io.coco",
-                "napari_cellseg.training.config", "napari_cellseg.training.sample_writer",
+WARM_MODULES = ("pandas", "napari.layers.labels", "skimage.color.colorconv", "napari_cellseg.inference.postprocess",
+                "napari_cellseg.io.channels", "napari_cellseg.model.checkpoint", "napari_cellseg.inference.predict",
+                "napari_cellseg.io.coco", "napari_cellseg.training.config", "napari_cellseg.training.sample_writer",
                 "matplotlib.backends.backend_agg")
 """Imported off the GUI thread when the dock opens: napari's first Labels layer imported pandas for its
 features table in the GUI thread (0.7 s on a busy CPU) and scikit-image's colour module for its colours
@@ -64,11 +63,10 @@ def warm_up(viewer=None) -> threading.Thread:
                 import pint
 
                 preload()  # torch's libraries load without the GIL: the import's stall 0.45 -> 0.13 s
-
                 _ = pint.get_application_registry().pixel  # the lazy registry is built on first use
                 for name in WARM_MODULES:
                     importlib.import_module(name)
-                importlib.import_module("vispy.visuals.line.dash_atlas").DashAtlas()
+                importlib.import_module("vispy.visuals.line.dash_atlas").DashAtlas()  # vispy caches its patterns
             except Exception:  # a warm-up never breaks the dock: the GUI thread imports what is missing
                 log.debug("warm-up import failed", exc_info=True)
             _freeze()
@@ -81,7 +79,6 @@ def warm_up(viewer=None) -> threading.Thread:
 def _freeze() -> None:
     _frozen_layers.update(id(layer) for viewer in list(_viewers) for layer in list(viewer.layers))
     gc.freeze()
-
 
 
 def _on_removed(event) -> None:
