@@ -113,9 +113,9 @@ def predict_events(
 def folder_events(
     loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False, channel=None,
     diameter: float | None = None,
-) -> Iterator[tuple[int, int, ImageResult]]:
-    """Yield (done, total, ImageResult) image by image; a cancel stops between tiles (the image
-    being segmented is dropped, the finished ones are kept)."""
+) -> Iterator[tuple[int, int, ImageResult | Path]]:
+    """Yield (done, total, ImageResult) image by image, and first (0, total, path of the first image); a
+    cancel stops between tiles (the image being segmented is dropped, the finished ones are kept)."""
     from ..io.image_reader import read
     from ..inference.scale import iter_predict_scaled
 
@@ -124,6 +124,8 @@ def folder_events(
     for n, path in enumerate(paths, start=1):
         if stop():
             return
+        if n == 1:
+            yield 0, len(paths), path  # the GUI shows the first image while it is segmented
         raw = drain(iter_predict_scaled(model, read(path, channel=channel), device=device, tile_size=tile_size,
                                         overlap=overlap(tile_size), flip=flip, diameter=diameter, should_stop=stop))
         if raw is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -138,14 +139,17 @@ def truth_below_predictions(viewer, layer) -> None:
         viewer.layers.move(index, min(below))
 
 
-def review_image(viewer, result: ImageResult) -> Image:
-    """The folder review's one image layer, showing (and named after) ``result``'s image."""
+def review_image(viewer, path: Path, name: str) -> Image:
+    """The folder review's one image layer, showing (and named after) the image at ``path``; left as it is
+    when it shows that image already (the folder run puts the first image on screen while segmenting it)."""
     from .reader import image_layer as image_tuple
     from ..io.images import read_image
 
-    data, kwargs, _ = image_tuple(read_image(result.path), result.path, result.name)
-    kwargs["metadata"] = {META: {**layer_meta(kwargs["metadata"]), "role": REVIEW}}
     old = [la for la in viewer.layers if isinstance(la, Image) and layer_meta(la).get("role") == REVIEW]
+    if old and layer_meta(old[0]).get("source") == str(path):
+        return old[0]
+    data, kwargs, _ = image_tuple(read_image(path), path, name)
+    kwargs["metadata"] = {META: {**layer_meta(kwargs["metadata"]), "role": REVIEW}}
     if not old:
         layer = viewer.add_image(data, **kwargs)
         viewer.reset_view()

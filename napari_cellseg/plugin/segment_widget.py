@@ -31,6 +31,7 @@ from .segment_layers import (REVIEW, Shown, drop_superseded, present_ids, review
                              truth_below_predictions, update_labels)
 from .tooltips import SEGMENT as TIPS
 from ..defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
+from ..io.layout import image_name
 
 def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
     """True when the user agrees to throw away hand edits of ``names`` (tests monkeypatch this)."""
@@ -253,6 +254,11 @@ class SegmentWidget(Container):
 
         def arrived(item) -> None:
             done, total, result = item
+            if isinstance(result, Path):  # the first image, on screen while it is segmented (its layer
+                layer = review_image(self.viewer, result, image_name(result))  # and its labels: two short stalls)
+                for la in (la for s in self.sets if s.image == layer for la in s.live(self.viewer).values()):
+                    la.visible = False  # an earlier review's cells, until this image's arrive
+                return
             self._progress(done, total, "image")
             self.session.folder_results.append(result)
             self.review.reset_choices()
@@ -276,7 +282,7 @@ class SegmentWidget(Container):
         """Put ``result`` on screen in its image's set of layers (made, or reused and renamed);
         the other images' layers are hidden, so only this image's cells are visible."""
         if image_layer is None:
-            image_layer = review_image(self.viewer, result)
+            image_layer = review_image(self.viewer, result.path, result.name)
             self.image.reset_choices()  # the review's image layer was renamed: the box showed the old name
         shown = next((s for s in self.sets if s.image == image_layer), None)  # == : napari hands plugins proxies
         if shown is not None and shown.result is not result:

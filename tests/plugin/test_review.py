@@ -46,11 +46,15 @@ def test_folder_review_survives_layers_added_and_removed(
     widget.folder.value = folder
     monkeypatch.setattr(segment_widget, "ask_discard", lambda *a: pytest.fail("asked while reviewing"))
     widget.folder_button.clicked()
-    added = []
+    added, first, results = [], [], session_for(viewer).folder_results
+    widget._worker.yielded.connect(  # after the widget's own handler
+        lambda _item: first or first.append(([la.name for la in viewer.layers], len(results)))
+    )
     widget._worker.yielded.connect(
         lambda _item: added.append(viewer.add_points(np.zeros((1, 2)), name=f"points {len(added)}"))
     )
     qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert first == [(["test_0.tif"], 0)]  # the first image is on screen while it is segmented
     assert not errors and widget.progress.native.format() == "done"
     assert [r.name for r in session_for(viewer).folder_results] == ["test_0.tif", "test_1.tif", "test_2.tif"]
     assert len(widget.review.choices) == 3 and widget.review.value == 0
