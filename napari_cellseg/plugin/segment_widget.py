@@ -254,12 +254,12 @@ class SegmentWidget(Container):
 
         def arrived(item) -> None:
             done, total, result = item
+            self._progress(done, total, "image")
             if isinstance(result, Path):  # the first image, on screen while it is segmented (its layer
                 layer = review_image(self.viewer, result, image_name(result))  # and its labels: two short stalls)
                 for la in (la for s in self.sets if s.image == layer for la in s.live(self.viewer).values()):
                     la.visible = False  # an earlier review's cells, until this image's arrive
                 return
-            self._progress(done, total, "image")
             self.session.folder_results.append(result)
             self.review.reset_choices()
             if self.review.value != 0 and done == 1:
