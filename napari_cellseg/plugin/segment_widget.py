@@ -259,6 +259,7 @@ class SegmentWidget(Container):
                 layer = review_image(self.viewer, result, image_name(result))  # and its labels: two short stalls)
                 for la in (la for s in self.sets if s.image == layer for la in s.live(self.viewer).values()):
                     la.visible = False  # an earlier review's cells, until this image's arrive
+                self.image.reset_choices()
                 return
             self.session.folder_results.append(result)
             self.review.reset_choices()
