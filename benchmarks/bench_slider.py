@@ -54,6 +54,8 @@ def main() -> None:
     widget.slider_delay_ms = 0
     widget._show(ImageResult(None, raw, ["class1", "class2"]), image_layer=image)
     app = QApplication.instance()
+    while widget._placing is not None:  # one class layer per event-loop turn
+        app.processEvents()
     for _ in range(20):
         app.processEvents()
     canvas = viewer.window._qt_viewer.canvas._scene_canvas

@@ -12,7 +12,7 @@ from napari.layers import Image, Labels
 
 from ..inference.scale import scale_note
 from .session import ImageResult, short_name
-from .reader import GROUND_TRUTH, META, PREDICTION, features_table, layer_meta
+from .reader import GROUND_TRUTH, META, PREDICTION, features_table, labels_layer_kwargs, layer_meta
 from .writer import scores_from_features
 
 REVIEW = "review"  # the role of the one image layer a folder review steps through
@@ -51,6 +51,21 @@ class Shown:
         self.visible[class_id] = self.visible.get(class_id, set()) | (painted or set()) - {0}  # recount later:
         self.remember_edits()  # napari sends a paint event before it writes the pixels
 
+    def fill(self, class_id: int, data: np.ndarray, model_scores: dict[int, float], user: bool) -> None:
+        """``data`` into the class's layer with its score table: the user's (drawn cells 1.0) for a
+        class the user edited, else the model's (set once: it does not change with the sliders)."""
+        layer, result = self.layers[class_id], self.result
+        update_labels(layer, data)
+        self.visible[class_id] = present_ids(data)
+        name = result.class_names[class_id - 1]
+        if user:
+            table = (result.reviewed_scores or {}).get(class_id, model_scores)
+            layer.features = features_table(np.array(sorted(table), np.int64), name, table)
+            self.model_tables.discard(class_id)
+        elif class_id not in self.model_tables:
+            layer.features = features_table(np.flatnonzero(result.raw.labels == class_id) + 1, name, model_scores)
+            self.model_tables.add(class_id)
+
     def describe(self, viewer, score: float) -> str:
         """The status line: the cells on screen, those below the confidence ``score``, the scale
         chosen or capped tiles, and the layers whose edits the sliders leave alone."""
@@ -71,6 +86,15 @@ class Shown:
         data = {k: self.layers[k].data for k in edited}
         self.result.reviewed = {k: (v.copy() if copy else v) for k, v in data.items()} or None
         self.result.reviewed_scores = {k: scores_from_features(self.layers[k].features) for k in edited} or None
+
+
+def show_only(viewer, sets: list[Shown], shown: Shown) -> None:
+    """Only ``shown``'s image and layers visible (set only where it changes: napari redraws a layer
+    even when set to what it was)."""
+    for other in sets:
+        for layer in [other.image, *other.layers.values()]:
+            if layer in viewer.layers and layer.visible != (other is shown):
+                layer.visible = other is shown
 
 
 def drop_superseded(viewer, sets: list[Shown], review: Shown, path) -> None:
@@ -125,6 +149,20 @@ def update_labels(layer: Labels, data: np.ndarray) -> None:
             reset = getattr(layer, "_reset_history", None)  # a slider move is not an undoable edit
         if reset is not None:
             reset()
+
+
+def prediction_kwargs(result: ImageResult, class_id: int) -> dict:
+    """How the layer of class ``class_id`` of ``result`` is named and tagged."""
+    name = result.class_names[class_id - 1]
+    return labels_layer_kwargs(class_id, name, source=result.path, role=PREDICTION, name=f"{name} ({result.name})")
+
+
+def add_prediction_layer(viewer, image_layer: Image, result: ImageResult, class_id: int) -> Labels:
+    """An empty Labels layer for class ``class_id`` of ``result``, over ``image_layer`` (same scale and
+    offset); the widget fills it, and names it again when it shows another result."""
+    kwargs = prediction_kwargs(result, class_id)
+    return viewer.add_labels(np.zeros(result.raw.image_shape, np.int32), scale=image_layer.scale[-2:],
+                             translate=image_layer.translate[-2:], **kwargs)
 
 
 def truth_below_predictions(viewer, layer) -> None:

@@ -22,16 +22,18 @@ from qtpy.QtWidgets import QMessageBox
 
 from . import session, stack_view
 from .session import Device, ImageResult, path_or_none
-from .reader import PREDICTION, features_table, labels_layer_kwargs, layer_meta
+from .reader import layer_meta
 from .segment_jobs import (
     CHECKPOINT_FILE, ModelCache, channel_choices, first_model, folder_events, folder_images, layer_channels,
     model_choices, model_file, painted_values, predict_events, Eta,
 )
-from .segment_layers import (REVIEW, Shown, drop_superseded, present_ids, review_image,
-                             truth_below_predictions, update_labels)
+from .segment_layers import (REVIEW, Shown, add_prediction_layer, drop_superseded, present_ids, review_image,
+                             prediction_kwargs, show_only, truth_below_predictions)
 from .tooltips import SEGMENT as TIPS
 from ..defaults import DETECTOR_SCORE_FLOOR, MASK_THRESH, SCORE_THRESH, TILE_SIZE
 from ..io.layout import image_name
+
+PLACE_MS = 30  # between two new layers: the window repaints and takes input (a 0 ms timer came first)
 
 def ask_discard(parent, names: list[str], text: str | None = None) -> bool:
     """True when the user agrees to throw away hand edits of ``names`` (tests monkeypatch this)."""
@@ -78,6 +80,7 @@ class SegmentWidget(Container):
         self._worker = None
         self._stop = False
         self._redrawing = False
+        self._placing: object | None = None  # the ``_show`` whose layers are being added (``_place``)
         self._models = ModelCache()  # the model is reused while its file is unchanged
         self._timer = QTimer()
         self._timer.setSingleShot(True)
@@ -183,6 +186,8 @@ class SegmentWidget(Container):
             self.status.value = f"stopped: {message}"
 
         def done():
+            if self._placing is not None:  # the result's layers are still being added (``_place``)
+                return QTimer.singleShot(10, done)
             self._worker = None
             self.run_button.text, self.folder_button.text = "Segment image", "Segment folder"
             self.run_button.enabled = self.folder_button.enabled = True
@@ -298,28 +303,35 @@ class SegmentWidget(Container):
             shown = Shown(result, image_layer, {})
             self.sets.append(shown)
         drop_superseded(self.viewer, self.sets, shown, result.path)  # before its names are taken again
+        self._placing = token = object()
+        self._place(shown, result, token)
+
+    def _place(self, shown: Shown, result: ImageResult, token: object) -> None:
+        """Add the missing class layers one per turn (napari builds one in 0.1-0.4 s: four at once froze the window
+        1.3-1.6 s), then show ``result``, only this image's layers visible; the run ends after (``done``)."""
+        if self._placing is not token:  # a newer result took over
+            return
+        self._placing = None  # again only while a layer is due: an error here must not hold the run open
         live = shown.live(self.viewer)
-        for k, name in enumerate(result.class_names, start=1):
-            kwargs = labels_layer_kwargs(k, name, source=result.path, role=PREDICTION, name=f"{name} ({result.name})")
-            layer = live.get(k)
-            if layer is None:
-                layer = self.viewer.add_labels(
-                    np.zeros(result.raw.image_shape, np.int32), scale=image_layer.scale[-2:],
-                    translate=image_layer.translate[-2:], **kwargs,
-                )
-                layer.events.paint.connect(lambda event, s=shown, k=k: self._on_edit(s, k, event))
-                layer.events.data.connect(lambda event, s=shown, k=k: self._on_edit(s, k, None))
-            layer.name, layer.metadata = kwargs["name"], kwargs["metadata"]
-            live[k] = layer
+        missing = [k for k in range(1, len(result.class_names) + 1) if k not in live]
+        now = missing if self.synchronous else missing[:1]  # synchronous (tests, scripts): all at once
+        for k in now:
+            live[k] = shown.layers[k] = add_prediction_layer(self.viewer, shown.image, result, k)
+            live[k].events.paint.connect(lambda event, s=shown, k=k: self._on_edit(s, k, event))
+            live[k].events.data.connect(lambda event, s=shown, k=k: self._on_edit(s, k, None))
+        if missing[len(now):]:
+            self._placing = token
+            QTimer.singleShot(PLACE_MS, lambda: self._place(shown, result, token))
+            return
+        for k in range(1, len(result.class_names) + 1):
+            kwargs = prediction_kwargs(result, k)
+            live[k].name, live[k].metadata = kwargs["name"], kwargs["metadata"]
         for k in [k for k in live if k > len(result.class_names)]:  # a model of fewer classes (fine-tuned)
             self.viewer.layers.remove(live.pop(k))
         shown.result, shown.layers = result, live
         shown.edited, shown.kept, shown.model_tables = set(result.reviewed or ()), set(), set()
         self.current = shown
-        for other in self.sets:  # only this image's layers are visible
-            for layer in [other.image, *other.layers.values()]:
-                if layer in self.viewer.layers and layer.visible != (other is shown):
-                    layer.visible = other is shown  # napari redraws a layer even when set to what it was
+        show_only(self.viewer, self.sets, shown)
         self._redraw(shown, reviewed=result.reviewed)
 
     def _slider_moved(self, _value=None) -> None:
@@ -366,19 +378,8 @@ class SegmentWidget(Container):
         self._redrawing = True
         try:
             for k, data in labels.items():
-                if k not in live:
-                    continue
-                update_labels(live[k], data)
-                shown.visible[k] = present_ids(data)
-                if k in (reviewed or {}):  # the user's table: drawn cells have score 1.0
-                    table = (result.reviewed_scores or {}).get(k, model_scores)
-                    ids = np.array(sorted(table), np.int64)
-                    live[k].features = features_table(ids, result.class_names[k - 1], table)
-                    shown.model_tables.discard(k)
-                elif k not in shown.model_tables:  # the model's table does not change with the sliders
-                    ids = np.flatnonzero(result.raw.labels == k) + 1
-                    live[k].features = features_table(ids, result.class_names[k - 1], model_scores)
-                    shown.model_tables.add(k)
+                if k in live:
+                    shown.fill(k, data, model_scores, user=k in (reviewed or {}))
         finally:
             self._redrawing = False
         shown.remember_edits()

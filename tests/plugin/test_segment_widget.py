@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from qtpy.QtWidgets import QApplication
 
 from napari_cellseg.plugin import segment_widget
 from napari_cellseg.io import images
@@ -45,7 +46,14 @@ def shown_widget(viewer, source: Path | None = None) -> SegmentWidget:
     widget.device.value = Device.cpu
     widget.slider_delay_ms = 0  # redraw at once (the drag coalescing has its own test)
     widget._show(ImageResult(source, raw_result(), ["class1", "class2"]), image_layer=layer)
+    placed(widget)
     return widget
+
+
+def placed(widget) -> None:
+    """Run the event loop until the result's layers are all added (one per turn: ``_place``)."""
+    while widget._placing is not None:
+        QApplication.processEvents()
 
 
 def expected(widget, class_id):
@@ -104,6 +112,38 @@ def test_edits_are_never_silently_overwritten(make_napari_viewer, monkeypatch):
 
     class1.data = np.zeros_like(class1.data)  # replaced by a script or another plugin
     assert widget.current.edited == {1}
+
+
+def test_a_many_class_result_adds_one_layer_per_event_loop_turn(make_napari_viewer):
+    """napari builds a Labels layer in 0.1-0.4 s: four at once froze the window for over a second. One
+    layer per turn, the result shown once all are there, and a newer result ends the older one's turns."""
+    viewer = make_napari_viewer()
+    raw = RawInstances([[5, 5, 25, 25], [40, 40, 70, 50], [50, 10, 65, 25], [30, 5, 45, 20]], [0.9, 0.8, 0.7, 0.6],
+                       [1, 2, 3, 4], [np.full((20, 20), 200, np.uint8), np.full((10, 30), 200, np.uint8),
+                                      np.full((15, 15), 200, np.uint8), np.full((15, 15), 200, np.uint8)], (64, 80))
+    names = ["c1", "c2", "c3", "c4"]
+    image = viewer.add_image(np.zeros((64, 80), np.uint8), name="image")
+    widget = SegmentWidget(viewer)
+    widget._show(ImageResult(None, raw, names), image_layer=image)
+    assert [la.name for la in viewer.layers] == ["image", "c1 (image)"] and widget.current is None
+    turns = 0
+    while widget._placing is not None:
+        QApplication.processEvents()
+        turns += 1
+    assert turns >= 3 and len(viewer.layers) == 5
+    for k, name in enumerate(names, start=1):
+        np.testing.assert_array_equal(viewer.layers[f"{name} (image)"].data, to_labels(raw, 0.5, 0.6)[k])
+    assert widget.current.image is image and "4 cells shown" in widget.status.value
+
+    other = viewer.add_image(np.zeros((64, 80), np.uint8), name="other")
+    widget._show(ImageResult(None, raw, names), image_layer=other)
+    widget._show(ImageResult(None, raw, names[:2]), image_layer=image)  # a newer result before the turns end
+    placed(widget)
+    QApplication.processEvents()
+    (stopped,) = [s for s in widget.sets if s.image is other]
+    assert len(stopped.layers) == 1 and len(viewer.layers) == 5  # its turns stopped after its first layer
+    assert [la for la in viewer.layers if la.visible] == [image, *widget.current.layers.values()]
+    assert list(widget.current.layers) == [1, 2] and widget.current.image is image
 
 
 def test_run_on_grey_rgb_and_rgba_layers(make_napari_viewer, qtbot, untrained):
