@@ -3,6 +3,8 @@
 # replace the built-in `nuclei` model only when its val AP50 beats the shipped model's, measured the
 # same way (BASELINE_JSON: benchmarks/bench_nuclei.py --json of the shipped model).
 # Usage: scripts/ship_nuclei.sh DSB2018_ROOT EXTRA_ROOT WORK_DIR BASELINE_JSON [MINUTES] [THREADS]
+# MINUTES and THREADS: what the training ran for and with (the card's CPU-hours); the measurement uses
+# the same threads (accuracy does not depend on them).
 set -euo pipefail
 src=$1 extra=$2 work=$3 baseline=$4 minutes=${5:-} threads=${6:-1}
 trained_on="DSB2018 stage1_train (train/ split, 473 images) + stage1_test with its released ground truth \
