@@ -114,7 +114,7 @@ def test_edits_are_never_silently_overwritten(make_napari_viewer, monkeypatch):
     assert widget.current.edited == {1}
 
 
-def test_a_many_class_result_adds_one_layer_per_event_loop_turn(make_napari_viewer):
+def test_a_many_class_result_adds_one_layer_per_event_loop_turn(make_napari_viewer, qtbot):
     """napari builds a Labels layer in 0.1-0.4 s: four at once froze the window for over a second. One
     layer per turn, the result shown once all are there, and a newer result ends the older one's turns."""
     viewer = make_napari_viewer()
@@ -126,11 +126,10 @@ def test_a_many_class_result_adds_one_layer_per_event_loop_turn(make_napari_view
     widget = SegmentWidget(viewer)
     widget._show(ImageResult(None, raw, names), image_layer=image)
     assert [la.name for la in viewer.layers] == ["image", "c1 (image)"] and widget.current is None
-    turns = 0
-    while widget._placing is not None:
-        QApplication.processEvents()
-        turns += 1
-    assert turns >= 3 and len(viewer.layers) == 5
+    qtbot.waitUntil(lambda: len(viewer.layers) == 3, timeout=5_000)
+    assert widget._placing is not None and widget.current is None  # the second layer came alone
+    qtbot.waitUntil(lambda: widget._placing is None, timeout=5_000)
+    assert len(viewer.layers) == 5
     for k, name in enumerate(names, start=1):
         np.testing.assert_array_equal(viewer.layers[f"{name} (image)"].data, to_labels(raw, 0.5, 0.6)[k])
     assert widget.current.image is image and "4 cells shown" in widget.status.value
@@ -138,10 +137,9 @@ def test_a_many_class_result_adds_one_layer_per_event_loop_turn(make_napari_view
     other = viewer.add_image(np.zeros((64, 80), np.uint8), name="other")
     widget._show(ImageResult(None, raw, names), image_layer=other)
     widget._show(ImageResult(None, raw, names[:2]), image_layer=image)  # a newer result before the turns end
-    placed(widget)
-    QApplication.processEvents()
+    qtbot.wait(5 * segment_widget.PLACE_MS)  # the older result's next turn came, and ended at once
     (stopped,) = [s for s in widget.sets if s.image is other]
-    assert len(stopped.layers) == 1 and len(viewer.layers) == 5  # its turns stopped after its first layer
+    assert len(stopped.layers) == 1 and len(viewer.layers) == 5 and widget._placing is None
     assert [la for la in viewer.layers if la.visible] == [image, *widget.current.layers.values()]
     assert list(widget.current.layers) == [1, 2] and widget.current.image is image
 
