@@ -18,6 +18,13 @@ pack() {
 pack "$work/candidate.pt"
 (cd benchmarks && python bench_nuclei.py --model "$work/candidate.pt" --val "$src/val" --threads "$threads" \
     --json "$work/val.json" --results "$work/val_results.json")
+python - "$work/val.json" "$baseline" <<'PY'   # a baseline measured otherwise is no baseline (stops here)
+import json, sys
+how = [(m["mask_thresh"], m["scale"], m.get("flip", False)) for m in (json.load(open(p)) for p in sys.argv[1:3])]
+if how[0] != how[1]:
+    sys.exit(f"the baseline was measured at (mask threshold, scale, flips) {how[1]}, the candidate at {how[0]}: "
+             "measure the shipped model with benchmarks/bench_nuclei.py's defaults first")
+PY
 if python - "$work/val.json" "$baseline" <<'PY'
 import json, sys
 new, old = (json.load(open(p))["all"]["AP50"] for p in sys.argv[1:3])

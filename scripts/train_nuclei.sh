@@ -3,7 +3,7 @@
 # shipped weights (all of them, same single class) so each session adds training time.
 # Usage: scripts/train_nuclei.sh DSB2018_ROOT EXTRA_ROOT WORK_DIR [MINUTES] [THREADS] [LR]
 # LR: the peak learning rate (default 3e-4, which restarts the schedule; a short round that only
-# continues the shipped weights wants a low one, e.g. 5e-5: see docs/model-nuclei.md, round 5).
+# continues the shipped weights wants a low one, e.g. 5e-5: see docs/model-nuclei.md, rounds 5 and 6).
 # Resumable: run it again after an interruption and it continues from WORK_DIR/run/last.pt.
 # Ships nothing by itself: scripts/ship_nuclei.sh packs and measures the result, and keeps it only when
 # val/ improves.
