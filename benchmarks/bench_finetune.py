@@ -68,7 +68,7 @@ def two_class_set(pools: list[list], n: int, dest: Path, seed: int = 0) -> Path:
 def two_class_figures(gt: dict, results: list[dict]) -> dict:
     """Per-class AP50 (mean over the classes) and each class's, plus the class-agnostic AP50."""
     m = evaluate(gt, results, max_dets=1000)
-    agnostic = figures(gt, results)
+    agnostic = figures(gt, results, 0.5)
     per_class = {f"AP_{k}": v for k, v in m["AP_per_class"].items()}
     return {"AP50": m["AP50"], "AP": m["AP"], "AP50_agnostic": agnostic["AP50"], **per_class,
             **{f"AP50_{k}": _class_ap50(gt, results, i) for i, k in enumerate(("class1", "class2"), start=1)},
@@ -177,7 +177,7 @@ def main() -> None:
                 else:
                     model, _ = load_model(checkpoint)
                 results, _ = score(model, held_out, mask_thresh=0.5)
-                measured = two_class_figures(gt, results) if two else figures(gt, results)
+                measured = two_class_figures(gt, results) if two else figures(gt, results, 0.5)
                 row = {"task": args.task, "init": init, "n": n, "steps": steps, "train_minutes": seconds / 60,
                        **measured}
                 rows.append(row)

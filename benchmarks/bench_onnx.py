@@ -65,7 +65,7 @@ def main() -> None:
     classes = dataset_classes(samples)
     gt = samples_ground_truth(samples, [f"class{k}" for k in range(1, max(classes) + 1)])
     out = {"model": args.model, "images": len(samples), "threads": args.threads,
-           **{name: {**figures(gt, results[name]), "median_s": median(seconds[name]),
+           **{name: {**figures(gt, results[name], 0.5), "median_s": median(seconds[name]),
                      "mean_s": sum(seconds[name]) / len(samples)} for name in models}}
     out["AP50_difference"] = out["onnx"]["AP50"] - out["torch"]["AP50"]
     out["detections"] = {name: len(results[name]) for name in models}

@@ -71,7 +71,7 @@ def segment(
     image: np.ndarray | str | os.PathLike,
     model: object = "nuclei",
     *,
-    score_thresh: float = SCORE_THRESH,
+    score_thresh: float | None = None,
     mask_thresh: float = MASK_THRESH,
     tile_size: int = TILE_SIZE,
     flip: bool = False,
@@ -84,7 +84,7 @@ def segment(
 ) -> Segmentation:
     """Segment ``image`` with ``model`` (a built-in name such as ``"nuclei"``, a checkpoint path, what
     ``load_model`` returned, or a ``CellMaskRCNN`` with its ``class_names``); options as
-    ``napari-cellseg predict``.
+    ``napari-cellseg predict`` (``score_thresh``: default the model's tuned confidence, else 0.5).
 
     ``image``: an array (``H x W`` grey, ``H x W x C`` or ``C x H x W`` colour with C <= 4, any
     dtype) or an image file; ``planes x H x W`` (or ``planes x H x W x C``) is a stack, segmented
@@ -97,6 +97,10 @@ def segment(
     from .progress import drain
 
     net, names = _model(model, device, class_names)
+    if score_thresh is None:
+        from .inference.postprocess import model_confidence
+
+        score_thresh = model_confidence(net)
     data = read_stack(image) if isinstance(image, (str, os.PathLike)) else _as_stack(np.asarray(image), stack)
     classes = range(1, len(names) + 1)
     if len(data) == 1:

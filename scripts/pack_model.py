@@ -52,9 +52,13 @@ def card_metrics(measured: dict) -> dict:
     card = {labels[k].format(n=v["images"]): v for k, v in measured.items() if k in labels}
     card["evaluation"] = (
         f"COCO mask AP, scores >= 0.05, up to 1000 detections per image, mask threshold {measured['mask_thresh']}; "
-        "TP/(TP+FP+FN), precision, recall, F1 and panoptic quality at IoU 0.5 for scores >= 0.5; "
-        f"scale {measured.get('scale', 1)} (benchmarks/bench_nuclei.py)"
+        "TP/(TP+FP+FN), precision, recall, F1 and panoptic quality at IoU 0.5 for scores >= "
+        f"{measured.get('score_thresh', 0.5)}; scale {measured.get('scale', 1)} (benchmarks/bench_nuclei.py)"
     )
+    if "confidence_cv" in measured:
+        cv = measured["confidence_cv"]
+        card["confidence tuned on other images (2-fold, 3 random splits)"] = {
+            "accuracy@0.5": round(cv["accuracy@0.5"], 4), "cuts": [s["cuts"] for s in cv["splits"]]}
     card["seconds_per_image_cpu"] = round(measured["seconds_per_image"], 2)
     return card
 

@@ -10,20 +10,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..atomic import folder_problem
-from ..model.checkpoint import load_checkpoint, load_model, model_card
+from ..model.checkpoint import load_model
 from ..io.samples import find_samples
 from ..devices import resolve_device
 from ..distributed import barrier, env_rank
 from ..training.engine import DoneEvent, EpochEvent, InfoEvent, StepEvent, TrainConfig, train as train_events
-from ..errors import CellsegError, DatasetError, OutputError
+from ..errors import DatasetError, OutputError
 from ..evaluation.evaluate import evaluate_file
 from ..io.images import write_labels
-from ..io.layout import TEST_FOLDER, ids_file, image_files, printable
+from ..io.layout import TEST_FOLDER, ids_file, image_files
 from ..evaluation.metrics import format_metrics
-from ..model.network import ModelConfig
 from ..inference.pipeline import export_items, iter_export, segment_image
-from ..model.pretrained import builtin_models
-from ..inference.scale import model_diameter
+from ..inference.postprocess import model_confidence
 from ..progress import Progress, drain
 from ..sample_data import SAMPLE_DATASET
 
@@ -86,6 +84,8 @@ def predict(args: argparse.Namespace) -> int:
     ctx = setup_sharding(args.device)
     try:
         model, config = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
+        if args.score_thresh is None:
+            args.score_thresh = model_confidence(model)
         src = Path(args.images)
         files = image_files(src) if src.is_dir() else [src]
         _refuse_output_among_inputs(out, src)
@@ -228,6 +228,8 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
     return mapped_items(files, {e["file_name"]: e for e in entries}, mapping)
 
 
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """Results matched to the ground-truth samples by file name (``evaluation.evaluate.evaluate_file``)."""
     metrics = evaluate_file(args.results, args.ground_truth, mapping=args.mapping, max_dets=args.max_dets,
@@ -290,55 +292,8 @@ def _demo_val(model, class_names: list[str], out_json: Path, device) -> dict:
     return metrics
 
 
-def models(args: argparse.Namespace) -> int:
-    """The built-in models with what they were trained on and their measured accuracy. A damaged
-    entry is listed as such and the others still shown; card text is printed escaped (no terminal
-    control sequences), as cards come with the weights."""
-    found = builtin_models()
-    if not found:
-        print("no built-in models are installed")
-    for name, model in found.items():
-        try:
-            card = model_card(name)
-        except CellsegError as exc:
-            print(f"{printable(name)}  (unusable: {printable(exc)})")
-            continue
-        print(f"{printable(name)}  ({model.path.stat().st_size / 1e6:.1f} MB, {printable(card.get('arch', '?'))}, "
-              f"classes: {printable(', '.join(card.get('classes', [])))})")
-        for key in ("description", "trained_on", "licence", "recipe"):
-            if card.get(key):
-                print(f"  {key.replace('_', ' ')}: {printable(card[key])}")
-        config = ModelConfig.from_dict(load_checkpoint(name)["config"])
-        print(f"  nucleus diameter it was trained at: {model_diameter(config):g} px (--scale auto brings images to it)")
-        for split, figures in card.get("metrics", {}).items():
-            shown = "  ".join(f"{label} {figures[key]:.3f}" for key, label in
-                              (("AP50", "AP50"), ("AP", "AP"), ("accuracy@0.5", "TP/(TP+FP+FN)@0.5"), ("f1", "F1"),
-                               ("panoptic_quality", "PQ")) if key in figures)
-            if shown:
-                print(f"  {printable(split)}: {shown}")
-    return 0
 
 
-def export_model(args: argparse.Namespace) -> int:
-    """The model in a format other tools run: ONNX (checked in onnxruntime against torch), or a
-    bioimage.io package of it (validated with bioimageio.spec) whose test image is a sample image."""
-    model, config = load_model(args.checkpoint, "cpu")
-    if args.format == "onnx":
-        from ..model.onnx_model import export_onnx
-
-        path = export_onnx(model, config, args.out)
-        print(f"wrote {path} (checked in onnxruntime against torch); run it with: napari-cellseg predict {path} IMAGES")
-        return 0
-    from ..export.bioimageio import export_bioimageio
-    from ..io.samples import read_sample
-
-    image, _ = read_sample(find_samples(SAMPLE_DATASET / "val")[0])
-    name = Path(str(args.checkpoint)).stem
-    rdf = export_bioimageio(model, config, name, args.out, image=image[:image.shape[0] // 32 * 32,
-                                                                        :image.shape[1] // 32 * 32],
-                            licence=args.licence)
-    print(f"wrote the bioimage.io package {rdf.parent} (validated with bioimageio.spec); zip the folder to share it")
-    return 0
 
 
 DEMO_MARK = ".napari-cellseg-demo"
@@ -376,4 +331,4 @@ def _drain(events, desc: str, unit: str = "image", show: bool = True):
             bar.close()
 
 
-__all__ = ["train", "predict", "export", "evaluate", "demo", "models", "export_model"]
+__all__ = ["train", "predict", "export", "evaluate", "demo"]

@@ -104,10 +104,18 @@ def _channel(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
-                   help=f"keep instances at least this confident (the detector itself drops those below "
-                        f"{DETECTOR_SCORE_FLOOR:g})")
+def _add_inference_options(p: argparse.ArgumentParser, labels: bool) -> None:
+    """``labels``: the outputs are label images, whose confidence defaults to the model's tuned one;
+    a COCO submission (export) is ranked by AP, which counts low-confidence detections too."""
+    floor = f"the detector itself drops those below {DETECTOR_SCORE_FLOOR:g}"
+    if labels:
+        p.add_argument("--score-thresh", type=_fraction, default=None,
+                       help=f"keep instances at least this confident (default: the model's tuned confidence, "
+                            f"see tune; else {SCORE_THRESH:g}; {floor})")
+    else:
+        p.add_argument("--score-thresh", type=_fraction, default=SCORE_THRESH,
+                       help=f"keep instances at least this confident ({floor}; COCO AP counts low-confidence "
+                            f"detections too: 0.05 gives the highest)")
     p.add_argument("--mask-thresh", type=_fraction, default=MASK_THRESH, help="mask probability that counts as cell")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto: cuda, then mps, then cpu")
@@ -180,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", type=_formats, default=("labels",), metavar="LIST",
                    help="comma list of outputs per image: labels (a label TIFF per class), imagej (Fiji ROI set "
                         "<image>_cells.zip), geojson (QuPath <image>_cells.geojson), csv (a row per cell)")
-    _add_inference_options(p)
+    _add_inference_options(p, labels=True)
 
     e = sub.add_parser("export", help="segment test_release/ and write the COCO submission JSON")
     e.add_argument("checkpoint", help="a checkpoint file, a built-in model (nuclei) or a .onnx export")
@@ -190,7 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--restart", action="store_true", help="ignore the partial results of an interrupted export")
     e.add_argument("--allow-missing", action="store_true",
                    help="export even when images listed in the mapping file are missing (they get no results)")
-    _add_inference_options(e)
+    _add_inference_options(e, labels=False)
+
+    u = sub.add_parser("tune", help="choose a model's confidence on ground-truth samples (best TP/(TP+FP+FN))")
+    u.add_argument("checkpoint", help="a checkpoint file or a built-in model (nuclei)")
+    u.add_argument("samples", help="a folder of samples with classK.tif (e.g. dataset/val), or a dataset with val/")
+    u.add_argument("--out", required=True, help="the tuned checkpoint to write (a copy: the input is kept)")
+    u.add_argument("--limit", type=_positive_int, help="tune on the first N samples only")
+    u.add_argument("--mask-thresh", type=_fraction, default=MASK_THRESH, help="mask probability that counts as cell")
+    u.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto: cuda, then mps, then cpu")
+    u.add_argument("--tile-size", type=_positive_int, default=TILE_SIZE, help="larger images are segmented in tiles")
+    u.add_argument("--flip-tta", action="store_true", help="tune for segmenting with test-time flips")
+    u.add_argument("--scale", type=_scale, default="auto", help="as predict's --scale")
 
     v = sub.add_parser("evaluate", help="COCO mask AP of a results JSON against ground-truth samples")
     v.add_argument("results")
@@ -227,14 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from . import commands
+        from . import commands, model_commands
 
         from ..errors import DetectionCapWarning
 
         with warnings.catch_warnings():
             warnings.simplefilter("always", DetectionCapWarning)  # one line per image that lost cells
             warnings.showwarning = _warning_line
-            return getattr(commands, args.command.replace("-", "_"))(args)
+            name = args.command.replace("-", "_")
+            return getattr(model_commands if name in model_commands.__all__ else commands, name)(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

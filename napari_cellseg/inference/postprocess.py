@@ -75,9 +75,16 @@ def _candidates(raw: RawInstances, score_thresh: float, classes: list[int]) -> n
     return np.flatnonzero(ok)
 
 
+def model_confidence(model: object) -> float:
+    """The confidence ``model``'s label images start at: its tuned one (``ModelConfig.score_thresh``,
+    set by ``napari-cellseg tune``), else ``SCORE_THRESH``."""
+    value = getattr(model, "score_thresh", None)
+    return SCORE_THRESH if value is None else float(value)
+
+
 def instance_scores(raw: RawInstances) -> dict[int, float]:
     """Label id -> score, for tables and exports (ids are stable, so this never changes)."""
     return {i + 1: float(s) for i, s in enumerate(raw.scores)}
 
 
-__all__ = ["to_labels", "mask_level", "instance_scores"]
+__all__ = ["to_labels", "mask_level", "model_confidence", "instance_scores"]

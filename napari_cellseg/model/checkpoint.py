@@ -8,6 +8,7 @@ Saved through a temporary file and an atomic rename: a crash never leaves half a
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import math
@@ -19,6 +20,7 @@ from typing import Any
 
 from .._torch import torch
 from ..atomic import atomic_path
+from ..defaults import SCORE_THRESH
 from ..errors import CheckpointError
 from ..io.layout import default_class_names
 from .network import CellMaskRCNN, ModelConfig, build_model
@@ -44,7 +46,23 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfi
     payload = {"format": FORMAT, "config": config.to_dict(), "model": unwrap(model).state_dict()}
     for key, value in state.items():
         payload[key] = value.state_dict() if hasattr(value, "state_dict") else value
-    path = Path(path)
+    return _write(Path(path), payload)
+
+
+def save_with_config(source: str | Path, out: str | Path, **changes: Any) -> Path:
+    """A copy of the checkpoint ``source`` (a file or a built-in model) with ``changes`` made to its
+    config (e.g. ``score_thresh``); weights, training state and model card are kept as they are."""
+    out = Path(out)
+    if builtin_name(out) is not None:
+        raise CheckpointError(f"{out} is a built-in model's file; write the new checkpoint elsewhere")
+    ckpt = load_checkpoint(source)
+    config = dataclasses.replace(ModelConfig.from_dict(ckpt["config"]), **changes)
+    config.validate()
+    return _write(out, dict(ckpt, config=config.to_dict()))
+
+
+def _write(path: Path, payload: dict[str, Any]) -> Path:
+    """``torch.save`` through a temporary file and a rename; a failure is one ``CheckpointError``."""
     try:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
@@ -236,17 +254,18 @@ def init_model(source: str | Path, class_names: list[str], **changes: Any) -> tu
     only numbers (``class1``, ... as ``layout.default_class_names`` gives them) give way to the
     source's classes when it has as many or more, so ``nucleus`` stays ``nucleus`` and a class the
     corrected images happen to lack is not dropped (class k of such a dataset is the source's class k,
-    as when resuming). ``changes`` sets inference
-    fields such as ``detections_per_img``; a ``None`` keeps the source's value. Returns the model,
-    its config and whether the class heads were re-made. Unlike resuming, no schedule or
-    optimizer state is carried over: this starts a new run.
+    as when resuming). ``changes`` sets inference fields such as ``detections_per_img``; a ``None``
+    keeps the source's value; a tuned confidence is not kept. Returns the model, its config and
+    whether the class heads were re-made. Unlike resuming, no schedule or optimizer state is carried
+    over: this starts a new run.
     """
     kept, old = model_from_checkpoint(load_checkpoint(source), describe_checkpoint(source))  # validated, weights loaded
     names = list(class_names)
     if len(names) <= len(old.class_names) and names == default_class_names(len(names)):
         names = list(old.class_names)  # the dataset has no names of its own, nor more classes
     changes = {k: v for k, v in changes.items() if v is not None}
-    config = ModelConfig.from_dict({**old.to_dict(), **changes, "class_names": names})
+    # a tuned confidence (``tune``) was chosen for the source's scores, not for those of the run to come
+    config = ModelConfig.from_dict({**old.to_dict(), **changes, "class_names": names, "score_thresh": SCORE_THRESH})
     model = build_model(config)
     remake = names != old.class_names
     state = kept.state_dict()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._torch import torch, torchvision
-from ..defaults import ARCHS, DETECTOR_SCORE_FLOOR
+from ..defaults import ARCHS, DETECTOR_SCORE_FLOOR, SCORE_THRESH
 from ..errors import CheckpointError
 from ..io.layout import printable, unsafe_character
 
@@ -64,6 +64,9 @@ class ModelConfig:
     object_diameter: float = 0.0
     """Median diameter (px) of the training set's objects, which ``scale.py`` brings images to;
     0 = not recorded (``scale.DEFAULT_DIAMETER`` is used)."""
+    score_thresh: float = SCORE_THRESH
+    """The confidence this model's label images start at (``predict``, the Segment tab's slider):
+    ``napari-cellseg tune`` sets it to the one that scored best on images with ground truth."""
 
     @property
     def num_classes(self) -> int:
@@ -110,7 +113,7 @@ class ModelConfig:
         if not _is_int(self.detections_per_img) or not 1 <= self.detections_per_img <= MAX_DETECTIONS:
             raise ValueError(f"detections per image must be a whole number from 1 to {MAX_DETECTIONS:,}, "
                              f"got {self.detections_per_img!r}")
-        for name in ("box_nms_thresh", "box_score_thresh"):
+        for name in ("box_nms_thresh", "box_score_thresh", "score_thresh"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value <= 1:
                 raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
@@ -373,6 +376,7 @@ def build_model(config: ModelConfig, weights: str = "none") -> CellMaskRCNN:
         model.roi_heads.box_predictor = FastRCNNPredictor(representation, config.num_classes)
         model.roi_heads.mask_predictor = MaskRCNNPredictor(channels, channels, config.num_classes)
     model.object_diameter = float(config.object_diameter)
+    model.score_thresh = float(config.score_thresh)
     return model
 
 

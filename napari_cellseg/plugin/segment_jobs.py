@@ -74,6 +74,7 @@ class ModelCache:
 
     def __init__(self) -> None:
         self.entry = None  # (key, model, config, device)
+        self.confidence: float | None = None  # a newly loaded model's own, until the slider takes it
 
     def loader(self, path: Path, device_name: str):
         """A function the worker calls to get (model, config, device); it imports torch there, in the
@@ -86,11 +87,25 @@ class ModelCache:
             device = resolve_device(device_name)
             key = (str(path), path.stat().st_mtime if path.exists() else None, str(device))
             if self.entry is None or self.entry[0] != key:
+                from ..inference.postprocess import model_confidence
+
                 model, config = load_model(path, device)
+                if self.entry is None or self.entry[0][:2] != key[:2]:  # another file, not another device
+                    self.confidence = model_confidence(model)
                 self.entry = (key, model, config, device)
             return self.entry[1:]
 
         return load
+
+    def follow(self, slider, session) -> None:
+        """Once per newly loaded model, before its first result is drawn: the confidence slider takes the
+        model's tuned confidence (``napari-cellseg tune``; 0.5 for others), quietly (no redraw of the old
+        result, no question about edits); moves after that are the user's."""
+        value, self.confidence = self.confidence, None
+        if value is not None and value != slider.value:
+            with slider.changed.blocked():
+                slider.value = value
+            session.score_thresh = value
 
 
 def predict_events(

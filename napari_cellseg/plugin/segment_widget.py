@@ -70,16 +70,15 @@ class SegmentWidget(Container):
         self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])
         self.status = Label(value="", label="status")
         self.extend([self.model, self.checkpoint, self.image, self.channel, self.device, self.flip, self.diameter,
-                     self.run_button,
-                     self.score, self.mask, self.folder, self.folder_button, self.review, self.progress, self.status])
+                     self.run_button, self.score, self.mask, self.folder, self.folder_button, self.review,
+                     self.progress, self.status])
         self.status.native.setWordWrap(True)
         session.keep_narrow(self)  # long file names must not widen the dock
         self.progress.native.setFormat("idle")
         self.sets: list[Shown] = []  # one per segmented image layer
         self.current: Shown | None = None
         self._worker = None
-        self._stop = False
-        self._redrawing = False
+        self._stop = self._redrawing = False
         self._placing: object | None = None  # the ``_show`` whose layers are being added (``_place``)
         self._models = ModelCache()  # the model is reused while its file is unchanged
         self._timer = QTimer()
@@ -332,6 +331,7 @@ class SegmentWidget(Container):
         shown.edited, shown.kept, shown.model_tables = set(result.reviewed or ()), set(), set()
         self.current = shown
         show_only(self.viewer, self.sets, shown)
+        self._models.follow(self.score, self.session)  # a new model's tuned confidence, before its first result
         self._redraw(shown, reviewed=result.reviewed)
 
     def _slider_moved(self, _value=None) -> None:

@@ -110,6 +110,7 @@ class StackView:
                 layer.events.paint.connect(partial(self._on_edit, k))
             layers[k] = layer
         self.current = StackShown(result, class_names, layers)
+        self.widget._models.follow(self.widget.score, self.widget.session)  # a new model's tuned confidence
         self._redraw()
 
     def _on_edit(self, class_id: int, event=None) -> None:

@@ -96,7 +96,8 @@ SEGMENT = {
     "score": (
         "Confidence: hide cells the model is less sure about than this. Moving it is instant; "
         "the model does not run again. Below {floor:g} it changes nothing: the model itself "
-        "already drops cells it is less sure about than that."
+        "already drops cells it is less sure about than that. A model tuned with napari-cellseg tune "
+        "sets it to its own best value when its first result arrives."
     ),
     "mask": (
         "Mask threshold: how confident each pixel must be to belong to its cell. Higher gives "

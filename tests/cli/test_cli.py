@@ -213,7 +213,7 @@ def test_bad_scale_and_diameter_are_refused_by_the_parser(tmp_path, args, messag
 def test_cells_lost_to_the_detection_cap_are_one_warning_line(monkeypatch, capsys):
     import warnings
 
-    from napari_cellseg.cli import commands as cli_commands
+    from napari_cellseg.cli import model_commands
     from napari_cellseg.errors import DetectionCapWarning
 
     def lossy(args) -> int:
@@ -221,7 +221,54 @@ def test_cells_lost_to_the_detection_cap_are_one_warning_line(monkeypatch, capsy
             warnings.warn(DetectionCapWarning("1 of 4 tile(s) hit the limit of 500 detections"), stacklevel=1)
         return 0
 
-    monkeypatch.setattr(cli_commands, "models", lossy)
+    monkeypatch.setattr(model_commands, "models", lossy)
     assert main(["models"]) == 0
     err = capsys.readouterr().err
     assert err.splitlines() == ["napari-cellseg: warning: 1 of 4 tile(s) hit the limit of 500 detections"] * 2
+
+
+def test_tune_writes_a_copy_at_the_best_cut_and_label_images_start_there(trained, tmp_path, capsys):
+    """``tune`` keeps the input, writes the chosen cut into a copy; predict's default confidence is the
+    copy's (the same labels as asking for that cut), export's stays 0.5 (COCO AP ranks every detection)."""
+    import torch
+
+    from napari_cellseg.inference.tuning import CUTS
+    from napari_cellseg.model.checkpoint import load_model, save_checkpoint, save_with_config
+    from napari_cellseg.model.network import ModelConfig, build_model
+
+    root, ckpt = trained
+    before = ckpt.read_bytes()
+    out = tmp_path / "tuned.pt"
+    assert main(["tune", str(ckpt), str(root), "--out", str(out), "--device", "cpu", "--scale", "1"]) == 0
+    text = capsys.readouterr().out
+    cut = load_model(out)[1].score_thresh
+    assert cut in CUTS and f"chosen confidence {cut:.2f} on 2 image(s)" in text and "TP/(TP+FP+FN)" in text
+    assert ckpt.read_bytes() == before
+
+    torch.manual_seed(0)  # random heads that detect (0.54-0.64 here; the 2-step model finds nothing yet)
+    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20)
+    ckpt = save_checkpoint(tmp_path / "random.pt", build_model(config), config)
+    mid = save_with_config(ckpt, tmp_path / "mid.pt", score_thresh=0.58)
+    image = root / "test_release" / "test_0.tif"
+
+    def cells(model, *extra) -> int:
+        folder = tmp_path / f"p{len(list(tmp_path.iterdir()))}"
+        assert main(["predict", str(model), str(image), "--out", str(folder), "--device", "cpu", "--scale", "1",
+                     *extra]) == 0
+        return sum(len(np.unique(tifffile.imread(f))) - 1 for f in folder.glob("*.tif"))
+
+    assert 0 < cells(mid) == cells(ckpt, "--score-thresh", "0.58") < cells(ckpt)  # untuned: 0.5
+    assert cells(mid, "--score-thresh", "0.5") == cells(ckpt)  # an explicit value wins
+
+    results = tmp_path / "results.json"
+    assert main(["export", str(mid), str(root), "--out", str(results), "--device", "cpu", "--scale", "1"]) == 0
+    scores = [r["score"] for r in json.loads(results.read_text())]
+    assert min(scores) >= 0.5 and min(scores) < 0.58  # export keeps its own 0.5
+
+
+def test_tune_without_ground_truth_is_one_line(trained, tmp_path, capsys):
+    root, ckpt = trained
+    assert main(["tune", str(ckpt), str(root / "test_release"), "--out", str(tmp_path / "t.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("napari-cellseg: error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t.pt").exists()

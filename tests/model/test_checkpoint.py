@@ -105,3 +105,42 @@ def test_a_folder_is_named_as_a_folder_not_missing(tmp_path):
     (tmp_path / "best.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file; pick the \.pt file in it \(best"):
         load_checkpoint(tmp_path)
+
+
+def test_a_tuned_copy_changes_the_confidence_only_and_keeps_the_source(saved, tmp_path):
+    from napari_cellseg.inference.postprocess import model_confidence
+    from napari_cellseg.model.checkpoint import save_with_config
+
+    path, model, cfg = saved
+    before = path.read_bytes()
+    out = save_with_config(path, tmp_path / "tuned.pt", score_thresh=0.85)
+    assert path.read_bytes() == before  # the input is kept as it was
+    tuned, tuned_cfg = load_model(out)
+    assert tuned_cfg.score_thresh == 0.85 and model_confidence(tuned) == 0.85
+    assert tuned_cfg == ModelConfig.from_dict({**cfg.to_dict(), "score_thresh": 0.85})
+    assert load_checkpoint(out)["epoch"] == 3  # training state kept: a tuned last.pt still resumes
+    for (k, a), b in zip(model.state_dict().items(), tuned.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert model_confidence(load_model(path)[0]) == 0.5  # untuned: the default
+    with pytest.raises(ValueError, match="score_thresh"):
+        save_with_config(path, tmp_path / "bad.pt", score_thresh=1.5)
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_a_tuned_copy_never_overwrites_a_builtin_model(tmp_path):
+    from napari_cellseg.model.checkpoint import save_with_config
+    from napari_cellseg.model.pretrained import builtin_models
+
+    target = builtin_models()["nuclei"].path
+    before = target.stat().st_mtime_ns
+    with pytest.raises(CheckpointError, match="built-in model's file"):
+        save_with_config("nuclei", target, score_thresh=0.7)
+    assert target.stat().st_mtime_ns == before
+
+
+def test_a_new_run_from_a_tuned_model_starts_at_the_default_confidence(saved, tmp_path):
+    from napari_cellseg.model.checkpoint import init_model, save_with_config
+
+    tuned = save_with_config(saved[0], tmp_path / "tuned.pt", score_thresh=0.8)
+    model, config, _ = init_model(tuned, ["nucleus"])
+    assert config.score_thresh == 0.5 and model.score_thresh == 0.5

@@ -386,3 +386,35 @@ def test_ground_truth_opened_later_goes_below_the_segmentation(make_napari_viewe
     assert truth and widget.current.layers
     lowest = lambda: min(viewer.layers.index(la) for la in widget.current.layers.values())  # noqa: E731
     qtbot.waitUntil(lambda: all(viewer.layers.index(t) < lowest() for t in truth), timeout=5_000)
+
+
+def test_the_confidence_slider_takes_a_new_models_tuned_confidence_once(
+        make_napari_viewer, qtbot, untrained, tmp_path, tiny_dataset):
+    """A model tuned with ``napari-cellseg tune`` starts its labels at its own confidence (real workers); a
+    move after that is the user's and survives a re-run; another model brings its own (0.5 when untuned)."""
+    from napari_cellseg.model.checkpoint import save_with_config
+
+    tuned = save_with_config(untrained, tmp_path / "tuned.pt", score_thresh=0.62)  # its scores here: 0.60-0.67
+    viewer = make_napari_viewer()
+    viewer.add_image(images.read_image(tiny_dataset / "test_release" / "test_0.tif"), name="cells")
+    widget = SegmentWidget(viewer)
+    widget.device.value = Device.cpu
+    widget.slider_delay_ms = 0
+
+    def run(model) -> None:
+        widget.checkpoint.value = model
+        widget.run_button.clicked()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+
+    run(tuned)
+    assert widget.score.value == pytest.approx(0.62) and session_for(viewer).score_thresh == pytest.approx(0.62)
+    raw = widget.current.result.raw
+    drawn = to_labels(raw, widget.score.value, widget.mask.value, classes=[1, 2])
+    assert 0 < sum(len(np.unique(d)) - 1 for d in drawn.values()) < np.count_nonzero(raw.scores >= 0.5)
+    for k, layer in widget.current.layers.items():
+        np.testing.assert_array_equal(layer.data, drawn[k])
+    widget.score.value = 0.6
+    run(tuned)  # the same model (cached): the user's 0.6 stays
+    assert widget.score.value == pytest.approx(0.6)
+    run(untrained)
+    assert widget.score.value == pytest.approx(0.5) and session_for(viewer).score_thresh == pytest.approx(0.5)
