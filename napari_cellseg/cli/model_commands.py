@@ -22,7 +22,7 @@ from .commands import _drain
 
 def tune(args: argparse.Namespace) -> int:
     """The confidence with the best TP/(TP+FP+FN) on ground-truth samples, written into a copy of the
-    checkpoint (``evaluation.tuning``); the figures at 0.5 and at the chosen cut are printed."""
+    checkpoint (``inference.tuning``); the figures at 0.5 and at the chosen cut are printed."""
     from ..inference.tuning import iter_tune
     from ..model.checkpoint import save_with_config
 
