@@ -228,8 +228,6 @@ def _export_items(args: argparse.Namespace, absent: list[str]):
     return mapped_items(files, {e["file_name"]: e for e in entries}, mapping)
 
 
-
-
 def evaluate(args: argparse.Namespace) -> int:
     """Results matched to the ground-truth samples by file name (``evaluation.evaluate.evaluate_file``)."""
     metrics = evaluate_file(args.results, args.ground_truth, mapping=args.mapping, max_dets=args.max_dets,
