@@ -9,7 +9,8 @@ Rules, shared by the GUI, the CLI and the exporter:
   ``mask_u8 >= ceil(mask_thresh * 255 - 1e-6)`` (the slack absorbs float rounding, so a
   threshold of exactly k / 255 keeps the value k); 0.5 keeps exactly torchvision's p >= 0.5;
   ``mask_thresh = 0`` therefore fills the whole crop;
-- an instance is kept when ``score >= score_thresh`` and it still owns at least one pixel;
+- an instance is kept when ``score >= score_thresh`` and it still owns at least ``MIN_OWNED`` of
+  its own mask pixels once the better-scored instances have painted (and at least one pixel);
 - instance ``i`` of the raw result is always label ``i + 1``, whatever the thresholds.
 """
 
@@ -22,6 +23,13 @@ import numpy as np
 
 from ..defaults import MASK_THRESH, SCORE_THRESH
 from ..io.raw import RawInstances
+
+MIN_OWNED = 0.5
+"""Share of its own mask an instance must still own to be kept. Why: a detection mostly hidden under
+a better-scored one is a duplicate of it, and its visible sliver would be a false cell the user has
+to delete by hand (Detectron2's panoptic merge drops them at the same 0.5). On DSB2018 val (the
+built-in model, round 7): TP/(TP+FP+FN) 0.722 -> 0.728 at the best confidence (0.716 -> 0.722 with
+the confidence chosen on other images), AP50 0.812 -> 0.814."""
 
 
 def mask_level(mask_thresh: float) -> int:
@@ -51,8 +59,11 @@ def to_labels(
     for i in _candidates(raw, score_thresh, wanted).tolist():
         x0, y0, x1, y1 = boxes[i]
         taken = claimed[y0:y1, x0:x1]
-        paint = masks[i] >= level
-        paint &= ~taken
+        mask = masks[i] >= level
+        paint = mask & ~taken
+        owned = np.count_nonzero(paint)
+        if not owned or owned < MIN_OWNED * np.count_nonzero(mask):
+            continue
         taken |= paint
         out[labels[i]][y0:y1, x0:x1][paint] = i + 1
     return out
@@ -87,4 +98,4 @@ def instance_scores(raw: RawInstances) -> dict[int, float]:
     return {i + 1: float(s) for i, s in enumerate(raw.scores)}
 
 
-__all__ = ["to_labels", "mask_level", "model_confidence", "instance_scores"]
+__all__ = ["to_labels", "MIN_OWNED", "mask_level", "model_confidence", "instance_scores"]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_cellseg.io.raw import RawInstances
-from napari_cellseg.inference.postprocess import instance_scores, mask_level, to_labels
+from napari_cellseg.inference.postprocess import MIN_OWNED, instance_scores, mask_level, to_labels
 
 
 def instance_classes(raw) -> dict[int, int]:
@@ -81,6 +81,16 @@ def test_an_instance_hidden_or_empty_at_the_threshold_is_dropped():
     assert set(np.unique(out[1])) == {0, 1}
 
 
+def test_an_instance_mostly_under_a_better_one_is_dropped_as_its_duplicate():
+    """Half or more of its mask still free keeps it (only the free part); less drops it whole."""
+    boxes = [[0, 0, 6, 6], [3, 0, 9, 6], [0, 1, 6, 7]]  # 2: 18 of 36 free; 3: 6 of 36 free
+    out = to_labels(_raw(boxes, [0.9, 0.8, 0.7], [1, 1, 1], [_square(b) for b in boxes]), 0.5, 0.5)[1]
+    assert set(np.unique(out)) == {0, 1, 2}
+    assert (out[:6, 6:9] == 2).all() and (out[:6, :6] == 1).all() and not out[6].any()
+    alone = to_labels(_raw(boxes[2:], [0.7], [1], [_square(boxes[2])]), 0.5, 0.5)[1]
+    assert (alone[1:7, :6] == 1).all()  # the same instance without the others is kept whole
+
+
 def test_classes_default_to_those_present_and_missing_ones_are_blank():
     raw = _three_apart()
     assert sorted(to_labels(raw)) == [1, 2]
@@ -125,19 +135,18 @@ def raw_instances(draw) -> RawInstances:
 
 
 def _reference(raw: RawInstances, score_thresh: float, mask_thresh: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, the first (best) passing instance whose probability reaches the threshold.
-
-    The documented rule: value / 255 >= mask_thresh, with 1e-6 of slack on the 0..255 scale.
-    """
+    """Whole-image twin of the rules: instances in score order, each painting its mask pixels
+    (value / 255 >= mask_thresh, with 1e-6 of slack on the 0..255 scale) that nobody owns yet, and
+    only when those are at least ``MIN_OWNED`` of its mask (and at least one pixel)."""
     owner = np.zeros(raw.image_shape, np.int32)
-    for y in range(raw.image_shape[0]):
-        for x in range(raw.image_shape[1]):
-            for i, (x0, y0, x1, y1) in enumerate(raw.boxes):
-                inside = x0 <= x < x1 and y0 <= y < y1
-                kept = inside and raw.scores[i] >= score_thresh
-                if kept and raw.masks[i][y - y0, x - x0] >= mask_thresh * 255 - 1e-6:
-                    owner[y, x] = i + 1
-                    break
+    for i, (x0, y0, x1, y1) in enumerate(raw.boxes):
+        if raw.scores[i] < score_thresh:
+            continue
+        mask = np.zeros(raw.image_shape, bool)
+        mask[y0:y1, x0:x1] = raw.masks[i] >= mask_thresh * 255 - 1e-6
+        free = mask & (owner == 0)
+        if free.sum() and free.sum() >= MIN_OWNED * mask.sum():
+            owner[free] = i + 1
     cls = np.where(owner > 0, np.concatenate([[0], raw.labels])[owner], 0)
     return owner, cls
 
