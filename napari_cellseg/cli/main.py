@@ -128,9 +128,10 @@ def _add_inference_options(p: argparse.ArgumentParser, labels: bool) -> None:
                         "of two channels the first")
     p.add_argument("--scale", type=_scale, default="auto",
                    help="resize factor before segmenting; auto (default): measure the nuclei in a first pass and "
-                        "bring them to the size the model was trained at (no second pass when they already are)")
+                        "bring them to the size the model segments best (no second pass when they already are)")
     p.add_argument("--diameter", type=_diameter, metavar="PX",
-                   help="typical nucleus diameter in pixels: sets the scale from the model's training diameter "
+                   help="typical nucleus diameter in pixels: sets the scale that brings it to the size the model "
+                        "segments best "
                         "(overrides --scale)")
 
 

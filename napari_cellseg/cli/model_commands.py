@@ -10,7 +10,7 @@ from ..defaults import SCORE_THRESH
 from ..devices import resolve_device
 from ..errors import CellsegError
 from ..inference.postprocess import model_confidence
-from ..inference.scale import model_diameter
+from ..inference.scale import model_diameter, target_diameter
 from ..io.layout import printable
 from ..io.samples import find_samples
 from ..model.checkpoint import load_checkpoint, load_model, model_card
@@ -60,7 +60,8 @@ def models(args: argparse.Namespace) -> int:
             if card.get(key):
                 print(f"  {key.replace('_', ' ')}: {printable(card[key])}")
         config = ModelConfig.from_dict(load_checkpoint(name)["config"])
-        print(f"  nucleus diameter it was trained at: {model_diameter(config):g} px (--scale auto brings images to it)")
+        print(f"  nucleus diameter it was trained at: {model_diameter(config):g} px; segments best at "
+              f"{target_diameter(config):.3g} px (--scale auto and --diameter bring nuclei to it)")
         print(f"  confidence its label images start at: {config.score_thresh:g}"
               f"{' (tuned: napari-cellseg tune)' if config.score_thresh != SCORE_THRESH else ''}")
         for split, figures in card.get("metrics", {}).items():

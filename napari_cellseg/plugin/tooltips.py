@@ -90,7 +90,7 @@ SEGMENT = {
     ),
     "diameter": (
         "Typical nucleus diameter in pixels. 'auto' (0): the model first measures the nuclei and, when "
-        "they are much smaller or larger than those it learned on, segments again at the scale that "
+        "they are much smaller than the size it segments best, segments again at the scale that "
         "brings them to that size (shown in the status line). Set it when auto guesses wrong."
     ),
     "score": (

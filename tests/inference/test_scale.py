@@ -12,8 +12,8 @@ from napari_cellseg.progress import drain
 from napari_cellseg.io.raw import RawInstances
 from napari_cellseg.sample_data import SAMPLE_DATASET
 from napari_cellseg.inference.scale import (
-    DEFAULT_DIAMETER, auto_factor, fixed_factor, found_diameter, iter_predict_scaled, median_diameter, model_diameter,
-    parse_scale, scale_note,
+    AIM, DEFAULT_DIAMETER, auto_factor, fixed_factor, found_diameter, iter_predict_scaled, median_diameter,
+    model_diameter, parse_scale, scale_note, target_diameter,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,12 +42,13 @@ def test_a_checkpoint_without_a_diameter_falls_back_to_the_documented_default():
     assert model_diameter(_Model(30.0)) == 30.0
 
 
-def test_diameter_sets_the_factor_from_the_model_training_diameter():
-    assert fixed_factor(_Model(30.0), diameter=15) == pytest.approx(2.0)
-    assert fixed_factor(_Model(), diameter=DEFAULT_DIAMETER / 2) == pytest.approx(2.0)
+def test_diameter_sets_the_factor_that_brings_nuclei_to_the_size_the_model_segments_best():
+    assert target_diameter(_Model(30.0)) == pytest.approx(AIM * 30.0)
+    assert fixed_factor(_Model(30.0), diameter=15) == pytest.approx(2.0 * AIM)
+    assert fixed_factor(_Model(), diameter=AIM * DEFAULT_DIAMETER / 2) == pytest.approx(2.0)
     assert fixed_factor(_Model(), scale=0.75, diameter=None) == 0.75
     assert fixed_factor(_Model(), scale="auto") is None
-    assert fixed_factor(_Model(30.0), scale=3.0, diameter=30) == pytest.approx(1.0)  # the diameter wins
+    assert fixed_factor(_Model(30.0), scale=3.0, diameter=AIM * 30) == pytest.approx(1.0)  # the diameter wins
     with pytest.raises(ValueError, match="between 1 and 2000"):
         fixed_factor(_Model(), diameter=0.5)
     with pytest.raises(ValueError, match="between 0.05 and 8"):
@@ -83,8 +84,9 @@ def test_found_diameter_measures_confident_masks_only():
 
 
 def test_auto_keeps_the_first_pass_when_nuclei_already_fit(nuclei, sample_image):
-    raw = drain(iter_predict_scaled(nuclei, sample_image))
-    plain = predict(nuclei, sample_image)
+    large = np.ascontiguousarray(sample_image.repeat(2, axis=0).repeat(2, axis=1))  # nuclei ~32 px across
+    raw = drain(iter_predict_scaled(nuclei, large))
+    plain = predict(nuclei, large)
     assert raw.scale == 1.0 and scale_note(raw) == ""
     np.testing.assert_array_equal(raw.scores, plain.scores)
 
