@@ -31,9 +31,9 @@ AIM = 1.875
 DSB2018 val, the built-in model (trained at 19.2 px), auto aiming at 1.0 / 1.25 / 1.46 / 1.67 /
 **1.875** / 2.29 x: AP50 0.814 / 0.824 / 0.826 / 0.832 / **0.833** / 0.835, TP/(TP+FP+FN) with the
 confidence tuned on other images 0.722 / 0.730 / 0.734 / 0.738 / **0.741** / 0.735, 1.3 / 1.9 / 1.5 /
-1.8 / 2.1 / 2.6 s per image (two busy cores). Why: training zooms 0.5-2x, so the model has seen nuclei
-up to twice that size, and its 28 x 28 masks outline larger nuclei better. ``auto`` and
-``--diameter`` both aim there."""
+1.8 / 2.1 / 2.6 s per image (one thread, the other core training: noisy). Why: training zooms
+0.5-2x, so the model has seen nuclei up to twice that size, and its 28 x 28 masks outline larger
+nuclei better. ``auto`` and ``--diameter`` both aim there."""
 AUTO_RANGE = (1.0, 2.0)
 """``auto`` enlarges up to twice and never shrinks: on DSB2018 val, enlarging the 34 images of small
 nuclei raised their AP50 0.665 -> 0.710, shrinking the 28 of large nuclei lowered it 0.855 -> 0.828
