@@ -18,4 +18,4 @@ start=(--init nuclei)
 [ -f "$work/run/last.pt" ] && start=(--resume "$work/run/last.pt")
 napari-cellseg train "$work/data" --out "$work/run" --arch resnet18 --crop-size 256 --batch-size 4 --lr "$lr" \
     --epochs 200 --time-limit "$minutes" --val-limit 20 --val-every 4 --detections 500 --roi-samples 128 \
-    --augment strong --workers 1 "${start[@]}"
+    --augment strong --zoom 1 3 --workers 1 "${start[@]}"

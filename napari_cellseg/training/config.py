@@ -52,6 +52,9 @@ class TrainConfig:
     roi_samples: int | None = None
     augment: str = "standard"
     """``standard`` or ``strong`` (wider zoom, grey and inverted images): see ``transforms.train_augment``."""
+    zoom: tuple[float, float] | None = None
+    """The range training crops are zoomed in (log-uniform); None: the ``augment`` preset's. Shifted
+    up, the network learns nuclei at the larger size ``inference.scale`` segments them at."""
     resume: str | None = None
     init: str | None = None
     """Start from these weights (a checkpoint or a built-in model such as ``nuclei``): a new run,
@@ -76,6 +79,8 @@ class TrainConfig:
             raise ValueError("choose either resume (continue a run) or init (start a new run from weights), not both")
         if self.workers < 0:
             raise ValueError("workers cannot be negative")
+        if self.zoom is not None and not (len(self.zoom) == 2 and 0.1 <= self.zoom[0] <= self.zoom[1] <= 8):
+            raise ValueError(f"zoom must be two factors LOW <= HIGH between 0.1 and 8, got {self.zoom}")
         problem = folder_problem(self.out_dir)
         if problem:
             raise ValueError(f"output folder: {problem}")
@@ -130,6 +135,7 @@ def plain(cfg: TrainConfig) -> dict[str, Any]:
     """The config as plain types (lists, not tuples) so checkpoints load with weights_only."""
     d = asdict(cfg)
     d["anchor_sizes"] = list(cfg.anchor_sizes)
+    d["zoom"] = None if cfg.zoom is None else [float(z) for z in cfg.zoom]
     return d
 
 

@@ -171,16 +171,17 @@ class RandomGreyInvert:
         return f"RandomGreyInvert({self.p_grey}, {self.p_invert})"
 
 
-def train_augment(crop_size: int = 512, strong: bool = False) -> Augment:
+def train_augment(crop_size: int = 512, strong: bool = False,
+                  zoom: tuple[float, float] | None = None) -> Augment:
     """The training preset: scale crop to ``crop_size``, flips, 90-degree turns, mild colour jitter.
 
     ``strong`` (the built-in model's recipe, and fine-tuning on a few images) zooms 0.5-2x and
-    adds re-stained, grey and inverted images.
+    adds re-stained, grey and inverted images. ``zoom`` replaces the preset's zoom range.
     """
     if strong:
-        return Compose([RandomScaleCrop(crop_size, (0.5, 2.0)), RandomFlip(), RandomRot90(), ColorJitter(),
+        return Compose([RandomScaleCrop(crop_size, zoom or (0.5, 2.0)), RandomFlip(), RandomRot90(), ColorJitter(),
                         RandomStain(), RandomGreyInvert()])
-    return Compose([RandomScaleCrop(crop_size), RandomFlip(), RandomRot90(), ColorJitter()])
+    return Compose([RandomScaleCrop(crop_size, zoom or (0.75, 1.33)), RandomFlip(), RandomRot90(), ColorJitter()])
 
 
 # ---------------------------------------------------------------------------------------- resizing

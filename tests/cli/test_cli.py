@@ -191,6 +191,8 @@ def test_init_keeps_the_source_settings_unless_an_option_is_given(tmp_path):
     assert cfg.detections_per_img is None and cfg.roi_samples is None
     cfg = train_config(build_parser().parse_args([*base, "--detections", "50", "--roi-samples", "64"]))
     assert (cfg.detections_per_img, cfg.roi_samples) == (50, 64)
+    assert cfg.zoom is None
+    assert train_config(build_parser().parse_args([*base, "--zoom", "1", "3"])).zoom == [1.0, 3.0]
 
 
 def test_train_says_which_checkpoint_to_use(trained, capsys, tmp_path):

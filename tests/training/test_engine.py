@@ -122,7 +122,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_
     assert (out / "last.pt").read_bytes() == good
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(max_steps=0)])
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(max_steps=0),
+                                 dict(zoom=(2.0, 1.0)), dict(zoom=(0.0, 1.0)), dict(zoom=(1.0, 9.0))])
 def test_bad_settings_are_refused_before_work(tiny_dataset, tmp_path, bad):
     with pytest.raises(ValueError):
         run(config(tiny_dataset, tmp_path / "run", **bad))

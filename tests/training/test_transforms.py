@@ -134,6 +134,20 @@ def test_train_augment_is_reproducible_and_bounded() -> None:
     assert set(np.unique(a[1][1])) <= set(np.unique(labels[1]))
 
 
+@pytest.mark.parametrize("strong", [False, True])
+def test_train_augment_zoom_replaces_the_presets_range(strong: bool) -> None:
+    """With zoom 2-3 every 48 px crop shows a window of 16-24 source pixels (cells 2-3x larger)."""
+    crop = train_augment(crop_size=48, strong=strong, zoom=(2.0, 3.0)).transforms[0]
+    assert isinstance(crop, RandomScaleCrop) and crop.scale == (2.0, 3.0)
+    preset = train_augment(crop_size=48, strong=strong).transforms[0]
+    assert preset.scale == ((0.5, 2.0) if strong else (0.75, 1.33))
+    ids = np.arange(1, 400 * 400 + 1, dtype=np.int32).reshape(400, 400)  # each pixel its own id
+    image = np.zeros((400, 400, 3), np.uint8)
+    for seed in range(20):
+        _, out = crop(image, {1: ids}, np.random.default_rng(seed))
+        assert 45 <= min(out[1].shape) <= max(out[1].shape) <= 48 and 16 ** 2 <= np.unique(out[1]).size <= 24 ** 2
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 60), st.integers(1, 60), st.integers(8, 64), st.integers(0, 2**32 - 1))
 def test_train_augment_any_size(height: int, width: int, size: int, seed: int) -> None:
