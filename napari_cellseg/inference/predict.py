@@ -188,6 +188,21 @@ def paste_masks(
     return np.asarray(crop_boxes, np.int32).reshape(-1, 4), crops, np.asarray(kept, np.intp)
 
 
+def mask_quality(masks: torch.Tensor) -> torch.Tensor:
+    """Each mask's mean probability over its own pixels (p >= 0.5): the confidence of a detection is
+    its class score times this, SOLOv2's "maskness".
+
+    Why: the class score rates the box, not the outline; a blurred, unsure mask (a sliver, two
+    touching nuclei, a smear) ranks lower than a crisp one with the same score. DSB2018 ``val/``,
+    round 8, scale auto: COCO AP 0.501 -> 0.515, AP50 0.835 -> 0.837, TP/(TP+FP+FN) with the
+    confidence tuned on other images 0.736 -> 0.745. ``masks``: N x 1 x M x M probabilities; a mask
+    with no pixel at 0.5 gets 0 (it is empty at every mask threshold from 0.5 up).
+    """
+    probs = masks.float().flatten(1)
+    sure = probs >= 0.5
+    return (probs * sure).sum(1) / sure.sum(1).clamp(min=1)
+
+
 def _expand_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
     """torchvision's ``expand_boxes``, same float32 operations so truncation matches exactly."""
     w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5
@@ -213,11 +228,12 @@ def _predict_tile(model: torch.nn.Module, image: np.ndarray, tile: Tile, device:
         det = model.detect([tensor], keep=centred_in_core)[0]
         capped = bool(det.get("capped", False))
         boxes = det["boxes"].float().cpu() + offset
-        masks, scores, labels = det["masks"].cpu(), det["scores"].cpu(), det["labels"].cpu()
+        masks, labels = det["masks"].cpu(), det["labels"].cpu()
+        scores = det["scores"].float().cpu() * mask_quality(masks)
         del det
         crop_boxes, crops, kept = paste_masks(masks, boxes, shape)
-    return RawInstances(crop_boxes, scores.numpy()[kept], labels.numpy()[kept], crops, shape,
-                        capped_tiles=int(capped))
+    raw = RawInstances(crop_boxes, scores.numpy()[kept], labels.numpy()[kept], crops, shape, capped_tiles=int(capped))
+    return raw.select(np.argsort(-raw.scores, kind="stable"))
 
 
 class _Stopped(Exception):
@@ -305,4 +321,5 @@ def _as_device(device: str | torch.device) -> torch.device:
     return resolve_device(device) if isinstance(device, str) else torch.device(device)
 
 
-__all__ = ["RawInstances", "resolve_device", "iter_predict", "predict", "paste_masks", "tile_cap", "cap_message"]
+__all__ = ["RawInstances", "resolve_device", "iter_predict", "predict", "paste_masks", "mask_quality", "tile_cap",
+           "cap_message"]

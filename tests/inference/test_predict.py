@@ -17,7 +17,10 @@ from napari_cellseg.progress import drain
 from napari_cellseg.devices import resolve_device
 from napari_cellseg.inference.fastpath import exact
 from napari_cellseg.errors import DetectionCapWarning
-from napari_cellseg.inference.predict import iter_predict, paste_masks, predict, tile_cap, tile_proposals
+from napari_cellseg.inference import predict as predict_module
+from napari_cellseg.inference.predict import (
+    iter_predict, mask_quality, paste_masks, predict, tile_cap, tile_proposals,
+)
 from napari_cellseg.io.raw import RawInstances
 from napari_cellseg.model.network import MAX_DETECTIONS, ModelConfig, build_model, set_detections_per_img
 from napari_cellseg.inference.scale import scale_note
@@ -84,6 +87,14 @@ def test_paste_masks_reproduces_torchvision_exactly():
         np.testing.assert_array_equal(ours >= 128, expected[i].numpy() >= 0.5)
 
 
+def test_mask_quality_is_the_mean_probability_over_the_masks_own_pixels():
+    masks = torch.zeros(3, 1, 28, 28)
+    masks[0, 0, :2, :2] = torch.tensor([[0.9, 0.9], [0.6, 0.2]])  # sure: 0.9, 0.9, 0.6
+    masks[1, 0] = 1.0
+    masks[2, 0] = 0.49  # nothing at 0.5: empty at every mask threshold from 0.5 up
+    assert torch.allclose(mask_quality(masks), torch.tensor([0.8, 1.0, 0.0]))
+
+
 def test_paste_masks_drops_a_box_outside_the_image():
     masks = torch.ones(2, 28, 28)
     boxes = torch.tensor([[2.0, 2.0, 10.0, 10.0], [200.0, 200.0, 210.0, 210.0]])
@@ -94,8 +105,10 @@ def test_paste_masks_drops_a_box_outside_the_image():
 # --- a real (random) model -----------------------------------------------------------------------
 
 
-def test_single_tile_equals_torchvision_forward(tiny_model):
-    """The exact path (``fastpath.exact``) is torchvision's result; the fast path is tested in test_fastpath."""
+def test_single_tile_equals_torchvision_forward(tiny_model, monkeypatch):
+    """The exact path (``fastpath.exact``) is torchvision's result (its class scores: the mask quality
+    they are multiplied by is set to 1 here, and tested below); the fast path is tested in test_fastpath."""
+    monkeypatch.setattr(predict_module, "mask_quality", lambda masks: torch.ones(len(masks)))
     image = _image(72, 96)
     with exact():  # the model's own cap, fixed: by default a tile that hits it is run again with a higher one
         raw = predict(tiny_model, image, tile_size=128, overlap=32, max_detections=10)
@@ -107,6 +120,23 @@ def test_single_tile_equals_torchvision_forward(tiny_model):
     _assert_valid(raw, (72, 96))
     for i in range(len(raw)):
         np.testing.assert_array_equal(_canvas(raw, i) >= 128, ref["masks"][i, 0].numpy() >= 0.5)
+
+
+def test_scores_are_class_scores_times_mask_quality_best_first(tiny_model, monkeypatch):
+    image = _image(72, 96)
+    monkeypatch.setattr(predict_module, "mask_quality", lambda masks: torch.ones(len(masks)))
+    with exact():
+        plain = predict(tiny_model, image, tile_size=128, overlap=32, max_detections=10)  # class scores, best first
+    quality = torch.linspace(0.1, 1.0, len(plain))  # rising: reverses the class-score order
+    monkeypatch.setattr(predict_module, "mask_quality", lambda masks: quality[: len(masks)])
+    with exact():
+        rescored = predict(tiny_model, image, tile_size=128, overlap=32, max_detections=10)
+    expected = plain.scores * quality.numpy()
+    order = np.argsort(-expected, kind="stable")
+    assert len(plain) > 2 and order.tolist() != list(range(len(plain)))
+    np.testing.assert_allclose(rescored.scores, expected[order], rtol=1e-6)
+    np.testing.assert_array_equal(rescored.boxes, plain.boxes[order])
+    assert all(np.array_equal(a, plain.masks[i]) for a, i in zip(rescored.masks, order))
 
 
 def test_iter_predict_reports_each_tile_and_returns_the_result(tiny_model):
@@ -302,10 +332,9 @@ def test_an_image_that_fits_one_tile_is_the_untiled_result(tiny_model, data):
     for name in ("boxes", "scores", "labels"):
         np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name))
     assert all(np.array_equal(a, b) for a, b in zip(tiled.masks, whole.masks)) and len(tiled) == len(whole)
-    with torch.inference_mode():
+    with torch.inference_mode():  # the same detections as torchvision (ranked by mask quality too: see above)
         ref = tiny_model([to_tensor(image)])[0]
-    np.testing.assert_array_equal(tiled.scores, ref["scores"].numpy())
-    np.testing.assert_array_equal(tiled.labels, ref["labels"].numpy())
+    np.testing.assert_array_equal(np.sort(tiled.labels), np.sort(ref["labels"].numpy()))
 
 
 def test_a_stop_inside_a_tile_ends_the_run_before_the_tile_is_done(tiny_model):
