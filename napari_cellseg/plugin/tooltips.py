@@ -94,9 +94,10 @@ SEGMENT = {
         "brings them to that size (shown in the status line). Set it when auto guesses wrong."
     ),
     "score": (
-        "Confidence: hide cells the model is less sure about than this. Moving it is instant; "
-        "the model does not run again. Below {floor:g} it changes nothing: the model itself "
-        "already drops cells it is less sure about than that. A model tuned with napari-cellseg tune "
+        "Confidence: hide cells the model is less sure about than this (how sure it is of the cell "
+        "times how sure of its outline). Moving it is instant; "
+        "the model does not run again. Below {floor:g} it shows little more: the model itself "
+        "already drops cells it is less sure of than that. A model tuned with napari-cellseg tune "
         "sets it to its own best value when its first result arrives."
     ),
     "mask": (
