@@ -216,7 +216,8 @@ def _expand_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _predict_tile(model: torch.nn.Module, image: np.ndarray, tile: Tile, device: torch.device) -> RawInstances:
-    """Detect in one tile, keep the detections centred in its core, paste them in image coordinates."""
+    """Detect in one tile, keep the detections centred in its core, paste them in image coordinates
+    (in the detector's order: ``RawInstances.concatenate`` ranks them by the quality-weighted score)."""
     shape = (image.shape[0], image.shape[1])
     offset = torch.tensor([tile.x0, tile.y0, tile.x0, tile.y0], dtype=torch.float32)
 
@@ -233,8 +234,8 @@ def _predict_tile(model: torch.nn.Module, image: np.ndarray, tile: Tile, device:
         scores = det["scores"].float().cpu() * mask_quality(masks)
         del det
         crop_boxes, crops, kept = paste_masks(masks, boxes, shape)
-    raw = RawInstances(crop_boxes, scores.numpy()[kept], labels.numpy()[kept], crops, shape, capped_tiles=int(capped))
-    return raw.select(np.argsort(-raw.scores, kind="stable"))
+    return RawInstances(crop_boxes, scores.numpy()[kept], labels.numpy()[kept], crops, shape,
+                        capped_tiles=int(capped))
 
 
 class _Stopped(Exception):
