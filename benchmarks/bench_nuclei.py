@@ -33,7 +33,8 @@ from napari_cellseg.io.images import read_image
 from napari_cellseg.evaluation.metrics import class_agnostic, evaluate, matching
 from napari_cellseg.inference.pipeline import samples_ground_truth, segment_image
 from napari_cellseg.inference.postprocess import model_confidence
-from napari_cellseg.inference.scale import parse_scale
+from napari_cellseg.inference.scale import AUTO_RANGE, parse_scale
+from napari_cellseg.inference.tta import FLIPS
 from napari_cellseg.inference.tuning import best_cut
 
 KINDS = {1: "fluorescence", 2: "stained"}
@@ -101,7 +102,7 @@ def main() -> None:
     p.add_argument("--mask-thresh", type=float, default=MASK_THRESH, help="default: the shipped one")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scale", type=parse_scale, default="auto", help="auto (the default of predict/export) or a factor")
-    p.add_argument("--flip", action="store_true", help="test-time flips (predict's --flip-tta: 2x slower)")
+    p.add_argument("--flip", action="store_true", help="test-time flips (predict's --flip-tta: 4x slower)")
     p.add_argument("--score-thresh", type=float, help="confidence of the matching figures (default: the model's)")
     p.add_argument("--cv", action="store_true", help="also cross-validate the tuned confidence (a few minutes)")
     p.add_argument("--results", help="also write the COCO results here (to score them again later)")
@@ -118,7 +119,8 @@ def main() -> None:
         Path(args.results).write_text(json.dumps(results))
     cut = model_confidence(model) if args.score_thresh is None else args.score_thresh
     out = {"model": args.model, "val": str(args.val), "mask_thresh": args.mask_thresh, "scale": args.scale,
-           "flip": args.flip, "score_thresh": cut, "all": figures(gt, results, cut),
+           "auto_range": list(AUTO_RANGE), "flip": args.flip, "views": len(FLIPS) if args.flip else 1,
+           "score_thresh": cut, "all": figures(gt, results, cut),
            **{KINDS.get(k, f"class{k}"): by_kind(gt, results, k, cut) for k in classes},
            "seconds_per_image": sum(seconds) / len(seconds), "threads": args.threads}
     if args.cv:

@@ -34,9 +34,9 @@ pack "$work/run/tuned.pt" "$work/candidate.pt"
     --cv --json "$work/val.json" --results "$work/val_results.json")
 python - "$work/val.json" "$baseline" <<'PY'   # a baseline measured otherwise is no baseline (stops here)
 import json, sys
-how = [(m["mask_thresh"], m["scale"], m.get("flip", False)) for m in (json.load(open(p)) for p in sys.argv[1:3])]
+how = [(m["mask_thresh"], m["scale"], m.get("auto_range"), m.get("views")) for m in (json.load(open(p)) for p in sys.argv[1:3])]
 if how[0] != how[1]:
-    sys.exit(f"the baseline was measured at (mask threshold, scale, flips) {how[1]}, the candidate at {how[0]}: "
+    sys.exit(f"the baseline was measured at (mask threshold, scale, auto's range, views) {how[1]}, the candidate at {how[0]}: "
              "measure the shipped model with benchmarks/bench_nuclei.py's defaults first")
 PY
 if python - "$work/val.json" "$baseline" <<'PY'

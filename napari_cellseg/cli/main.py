@@ -121,7 +121,8 @@ def _add_inference_options(p: argparse.ArgumentParser, labels: bool) -> None:
                    help="auto: cuda, then mps, then cpu")
     p.add_argument("--tile-size", type=_positive_int, default=TILE_SIZE, help="larger images are segmented in tiles")
     p.add_argument("--flip-tta", action="store_true",
-                   help="also segment the mirror image and average the two (twice the time, a little more AP)")
+                   help="also segment the image mirrored left-right, up-down and both, and average the four views "
+                        "(four times the time, more AP)")
     p.add_argument("--channel", type=_channel, default=None, metavar="N|merged",
                    help="of a multi-channel image, segment channel N (1-based, e.g. the nuclear stain) or "
                         "'merged' (every channel stretched, the brightest kept); default: colour as is, "

@@ -42,6 +42,7 @@ def iter_predict(
     flip: bool = False,
     scale: float = 1.0,
     should_stop: StopCheck | None = None,
+    plain: RawInstances | None = None,
 ) -> Generator[Progress, None, RawInstances | None]:
     """Predict tile by tile, yielding ``Progress(tiles_done, tiles, "tile")``; returns the
     ``RawInstances``, or None when ``should_stop`` says so (checked before every tile).
@@ -52,8 +53,10 @@ def iter_predict(
     tile that hits it is run again once with 4x the cap. A tile that still hits it is counted in the
     result's ``capped_tiles`` and a ``DetectionCapWarning`` says so: cells are never lost silently.
     ``scale`` resizes the image inside the model (``scale.py`` decides it). An image no larger than
-    ``tile_size`` is one tile: exactly the untiled result. ``flip`` also segments the mirror image
-    and merges the two views (``tta.merge_views``): twice the time, a little more AP.
+    ``tile_size`` is one tile: exactly the untiled result. ``flip`` also segments the image mirrored
+    left-right, up-down and both, and merges the four views (``tta.merge_views``): four times the
+    time, more AP. ``plain``: the unmirrored view's result when already at hand (auto's first pass), so
+    only the mirrored views are run.
     """
     _check_image(image)
     if max_detections is not None and max_detections < 1:
@@ -62,20 +65,26 @@ def iter_predict(
         raise ValueError(f"the scale factor must be between 0.05 and 8, got {scale:g}")
     tiles = tile_grid((image.shape[0], image.shape[1]), tile_size, overlap)
     device = _model_device(model) if device is None else _as_device(device)
-    return _run_tiles(model, image, tiles, device, max_detections, flip, should_stop, scale)
+    if plain is not None and not flip:
+        raise ValueError("plain (the unmirrored view's result) is only used with flip")
+    return _run_tiles(model, image, tiles, device, max_detections, flip, should_stop, scale, plain)
 
 
 def _run_tiles(
     model: torch.nn.Module, image: np.ndarray, tiles: list[Tile], device: torch.device, max_detections: int | None,
-    flip: bool, should_stop: StopCheck | None, scale: float = 1.0,
+    flip: bool, should_stop: StopCheck | None, scale: float = 1.0, plain: RawInstances | None = None,
 ) -> Generator[Progress, None, RawInstances | None]:
     """The generator behind ``iter_predict`` (which checks its arguments before the first step)."""
+    from .tta import FLIPS, flipped, merge_views, unflip  # imported when used: tta pulls in torchvision ops
+
     shape = (image.shape[0], image.shape[1])
-    views = [image, np.ascontiguousarray(image[:, ::-1])] if flip else [image]
-    total, results = len(tiles) * len(views), []
+    flips = FLIPS if flip else FLIPS[:1]
+    results = [] if plain is None else [plain]
+    runs = flips[len(results):]
+    total = len(tiles) * len(runs)
     with _inference_setup(model, device, max_detections, scale) as (base_cap, fast), _stop_inside(model, should_stop):
-        for v, view in enumerate(views):
-            parts = []
+        for v, (lr, ud) in enumerate(runs):
+            view, parts = flipped(image, lr, ud), []
             for done, tile in enumerate(tiles, start=1):
                 if stopped(should_stop):
                     return None
@@ -84,16 +93,13 @@ def _run_tiles(
                 except _Stopped:
                     return None
                 yield Progress(v * len(tiles) + done, total, "tile")
-            results.append(RawInstances.concatenate(parts, shape))
+            results.append(unflip(RawInstances.concatenate(parts, shape), lr, ud))
         cap = _detection_cap(model)
-    result = results[0]
-    if flip:
-        from .tta import merge_views, mirror  # imported when used: tta pulls in torchvision ops
-
-        result = merge_views(results[0], mirror(results[1]))
+    result = merge_views(results) if flip else results[0]
     result.scale, result.capped_tiles = scale, sum(r.capped_tiles for r in results)
     if result.capped_tiles:
-        warnings.warn(DetectionCapWarning(cap_message(result.capped_tiles, total, cap)), stacklevel=2)
+        warnings.warn(DetectionCapWarning(cap_message(result.capped_tiles, len(tiles) * len(flips), cap)),
+                      stacklevel=2)
     return result
 
 

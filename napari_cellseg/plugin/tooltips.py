@@ -84,9 +84,9 @@ SEGMENT = {
     "device": TRAIN["device"],
     "run": "Find the cells in the chosen image. Click again to cancel.",
     "flip": (
-        "Also segment the mirror image and average the two views: cells both views agree on are "
-        "kept with averaged outlines, the rest count for less. Twice the time; on DSB2018 it raised "
-        "AP from 0.321 to 0.335."
+        "Also segment the image mirrored left-right, up-down and both, and average the four views: "
+        "cells the views agree on are kept with averaged outlines, the rest count for less. Four "
+        "times the time; on DSB2018 val it raised the built-in model's AP from 0.524 to 0.558."
     ),
     "diameter": (
         "Typical nucleus diameter in pixels. 'auto' (0): the model first measures the nuclei and, when "

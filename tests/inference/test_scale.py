@@ -66,7 +66,7 @@ def test_parse_scale_takes_auto_or_a_positive_number():
 
 def test_auto_factor_is_clamped_and_a_no_op_near_one():
     assert auto_factor(10.0, 20.0) == 2.0
-    assert auto_factor(5.0, 20.0) == 2.0  # clamped
+    assert auto_factor(5.0, 20.0) == 4.0 and auto_factor(4.0, 20.0) == 4.0  # clamped at 4x
     assert auto_factor(100.0, 20.0) == 1.0  # large nuclei: never shrunk (it cost AP on val)
     assert auto_factor(13.0, 20.0) == pytest.approx(1.538)
     assert auto_factor(18.0, 20.0) == 1.0 and auto_factor(23.0, 20.0) == 1.0  # within 1.25x: no second pass
@@ -95,7 +95,8 @@ def test_auto_enlarges_small_nuclei_to_the_trained_size(nuclei, sample_image):
     small = np.ascontiguousarray(sample_image[::2, ::2])  # nuclei ~8 px across
     progress = []
     raw = drain(iter_predict_scaled(nuclei, small), progress.append)
-    assert 1.6 <= raw.scale <= 2.0 and "scale" in scale_note(raw)
+    first = auto_factor(found_diameter(predict(nuclei, small)), target_diameter(nuclei))
+    assert raw.scale == first and 3.0 <= raw.scale <= 4.0 and "scale" in scale_note(raw)
     assert progress[0].name == "measuring nuclei" and progress[-1].name == "tile"
     assert nuclei.transform.image_scale == 1.0  # the model's own scale comes back
     assert (raw.scores >= 0.5).sum() >= 0.8 * (predict(nuclei, sample_image).scores >= 0.5).sum()

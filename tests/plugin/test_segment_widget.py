@@ -180,7 +180,7 @@ def test_large_images_are_segmented_in_tiles(make_napari_viewer, untrained):
     assert widget.current.result.raw.image_shape == (80, 100)
     widget.flip.value = True
     widget.start()
-    assert widget.progress.max == 8  # each tile of the image and of its mirror image
+    assert widget.progress.max == 16  # each tile of the image and of its three mirror images
     assert widget.current.result.raw.image_shape == (80, 100) and set(widget.current.layers) == {1, 2}
 
 
