@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", default="standard", choices=["standard", "strong"],
                    help="strong: zoom 0.5-2x, grey and inverted images (for few images or mixed microscopes)")
     t.add_argument("--zoom", type=_number_between(0.1, 8), nargs=2, metavar=("LOW", "HIGH"),
-                   help="zoom training crops by a factor in this range (default: that of the --init or --resume "
-                        "weights when recorded, else the --augment preset's, 0.75-1.33 or 0.5-2)")
+                   help="zoom training crops by a factor in this range (default: the --augment preset's, "
+                        "0.75-1.33 or 0.5-2)")
 
     p = sub.add_parser("predict", help="segment images into label TIFFs (one per class), ROI sets, GeoJSON, CSV")
     p.add_argument("checkpoint", help="a checkpoint file, a built-in model (nuclei) or a .onnx export")

@@ -100,20 +100,6 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def trained_zoom(ckpt: dict[str, Any]) -> tuple[float, float] | None:
-    """The zoom range a checkpoint's weights were trained at (its ``train_args``, or a packed model's
-    card's); None when it records none or a value outside ``TrainConfig``'s bounds (checkpoints come
-    from other people)."""
-    card = ckpt.get("card")
-    for args in (ckpt.get("train_args"), card.get("train_args") if isinstance(card, dict) else None):
-        zoom = args.get("zoom") if isinstance(args, dict) else None
-        if (isinstance(zoom, (list, tuple)) and len(zoom) == 2
-                and all(isinstance(z, (int, float)) and not isinstance(z, bool) for z in zoom)
-                and 0.1 <= zoom[0] <= zoom[1] <= 8):
-            return float(zoom[0]), float(zoom[1])
-    return None
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a napari-cellseg checkpoint (a path or a built-in model's name) safely; every failure
     is one clear ``CheckpointError``."""

@@ -53,9 +53,8 @@ class TrainConfig:
     augment: str = "standard"
     """``standard`` or ``strong`` (wider zoom, grey and inverted images): see ``transforms.train_augment``."""
     zoom: tuple[float, float] | None = None
-    """The range training crops are zoomed in (log-uniform); None: that of the weights it starts from
-    (``init`` or ``resume``, when recorded), else the ``augment`` preset's. Shifted up, the network
-    learns nuclei at the larger size ``inference.scale`` segments them at."""
+    """The range training crops are zoomed in (log-uniform); None: the ``augment`` preset's. Shifted
+    up, the network learns nuclei at the larger size ``inference.scale`` segments them at."""
     resume: str | None = None
     init: str | None = None
     """Start from these weights (a checkpoint or a built-in model such as ``nuclei``): a new run,

@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from .._torch import torch
 from .. import distributed as dist
 from .amp import autocast_dtype
 from ..model.checkpoint import (check_resumable, init_model, load_checkpoint, model_from_checkpoint,
-                                save_checkpoint, trained_zoom, unwrap)
+                                save_checkpoint, unwrap)
 from .dataset import CellDataset, check_class_count, collate, dataset_classes, split_samples
 from ..devices import resolve_device
 from ..errors import CellsegError, CheckpointError, TrainingError, without_worker_traceback
@@ -199,14 +199,6 @@ def _setup(cfg: TrainConfig, ctx: dist.Context) -> Generator[Event, None, _Run]:
         raise TrainingError(f"no class masks (classK.tif) found under {cfg.dataset}/train")
     check_class_count(train_samples + val_samples)
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
-    if cfg.zoom is None and (ckpt is not None or cfg.init):
-        # the weights learnt nuclei at their zoom, and auto scale segments at the size they learnt
-        zoom = trained_zoom(ckpt if ckpt is not None else load_checkpoint(cfg.init))
-        if zoom is not None:
-            cfg = replace(cfg, zoom=zoom)
-            if ctx.is_main:
-                source = cfg.resume or cfg.init
-                yield InfoEvent(f"training crops zoomed {zoom[0]:g}-{zoom[1]:g}x, as {source} was trained")
     model, model_cfg = yield from _make_model(cfg, ctx, max(classes), ckpt)
     model.to(device)
     if ctx.is_main:  # only once the dataset and checkpoint are known good: a failed start leaves nothing

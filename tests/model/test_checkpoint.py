@@ -6,7 +6,7 @@ import pytest
 import badfiles
 
 from napari_cellseg._torch import torch
-from napari_cellseg.model.checkpoint import load_checkpoint, load_model, save_checkpoint, trained_zoom
+from napari_cellseg.model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from napari_cellseg.errors import CheckpointError
 from napari_cellseg.model.network import ModelConfig, build_model
 
@@ -144,12 +144,3 @@ def test_a_new_run_from_a_tuned_model_starts_at_the_default_confidence(saved, tm
     tuned = save_with_config(saved[0], tmp_path / "tuned.pt", score_thresh=0.8)
     model, config, _ = init_model(tuned, ["nucleus"])
     assert config.score_thresh == 0.5 and model.score_thresh == 0.5
-
-
-def test_trained_zoom_reads_train_args_or_the_card_and_ignores_bad_values():
-    assert trained_zoom({"train_args": {"zoom": [1, 3]}}) == (1.0, 3.0)
-    assert trained_zoom({"card": {"train_args": {"zoom": [0.5, 2.0]}}}) == (0.5, 2.0)  # a packed model
-    assert trained_zoom({"train_args": {"zoom": None}, "card": {"train_args": {"zoom": [1, 2]}}}) == (1.0, 2.0)
-    for bad in (None, "1-3", [1], [1, 2, 3], [3, 1], [0.01, 1], [1, 99], [True, 2], ["1", "2"], {"a": 1}):
-        assert trained_zoom({"train_args": {"zoom": bad}}) is None
-    assert trained_zoom({}) is None and trained_zoom({"train_args": "x", "card": "y"}) is None

@@ -151,13 +151,11 @@ def test_fine_tuning_nuclei_on_four_classes(tiny_dataset, tmp_path, one_thread):
                       batch_size=1, crop_size=64, val_limit=1, device="cpu", amp=False)
     events = list(train(cfg))
     assert any(isinstance(e, InfoEvent) and "re-made for 4 classes" in e.message for e in events)
-    assert any(isinstance(e, InfoEvent) and "zoomed 1-3x, as nuclei was trained" in e.message for e in events)
     done = events[-1]
     assert isinstance(done, DoneEvent) and not done.cancelled
     model, config = load_model(done.last)
     assert config.class_names == ["class1", "class2", "class3", "class4"] and config.arch == "resnet18"
     assert (config.detections_per_img, config.roi_samples) == (500, 128)  # nuclei's, no option given
-    assert load_checkpoint(done.last)["train_args"]["zoom"] == [1.0, 3.0]  # nuclei's zoom: the next run's too
 
 
 def test_fine_tuning_nuclei_on_one_class_keeps_its_name(tiny_dataset, tmp_path, one_thread):
@@ -167,12 +165,10 @@ def test_fine_tuning_nuclei_on_one_class_keeps_its_name(tiny_dataset, tmp_path, 
         mask.unlink()
     cfg = TrainConfig(dataset=str(tiny_dataset), out_dir=str(tmp_path / "run"), init="nuclei", epochs=1, max_steps=1,
                       batch_size=1, crop_size=64, val_limit=1, device="cpu", amp=False,
-                      detections_per_img=77, zoom=(0.5, 2.0))
-    events = list(train(cfg))
-    config = load_model(events[-1].model)[1]
+                      detections_per_img=77)
+    done = list(train(cfg))[-1]
+    config = load_model(done.model)[1]
     assert config.class_names == ["nucleus"] and config.detections_per_img == 77 and config.roi_samples == 128
-    assert not any(isinstance(e, InfoEvent) and "zoomed" in e.message for e in events)  # a given zoom wins
-    assert load_checkpoint(events[-1].last)["train_args"]["zoom"] == [0.5, 2.0]
 
 
 def test_init_and_resume_together_are_refused(tiny_dataset, tmp_path):
