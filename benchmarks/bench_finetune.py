@@ -12,6 +12,7 @@ the start model with its heads made for two classes (``checkpoint.init_model``),
 
 Run (the issue's tables):
   python benchmarks/bench_finetune.py --n 20 --init nuclei none --steps 60        # --init vs random
+  python benchmarks/bench_finetune.py --n 20 --init nuclei --steps 40 --zoom 1 3  # at nuclei's own zoom
   python benchmarks/bench_finetune.py --n 0 5 10 20 --init nuclei --minutes 10    # the loop, AP50 vs N
   python benchmarks/bench_finetune.py --task two-class --n 0 5 10 20 --init nuclei none --steps 60 --limit 18
 """
@@ -88,6 +89,7 @@ def fine_tune(data: Path, init: str, out: Path, args) -> tuple[Path, int, float]
         epochs=10**4, max_steps=args.steps, time_limit=args.minutes, batch_size=2, lr=args.lr,
         warmup_steps=10, crop_size=256, augment="strong", val_fraction=0.0, detections_per_img=500,
         roi_samples=128, device="cpu", amp=False, seed=args.seed, overwrite=True,
+        zoom=None if args.zoom is None else tuple(args.zoom),
     )
     tick, done, steps = time.perf_counter(), None, 0
     for event in train(cfg):
@@ -136,6 +138,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, help="training steps per run")
     p.add_argument("--minutes", type=float, help="or: minutes of training per run (the CPU budget)")
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--zoom", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="training zoom (default: the strong preset's, 0.5-2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int,
@@ -179,7 +183,7 @@ def main() -> None:
                 results, _ = score(model, held_out, mask_thresh=0.5)
                 measured = two_class_figures(gt, results) if two else figures(gt, results, 0.5)
                 row = {"task": args.task, "init": init, "n": n, "steps": steps, "train_minutes": seconds / 60,
-                       **measured}
+                       "zoom": args.zoom, **measured}
                 rows.append(row)
                 sys.stdout.write(json.dumps(row) + "\n")
                 sys.stdout.flush()
