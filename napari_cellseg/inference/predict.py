@@ -27,6 +27,7 @@ from ..model.network import MAX_DETECTIONS, exact_proposals, set_detections_per_
 from ..progress import Progress, StopCheck, drain, stopped
 from ..io.raw import RawInstances
 from .tiling import Tile, in_core, tile_grid
+from .tta import FLIPS, flipped, merge_views, unflip
 
 from torch.nn import functional as F  # noqa: E402
 
@@ -75,8 +76,6 @@ def _run_tiles(
     flip: bool, should_stop: StopCheck | None, scale: float = 1.0, plain: RawInstances | None = None,
 ) -> Generator[Progress, None, RawInstances | None]:
     """The generator behind ``iter_predict`` (which checks its arguments before the first step)."""
-    from .tta import FLIPS, flipped, merge_views, unflip  # imported when used: tta pulls in torchvision ops
-
     shape = (image.shape[0], image.shape[1])
     flips = FLIPS if flip else FLIPS[:1]
     results = [] if plain is None else [plain]

@@ -148,22 +148,21 @@ def iter_predict_scaled(
     factor = fixed_factor(model, scale, diameter)
     if not hasattr(getattr(model, "transform", None), "image_scale"):
         factor = 1.0  # no resize to change (an ONNX graph's is fixed at export): one pass as it is
-    if factor is None:
-        flip = options.pop("flip", False)  # measuring needs no flips; they run once the scale is known
+    flip = options.pop("flip", False)
+    if factor is None:  # measuring needs no flips; they run once the scale is known
         probe = yield from _relabel(iter_predict(model, image, tile_size=tile_size, overlap=overlap,
                                                  should_stop=should_stop, **options), "measuring nuclei")
         if probe is None:
             return None
         factor = auto_factor(found_diameter(probe), target_diameter(model))
-        options["flip"] = flip
         if factor == 1.0:
             if not flip:
                 return probe
-            return (yield from iter_predict(model, image, tile_size=tile_size, overlap=overlap, should_stop=should_stop,
-                                            plain=probe, **options))
+            return (yield from iter_predict(model, image, tile_size=tile_size, overlap=overlap, flip=True,
+                                            should_stop=should_stop, plain=probe, **options))
     size = max(64, round(tile_size / factor))
     lap = min(round(overlap / factor), size // 2)
-    return (yield from iter_predict(model, image, tile_size=size, overlap=lap, scale=factor,
+    return (yield from iter_predict(model, image, tile_size=size, overlap=lap, scale=factor, flip=flip,
                                     should_stop=should_stop, **options))
 
 

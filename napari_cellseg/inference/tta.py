@@ -40,7 +40,9 @@ def flipped(image: np.ndarray, lr: bool, ud: bool) -> np.ndarray:
 
 def unflip(raw: RawInstances, lr: bool, ud: bool) -> RawInstances:
     """Instances found in a mirrored image, put back in the image's coordinates (mirroring is its own
-    inverse, so this also mirrors a result)."""
+    inverse, so this also mirrors a result); ``raw`` itself when nothing was mirrored."""
+    if not (lr or ud):
+        return raw
     height, width = raw.image_shape
     boxes, masks = raw.boxes.copy(), raw.masks
     if lr:
