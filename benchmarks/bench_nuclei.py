@@ -8,7 +8,7 @@ DSB2018 papers' TP / (TP + FP + FN), precision, recall, F1 and panoptic quality 
 sees the file). ``--cv``: how well a tuned confidence carries to unseen images - three random halvings
 of the images; on each, the cut ``napari-cellseg tune`` would choose on one half is scored on the other.
 
-Run: python benchmarks/bench_nuclei.py [--model nuclei] [--val DIR] [--limit N] [--scale auto|F] [--flip] [--cv]
+Run: python benchmarks/bench_nuclei.py [--model nuclei] [--val DIR] [--limit N] [--scale auto|F] [--tta] [--cv]
      [--json OUT]
 """
 
@@ -40,13 +40,13 @@ from napari_cellseg.inference.tuning import best_cut
 KINDS = {1: "fluorescence", 2: "stained"}
 
 
-def score(model, samples, mask_thresh: float, scale="auto", flip: bool = False) -> tuple[list[dict], list[float]]:
+def score(model, samples, mask_thresh: float, scale="auto", tta: bool = False) -> tuple[list[dict], list[float]]:
     results, seconds = [], []
     for image_id, sample in enumerate(samples, start=1):
         image = read_image(sample.image_path)
         tick = time.perf_counter()
         labels, scores = segment_image(model, image, score_thresh=0.05, mask_thresh=mask_thresh, scale=scale,
-                                       flip=flip)
+                                       tta=tta)
         seconds.append(time.perf_counter() - tick)
         results += labels_to_results(labels, image_id, scores)
     return results, seconds
@@ -102,7 +102,7 @@ def main() -> None:
     p.add_argument("--mask-thresh", type=float, default=MASK_THRESH, help="default: the shipped one")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scale", type=parse_scale, default="auto", help="auto (the default of predict/export) or a factor")
-    p.add_argument("--flip", action="store_true", help="test-time flips (predict's --flip-tta: 4x slower)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (predict's --tta: ~6x slower)")
     p.add_argument("--score-thresh", type=float, help="confidence of the matching figures (default: the model's)")
     p.add_argument("--cv", action="store_true", help="also cross-validate the tuned confidence (a few minutes)")
     p.add_argument("--results", help="also write the COCO results here (to score them again later)")
@@ -114,12 +114,12 @@ def main() -> None:
     model, config = load_model(args.model)
     classes = dataset_classes(samples)
     gt = samples_ground_truth(samples, [f"class{k}" for k in range(1, max(classes) + 1)])
-    results, seconds = score(model, samples, args.mask_thresh, args.scale, args.flip)
+    results, seconds = score(model, samples, args.mask_thresh, args.scale, args.tta)
     if args.results:
         Path(args.results).write_text(json.dumps(results))
     cut = model_confidence(model) if args.score_thresh is None else args.score_thresh
     out = {"model": args.model, "val": str(args.val), "mask_thresh": args.mask_thresh, "scale": args.scale,
-           "auto_range": list(AUTO_RANGE), "flip": args.flip, "views": len(FLIPS) if args.flip else 1,
+           "auto_range": list(AUTO_RANGE), "views": len(FLIPS) + 1 if args.tta else 1,
            "score_thresh": cut, "all": figures(gt, results, cut),
            **{KINDS.get(k, f"class{k}"): by_kind(gt, results, k, cut) for k in classes},
            "seconds_per_image": sum(seconds) / len(seconds), "threads": args.threads}

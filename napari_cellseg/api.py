@@ -74,7 +74,7 @@ def segment(
     score_thresh: float | None = None,
     mask_thresh: float = MASK_THRESH,
     tile_size: int = TILE_SIZE,
-    flip: bool = False,
+    tta: bool = False,
     device: str = "auto",
     link: bool = False,
     stack: bool | None = None,
@@ -108,9 +108,9 @@ def segment(
 
         rgb = data.plane(0)
         class_labels, scores = segment_image(net, rgb, score_thresh=score_thresh, mask_thresh=mask_thresh,
-                                             tile_size=tile_size, flip=flip, scale=scale, diameter=diameter)
+                                             tile_size=tile_size, tta=tta, scale=scale, diameter=diameter)
     else:
-        raw = drain(iter_predict_stack(net, data, tile_size=tile_size, flip=flip, scale=scale, diameter=diameter))
+        raw = drain(iter_predict_stack(net, data, tile_size=tile_size, tta=tta, scale=scale, diameter=diameter))
         class_labels, scores = to_stack_labels(raw, score_thresh, mask_thresh, classes), stack_scores(raw)
         if link:
             from .inference.stacks import link_over_time

@@ -111,7 +111,7 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
     classes = range(1, len(config.class_names) + 1)
     formats = getattr(args, "format", ("labels",))
     channel = getattr(args, "channel", None)
-    if not args.flip_tta and channel is None and set(formats) == {"labels"} and should_stream(path):
+    if not args.tta and channel is None and set(formats) == {"labels"} and should_stream(path):
         # large: tiles read from the file, labels written by tile
         outputs = {c: _inside(out, f"{path.stem}_{config.class_names[c - 1]}.tif") for c in classes}
         _drain(iter_segment_file(model, path, outputs, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
@@ -125,13 +125,13 @@ def _predict_file(model, config, path: Path, out: Path, args: argparse.Namespace
     if len(stack) == 1:
         image = stack.plane(0) if channel is None else read(path, channel=channel)
         labels, scores = segment_image(model, image, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
-                                       tile_size=args.tile_size, flip=args.flip_tta, scale=args.scale,
+                                       tile_size=args.tile_size, tta=args.tta, scale=args.scale,
                                        diameter=args.diameter)
         for class_id, label_image in labels.items():
             if "labels" in formats:
                 write_labels(_inside(out, f"{path.stem}_{config.class_names[class_id - 1]}.tif"), label_image)
     else:
-        raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, flip=args.flip_tta, scale=args.scale,
+        raw = _drain(iter_predict_stack(model, stack, tile_size=args.tile_size, tta=args.tta, scale=args.scale,
                                         diameter=args.diameter),
                      f"{path.name} planes", unit="plane", show=env_rank() == 0)
         labels, scores = to_stack_labels(raw, args.score_thresh, args.mask_thresh, classes), stack_scores(raw)
@@ -194,7 +194,7 @@ def export(args: argparse.Namespace) -> int:
         model, _ = load_model(args.checkpoint, ctx.device or resolve_device(args.device))
         written = _drain(
             iter_sharded_export(model, items, args.out, ctx, score_thresh=args.score_thresh,
-                                mask_thresh=args.mask_thresh, tile_size=args.tile_size, flip=args.flip_tta,
+                                mask_thresh=args.mask_thresh, tile_size=args.tile_size, tta=args.tta,
                                 scale=args.scale, diameter=args.diameter, resume=not args.restart),
             "export" if ctx.world_size == 1 else f"export (rank 0 of {ctx.world_size})", show=ctx.is_main,
         )

@@ -30,7 +30,7 @@ def tune(args: argparse.Namespace) -> int:
     samples = find_samples(folder / "val" if (folder / "val").is_dir() else folder)[: args.limit]
     model, config = load_model(args.checkpoint, resolve_device(args.device))
     tuning = _drain(iter_tune(model, samples, config.class_names, mask_thresh=args.mask_thresh,
-                              tile_size=args.tile_size, flip=args.flip_tta, scale=args.scale), "tune")
+                              tile_size=args.tile_size, tta=args.tta, scale=args.scale), "tune")
     save_with_config(args.checkpoint, args.out, score_thresh=tuning.score_thresh)
     for cut in sorted({model_confidence(model), 0.5, tuning.score_thresh}):
         f = tuning.figures.get(cut)

@@ -1,1 +1,1 @@
-"""Running a model: tiles, test-time flips, thresholds, scale, stacks, streaming, shards, folders."""
+"""Running a model: tiles, test-time augmentation, thresholds, scale, stacks, streaming, shards, folders."""

@@ -39,13 +39,13 @@ def segment_image(
     mask_thresh: float = MASK_THRESH,
     tile_size: int = TILE_SIZE,
     overlap: int = OVERLAP,
-    flip: bool = False,
+    tta: bool = False,
     scale: float | str = AUTO,
     diameter: float | None = None,
 ) -> tuple[dict[int, np.ndarray], dict[int, float]]:
     """Labels for every class of the model (id -> score table alongside) for one RGB uint8 image,
     segmented at the scale ``scale.iter_predict_scaled`` picks from ``scale`` / ``diameter``."""
-    raw = drain(iter_predict_scaled(model, image, device=device, tile_size=tile_size, overlap=overlap, flip=flip,
+    raw = drain(iter_predict_scaled(model, image, device=device, tile_size=tile_size, overlap=overlap, tta=tta,
                                     scale=scale, diameter=diameter))
     num_classes = model.roi_heads.box_predictor.cls_score.out_features
     labels = to_labels(raw, score_thresh, mask_thresh, classes=range(1, num_classes))
@@ -155,7 +155,7 @@ def iter_export(
     score_thresh: float = SCORE_THRESH,
     mask_thresh: float = MASK_THRESH,
     tile_size: int = TILE_SIZE,
-    flip: bool = False,
+    tta: bool = False,
     scale: float | str = AUTO,
     diameter: float | None = None,
     resume: bool = True,
@@ -174,15 +174,15 @@ def iter_export(
     if problem:
         raise OutputError(f"output {out_json}: {problem}")
     with output_lock(out_json):  # a second export to the same file is refused before any work
-        return (yield from _export(model, items, out_json, device, score_thresh, mask_thresh, tile_size, flip,
+        return (yield from _export(model, items, out_json, device, score_thresh, mask_thresh, tile_size, tta,
                                    resume, should_stop, {"scale": scale, "diameter": diameter}))
 
 
-def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, tile_size, flip, resume,
+def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, tile_size, tta, resume,
             should_stop, scaling: dict[str, Any]) -> Iterator[Progress]:
     partial = out_json.with_name(out_json.name + ".partial.jsonl")
     # the model's weights are part of the settings: a resume with another model starts afresh
-    settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size, "flip": flip,
+    settings = {"score_thresh": score_thresh, "mask_thresh": mask_thresh, "tile_size": tile_size, "tta": tta,
                 **scaling, "model": weights_digest(model), "items": [[it.image_id, it.name] for it in items]}
     # name -> byte offset of its line in the partial file: results stay on disk, not in memory
     done = _read_partial(partial, settings) if resume else {}
@@ -202,7 +202,7 @@ def _export(model, items, out_json: Path, device, score_thresh, mask_thresh, til
                     )
                 labels, scores = segment_image(
                     model, image, device=device, score_thresh=score_thresh, mask_thresh=mask_thresh,
-                    tile_size=tile_size, flip=flip, **scaling,
+                    tile_size=tile_size, tta=tta, **scaling,
                 )
                 done[item.name] = log.tell()
                 log.write(_jsonl({"name": item.name, "results": labels_to_results(labels, item.image_id, scores)}))

@@ -44,6 +44,15 @@ stained AP50 0.747 / 0.754 / 0.754; the 9 px nuclei of 256 px images no longer s
 factor f costs f^2 the time of scale 1: ``--scale`` or ``--diameter`` fixes it where that matters."""
 NO_OP = 1.25
 """Factors between 1 / NO_OP and NO_OP are taken as 1: no second pass."""
+MAX_FACTOR = 8.0
+"""The largest factor an image is segmented at (``--scale``, ``--diameter``, the enlarged view)."""
+ZOOM_VIEW = 1.4
+"""With ``tta``, one more view segments the image this much larger than the chosen factor. DSB2018
+val, round 9, scale auto, views cached once and merged with ``tta.merge_views`` (class-agnostic):
+AP50 / AP 0.837 / 0.525 with one view; 0.847 / 0.540 with a view at 1.4x added (0.853 / 0.543 at
+1.7x, 0.836 / 0.520 at 0.7x); 0.849 / 0.558 with the four flips; **0.855 / 0.556** with the four
+flips and the 1.4x view (0.854 / 0.554 with 1.7x). Small nuclei gain most: enlarged, more of them
+reach the size the model finds best, and the views agreeing ranks spurious detections lower."""
 MIN_CELLS = 3
 """Fewer confident first-pass cells than this measure nothing: the image is kept at scale 1."""
 PROBE_SCORE = 0.5
@@ -99,7 +108,7 @@ def fixed_factor(model: Any, scale: float | str = AUTO, diameter: float | None =
         if not 1 <= diameter <= 2000:
             raise ValueError(f"the nucleus diameter must be between 1 and 2000 pixels, got {diameter:g}")
         factor = target_diameter(model) / diameter
-        if not 0.05 <= factor <= 8:
+        if not 0.05 <= factor <= MAX_FACTOR:
             raise ValueError(f"a {diameter:g} px nucleus diameter needs scale {factor:.3g} for this model "
                              f"(best at {target_diameter(model):.3g} px); scales from 0.05 to 8 work")
         return factor
@@ -107,7 +116,7 @@ def fixed_factor(model: Any, scale: float | str = AUTO, diameter: float | None =
         if scale.strip().lower() != AUTO:
             raise ValueError(f"scale must be 'auto' or a number, got {scale!r}")
         return None
-    if not 0.05 <= float(scale) <= 8:
+    if not 0.05 <= float(scale) <= MAX_FACTOR:
         raise ValueError(f"the scale factor must be between 0.05 and 8, got {scale:g}")
     return float(scale)
 
@@ -133,6 +142,7 @@ def iter_predict_scaled(
     diameter: float | None = None,
     tile_size: int = TILE_SIZE,
     overlap: int = OVERLAP,
+    tta: bool = False,
     should_stop: StopCheck | None = None,
     **options: Any,
 ) -> Generator[Progress, None, RawInstances | None]:
@@ -140,29 +150,51 @@ def iter_predict_scaled(
     ``scale`` says which. Tiles keep their size in network pixels (``tile_size / factor`` image px).
 
     ``auto`` yields the first pass's tiles as ``Progress(.., "measuring nuclei")``, then the second
-    pass's, if any, as ``"tile"``; the first pass has no flips, and is the flips' unmirrored view
-    when the image is kept at scale 1. ``options`` are ``iter_predict``'s (device, max_detections, flip).
+    pass's, if any, as ``"tile"``. ``tta``: test-time augmentation (``tta.py``): the image is also
+    segmented mirrored three ways at that factor (the first pass, when the image is kept at scale 1, is
+    the unmirrored view) and once more enlarged ``ZOOM_VIEW`` times (``"enlarged view"``; not for a model
+    that cannot resize), and the views are merged. ``options`` are ``iter_predict``'s (device, max_detections).
     """
     from .predict import iter_predict
+    from .tta import merge_views
 
     factor = fixed_factor(model, scale, diameter)
-    if not hasattr(getattr(model, "transform", None), "image_scale"):
-        factor = 1.0  # no resize to change (an ONNX graph's is fixed at export): one pass as it is
-    flip = options.pop("flip", False)
-    if factor is None:  # measuring needs no flips; they run once the scale is known
+    resizes = hasattr(getattr(model, "transform", None), "image_scale")
+    if not resizes:
+        factor = 1.0  # no resize to change (an ONNX graph's is fixed at export): as it is, flips only with tta
+    probe = None
+    if factor is None:  # measuring needs no augmentation; it runs once the scale is known
         probe = yield from _relabel(iter_predict(model, image, tile_size=tile_size, overlap=overlap,
                                                  should_stop=should_stop, **options), "measuring nuclei")
         if probe is None:
             return None
         factor = auto_factor(found_diameter(probe), target_diameter(model))
-        if factor == 1.0:
-            if not flip:
-                return probe
-            return (yield from iter_predict(model, image, tile_size=tile_size, overlap=overlap, flip=True,
-                                            should_stop=should_stop, plain=probe, **options))
+        if factor == 1.0 and not tta:
+            return probe
+    if factor == 1.0 and probe is not None:
+        result = yield from iter_predict(model, image, tile_size=tile_size, overlap=overlap, flip=True,
+                                         should_stop=should_stop, plain=probe, **options)
+    else:
+        result = yield from _at_factor(model, image, factor, tile_size, overlap, should_stop, flip=tta, **options)
+    if result is None or not (tta and resizes):
+        return result
+    zoomed = yield from _relabel(_at_factor(model, image, min(MAX_FACTOR, factor * ZOOM_VIEW), tile_size, overlap,
+                                            should_stop, **options), "enlarged view")
+    if zoomed is None:
+        return None
+    merged = merge_views([result, zoomed])
+    merged.scale, merged.capped_tiles = factor, result.capped_tiles + zoomed.capped_tiles
+    return merged
+
+
+def _at_factor(model: Any, image: np.ndarray, factor: float, tile_size: int, overlap: int,
+               should_stop: StopCheck | None, **options: Any) -> Generator[Progress, None, RawInstances | None]:
+    """``iter_predict`` at ``factor``, with tiles of ``tile_size`` network pixels."""
+    from .predict import iter_predict
+
     size = max(64, round(tile_size / factor))
     lap = min(round(overlap / factor), size // 2)
-    return (yield from iter_predict(model, image, tile_size=size, overlap=lap, scale=factor, flip=flip,
+    return (yield from iter_predict(model, image, tile_size=size, overlap=lap, scale=factor,
                                     should_stop=should_stop, **options))
 
 
@@ -185,4 +217,4 @@ def scale_note(raw: RawInstances) -> str:
 
 
 __all__ = ["AUTO", "AIM", "DEFAULT_DIAMETER", "model_diameter", "target_diameter", "median_diameter", "label_areas",
-           "found_diameter", "auto_factor", "fixed_factor", "parse_scale", "iter_predict_scaled", "scale_note"]
+           "found_diameter", "auto_factor", "MAX_FACTOR", "ZOOM_VIEW", "fixed_factor", "parse_scale", "iter_predict_scaled", "scale_note"]

@@ -42,7 +42,7 @@ def my_share(items: Sequence, ctx: Context) -> list:
     return list(items[ctx.rank :: ctx.world_size])
 
 
-_EXPORT_DEFAULTS = {"score_thresh": SCORE_THRESH, "mask_thresh": MASK_THRESH, "tile_size": TILE_SIZE, "flip": False,
+_EXPORT_DEFAULTS = {"score_thresh": SCORE_THRESH, "mask_thresh": MASK_THRESH, "tile_size": TILE_SIZE, "tta": False,
                     "scale": "auto", "diameter": None}
 """``iter_export``'s settings when not given, so a shard's stamp names every setting it was made with."""
 
@@ -63,7 +63,7 @@ def iter_sharded_export(
     **options: Any,
 ) -> Iterator[Progress]:
     """``iter_export`` over this process's share (``options``: its ``device``, ``score_thresh``,
-    ``mask_thresh``, ``tile_size``, ``flip``, ``scale``, ``diameter``); yields ``Progress(done, share, name)``.
+    ``mask_thresh``, ``tile_size``, ``tta``, ``scale``, ``diameter``); yields ``Progress(done, share, name)``.
     Returns the number of results in the submission on rank 0, 0 on the other ranks, None when stopped early."""
     if ctx.world_size <= 1:
         return (yield from iter_export(model, items, out_json, resume=resume, should_stop=should_stop, **options))

@@ -57,7 +57,7 @@ def iter_predict_stack(
     device=None,
     tile_size: int = TILE_SIZE,
     overlap: int = OVERLAP,
-    flip: bool = False,
+    tta: bool = False,
     scale: float | str = AUTO,
     diameter: float | None = None,
     should_stop: StopCheck | None = None,
@@ -71,7 +71,7 @@ def iter_predict_stack(
         if stopped(should_stop):
             return None
         raw = drain(iter_predict_scaled(model, stack.plane(p), device=device, tile_size=tile_size, overlap=overlap,
-                                        flip=flip, scale=scale, diameter=diameter, should_stop=should_stop))
+                                        tta=tta, scale=scale, diameter=diameter, should_stop=should_stop))
         if raw is None:
             return None
         results.append(raw)

@@ -59,7 +59,7 @@ def iter_tune(
     should_stop: StopCheck | None = None,
     **options: Any,
 ) -> Generator[Progress, None, Tuning | None]:
-    """Segment each ground-truth sample once (``options``: ``segment_image``'s scale, diameter, flip,
+    """Segment each ground-truth sample once (``options``: ``segment_image``'s scale, diameter, tta,
     tile_size, device), then ``best_cut``; yields a ``Progress`` per image, None when stopped."""
     if not any(sample.mask_paths for sample in samples):
         raise DatasetError("no ground truth to tune on: none of the samples has a classK.tif")

@@ -109,7 +109,7 @@ class ModelCache:
 
 
 def predict_events(
-    loader, image_data, stop, tile_size: int = TILE_SIZE, flip: bool = False, axis: int | None = None,
+    loader, image_data, stop, tile_size: int = TILE_SIZE, tta: bool = False, axis: int | None = None,
     channel=None, diameter: float | None = None,
 ) -> Iterator[Progress]:
     """Yield ``Progress`` per tile while predicting; return (RawInstances, class names) or None if stopped.
@@ -121,12 +121,12 @@ def predict_events(
     model, config, device = loader()
     image = choose(np.asarray(image_data), axis, None if channel == AS_IS else channel)
     raw = yield from iter_predict_scaled(model, image, device=device, tile_size=tile_size, overlap=overlap(tile_size),
-                                         flip=flip, diameter=diameter, should_stop=stop)
+                                         tta=tta, diameter=diameter, should_stop=stop)
     return None if raw is None else (raw, list(config.class_names))
 
 
 def folder_events(
-    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, flip: bool = False, channel=None,
+    loader, paths: list[Path], stop, tile_size: int = TILE_SIZE, tta: bool = False, channel=None,
     diameter: float | None = None,
 ) -> Iterator[tuple[int, int, ImageResult | Path]]:
     """Yield (done, total, ImageResult) image by image, and first (0, total, path of the first image); a
@@ -142,7 +142,7 @@ def folder_events(
         if n == 1:
             yield 0, len(paths), path  # the GUI shows the first image while it is segmented
         raw = drain(iter_predict_scaled(model, read(path, channel=channel), device=device, tile_size=tile_size,
-                                        overlap=overlap(tile_size), flip=flip, diameter=diameter, should_stop=stop))
+                                        overlap=overlap(tile_size), tta=tta, diameter=diameter, should_stop=stop))
         if raw is None:
             return
         yield n, len(paths), ImageResult(path, raw, list(config.class_names))

@@ -57,7 +57,7 @@ class SegmentWidget(Container):
         self.image = ComboBox(choices=self._image_layers, label="image", tooltip=TIPS["image"])
         self.channel = ComboBox(choices=self._channel_choices, label="channel", tooltip=TIPS["channel"])
         self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
-        self.flip = CheckBox(value=False, text="test-time flips (4x slower)", tooltip=TIPS["flip"])
+        self.tta = CheckBox(value=False, text="test-time augmentation (6x slower)", tooltip=TIPS["tta"])
         self.diameter = session.diameter_box(TIPS["diameter"])  # 0 = auto: scale.py measures the nuclei
         self.run_button = PushButton(text="Segment image", tooltip=TIPS["run"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -69,7 +69,7 @@ class SegmentWidget(Container):
         self.folder_button = PushButton(text="Segment folder", tooltip=TIPS["run_folder"])
         self.review = ComboBox(choices=self._review_choices, label="review", tooltip=TIPS["review"])
         self.status = Label(value="", label="status")
-        self.extend([self.model, self.checkpoint, self.image, self.channel, self.device, self.flip, self.diameter,
+        self.extend([self.model, self.checkpoint, self.image, self.channel, self.device, self.tta, self.diameter,
                      self.run_button, self.score, self.mask, self.folder, self.folder_button, self.review,
                      self.progress, self.status])
         self.status.native.setWordWrap(True)
@@ -231,9 +231,9 @@ class SegmentWidget(Container):
                 self._show(ImageResult(Path(source) if source else None, raw, names), image_layer=layer)
 
         self._begin(self.run_button,
-                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.flip.value,
+                    lambda: predict_events(loader, data, self._should_stop, self.tile_size, self.tta.value,
                                            axis, channel, self.diameter.value or None),
-                    lambda p: self._progress(p.done, p.total, "tile"), returned)
+                    lambda p: self._progress(p.done, p.total, p.name), returned)
 
     def start_folder(self) -> None:
         """Segment every image of the folder; results arrive one by one for review."""
@@ -271,7 +271,7 @@ class SegmentWidget(Container):
                 self.review.value = 0  # shows the first image; the others wait in the review box
 
         self._begin(self.folder_button,
-                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.flip.value,
+                    lambda: folder_events(loader, paths, self._should_stop, self.tile_size, self.tta.value,
                                           self.channel.value if len(self.channel.choices) > 1 else None,
                                           self.diameter.value or None), arrived)
 

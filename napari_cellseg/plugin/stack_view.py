@@ -38,7 +38,7 @@ def is_stack(layer: Image) -> bool:
 
 
 def stack_events(
-    loader, data, stop, tile_size: int = TILE_SIZE, flip: bool = False, axis: int | None = None, channel=None,
+    loader, data, stop, tile_size: int = TILE_SIZE, tta: bool = False, axis: int | None = None, channel=None,
     diameter: float | None = None,
 ) -> Iterator[Progress]:
     """Worker side: yield (planes done, planes); return (StackInstances, class names), None if stopped.
@@ -52,7 +52,7 @@ def stack_events(
     if axis is not None:
         data = ChannelPlanes(data, axis - 1, None if channel == AS_IS else channel)
     overlap = overlap_for(tile_size)
-    steps = iter_predict_stack(model, Stack(data), device=device, tile_size=tile_size, overlap=overlap, flip=flip,
+    steps = iter_predict_stack(model, Stack(data), device=device, tile_size=tile_size, overlap=overlap, tta=tta,
                                diameter=diameter, should_stop=stop)
     result = yield from steps
     return None if result is None else (result, list(config.class_names))
@@ -88,7 +88,7 @@ class StackView:
                 self._show(*value, layer, source)
 
         axis, channel = layer_channels(layer)[0], w.channel.value
-        w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.flip.value, axis,
+        w._begin(w.run_button, lambda: stack_events(loader, data, w._should_stop, w.tile_size, w.tta.value, axis,
                                                     channel, w.diameter.value or None),
                  lambda p: w._progress(p.done, p.total, "plane"), returned)
 

@@ -83,10 +83,11 @@ SEGMENT = {
     ),
     "device": TRAIN["device"],
     "run": "Find the cells in the chosen image. Click again to cancel.",
-    "flip": (
-        "Also segment the image mirrored left-right, up-down and both, and average the four views: "
-        "cells the views agree on are kept with averaged outlines, the rest count for less. Four "
-        "times the time; on DSB2018 val it raised the built-in model's AP from 0.525 to 0.558."
+    "tta": (
+        "Test-time augmentation: also segment the image mirrored left-right, up-down and both, and once "
+        "1.4x larger, and merge the five views: cells the views agree on are kept with averaged "
+        "outlines, the rest count for less. About six times the time; on DSB2018 val it raised the "
+        "built-in model's AP50 from 0.837 to AP50_TTA and its AP from 0.525 to AP_TTA."
     ),
     "diameter": (
         "Typical nucleus diameter in pixels. 'auto' (0): the model first measures the nuclei and, when "

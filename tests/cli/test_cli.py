@@ -28,7 +28,7 @@ def trained(tmp_path_factory, request):
     return root, out / "last.pt"
 
 
-@pytest.mark.parametrize("extra", [[], ["--flip-tta"], ["--scale", "1.5"], ["--diameter", "30"]])
+@pytest.mark.parametrize("extra", [[], ["--tta"], ["--scale", "1.5"], ["--diameter", "30"]])
 def test_export_writes_the_exact_submission_format(trained, tmp_path, extra):
     root, ckpt = trained
     out = tmp_path / "test-results.json"

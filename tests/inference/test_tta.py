@@ -1,5 +1,5 @@
-"""Test-time flips: mirroring back is exact, the views of one object merge into one instance, and
-a flip-equivariant detector gives the same objects with and without flips."""
+"""Test-time augmentation: mirroring back is exact, the views of one object merge into one instance,
+a flip-equivariant detector gives the same objects with and without flips, and ``tta`` adds an enlarged view."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from napari_cellseg.inference.predict import predict
 from napari_cellseg.io.raw import RawInstances
 from napari_cellseg.inference.tiling import tile_grid
-from napari_cellseg.inference.scale import AIM, iter_predict_scaled
+from napari_cellseg.inference.scale import AIM, ZOOM_VIEW, iter_predict_scaled
 from napari_cellseg.inference.tta import FLIPS, flipped, merge_views, unflip
 from napari_cellseg.progress import drain
 from test_predict import PerfectDetector, _seam_image
@@ -106,12 +106,24 @@ class _SizedDetector(PerfectDetector):
         self.transform = SimpleNamespace(image_scale=1.0)
 
 
-def test_auto_scale_reuses_its_first_pass_as_the_unflipped_view():
-    image, _ = _seam_image()
+def test_tta_reuses_auto_scales_first_pass_as_the_unflipped_view_and_adds_an_enlarged_view():
+    image, objects = _seam_image()
     detector = _SizedDetector()
     plain = predict(detector, image, tile_size=64, overlap=24, flip=True)
-    tiles, detector.calls = len(tile_grid(image.shape[:2], 64, 24)), []
-    raw = drain(iter_predict_scaled(detector, image, tile_size=64, overlap=24, flip=True))
-    assert raw.scale == 1.0 and len(detector.calls) == 4 * tiles  # measured once, then three mirrored views
-    np.testing.assert_array_equal(raw.boxes, plain.boxes)
-    np.testing.assert_allclose(raw.scores, plain.scores)
+    tiles, detector.calls, progress = len(tile_grid(image.shape[:2], 64, 24)), [], []
+    raw = drain(iter_predict_scaled(detector, image, tile_size=64, overlap=24, tta=True), progress.append)
+    enlarged = len(tile_grid(image.shape[:2], 64, round(24 / ZOOM_VIEW)))  # tiles of at least 64 px
+    # measured once, then three mirrored views, then the enlarged one
+    assert raw.scale == 1.0 and len(detector.calls) == 4 * tiles + enlarged
+    assert [p.name for p in progress][-1] == "enlarged view" and progress[0].name == "measuring nuclei"
+    assert len(raw) == len(plain) == len(objects)  # every object once: the views agree
+    order = np.lexsort(plain.boxes.T), np.lexsort(raw.boxes.T)
+    np.testing.assert_array_equal(raw.boxes[order[1]], plain.boxes[order[0]])
+    np.testing.assert_allclose(raw.scores[order[1]], plain.scores[order[0]])
+
+
+def test_tta_on_a_model_that_cannot_resize_is_the_four_flips_only():
+    image, _ = _seam_image()
+    detector = PerfectDetector()  # like an ONNX graph: no image scale to change
+    raw = drain(iter_predict_scaled(detector, image, tile_size=64, overlap=24, tta=True))
+    assert raw.scale == 1.0 and len(detector.calls) == 4 * len(tile_grid(image.shape[:2], 64, 24))

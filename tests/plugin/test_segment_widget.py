@@ -178,9 +178,13 @@ def test_large_images_are_segmented_in_tiles(make_napari_viewer, untrained):
     widget.start()
     assert widget.progress.max == 4  # 2 x 2 tiles of 64 px
     assert widget.current.result.raw.image_shape == (80, 100)
-    widget.flip.value = True
+    widget.tta.value = True
+    shown, progress = [], widget._progress
+    widget._progress = lambda done, total, what: (shown.append((what, total)), progress(done, total, what))
     widget.start()
-    assert widget.progress.max == 16  # each tile of the image and of its three mirror images
+    assert shown[0] == ("measuring nuclei", 4)  # auto scale's first pass, named in the progress bar
+    assert ("tile", 16) in shown  # each tile of the image and of its three mirror images,
+    assert shown[-1] == ("enlarged view", 4)  # then of the image enlarged (tiles of 64 network px)
     assert widget.current.result.raw.image_shape == (80, 100) and set(widget.current.layers) == {1, 2}
 
 
