@@ -216,5 +216,6 @@ def scale_note(raw: RawInstances) -> str:
     return "; ".join(notes)
 
 
-__all__ = ["AUTO", "AIM", "DEFAULT_DIAMETER", "model_diameter", "target_diameter", "median_diameter", "label_areas",
-           "found_diameter", "auto_factor", "MAX_FACTOR", "ZOOM_VIEW", "fixed_factor", "parse_scale", "iter_predict_scaled", "scale_note"]
+__all__ = ["AUTO", "AIM", "DEFAULT_DIAMETER", "MAX_FACTOR", "ZOOM_VIEW", "model_diameter", "target_diameter",
+           "median_diameter", "label_areas", "found_diameter", "auto_factor", "fixed_factor", "parse_scale",
+           "iter_predict_scaled", "scale_note"]
