@@ -82,6 +82,7 @@ def _run_tiles(
     runs = flips[len(results):]
     total = len(tiles) * len(runs)
     with _inference_setup(model, device, max_detections, scale) as (base_cap, fast), _stop_inside(model, should_stop):
+        yield Progress(0, total, "tile")  # the pass has begun: a progress bar can name it before its first tile
         for v, (lr, ud) in enumerate(runs):
             view, parts = flipped(image, lr, ud), []
             for done, tile in enumerate(tiles, start=1):

@@ -145,18 +145,18 @@ def test_iter_predict_reports_each_tile_and_returns_the_result(tiny_model):
     steps = iter_predict(tiny_model, image, tile_size=48, overlap=16, max_detections=10)
     progress = []
     raw = drain(steps, progress.append)
-    assert [p[:2] for p in progress] == [(k, 6) for k in range(1, 7)]
+    assert [p[:2] for p in progress] == [(k, 6) for k in range(0, 7)]  # 0: the pass has begun
     assert {p.name for p in progress} == {"tile"}
     _assert_valid(raw, (80, 90))
     assert 0 < len(raw) <= 6 * 10
 
 
 def test_iter_predict_stops_between_tiles_when_asked(tiny_model):
-    seen = []  # Cancel is clicked once two tiles are done (checks run inside tiles too: see below)
+    seen = []  # Cancel is clicked once the pass began and two tiles are done (checks run inside tiles too)
     steps = iter_predict(tiny_model, _image(80, 90, seed=2), tile_size=48, overlap=16,
-                         should_stop=lambda: len(seen) >= 2)
+                         should_stop=lambda: len(seen) >= 3)
     assert drain(steps, seen.append) is None  # stopped: no result
-    assert [p.done for p in seen] == [1, 2]  # the third tile never finishes
+    assert [p.done for p in seen] == [0, 1, 2]  # the third tile never finishes
 
 
 def test_max_detections_caps_each_tile_and_settings_come_back(tiny_model):
@@ -174,7 +174,7 @@ def test_cancelling_between_tiles_restores_the_model(tiny_model):
     tiny_model.train()
     try:
         steps = iter_predict(tiny_model, _image(64, 100), tile_size=64, overlap=16, max_detections=2)
-        assert next(steps)[:2] == (1, 2)
+        assert next(steps)[:2] == (0, 2) and next(steps)[:2] == (1, 2)
         assert not tiny_model.training and tiny_model.roi_heads.detections_per_img == 2
         steps.close()
         assert tiny_model.training and tiny_model.roi_heads.detections_per_img == 10
@@ -350,7 +350,7 @@ def test_a_stop_inside_a_tile_ends_the_run_before_the_tile_is_done(tiny_model):
         return len(calls) >= 10
 
     steps = list(iter_predict(tiny_model, _image(96, 96), tile_size=1024, should_stop=stop_at_tenth))
-    assert steps == [] and len(calls) == 10  # stopped within the one tile, after 9 layers
+    assert [s.done for s in steps] == [0] and len(calls) == 10  # stopped within the one tile, after 9 layers
     assert not any(m._forward_pre_hooks for m in tiny_model.modules())
     assert isinstance(predict(tiny_model, _image(96, 96)), RawInstances)  # runs on without the hooks
 
