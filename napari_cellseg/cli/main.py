@@ -122,7 +122,7 @@ def _add_inference_options(p: argparse.ArgumentParser, labels: bool) -> None:
     p.add_argument("--tile-size", type=_positive_int, default=TILE_SIZE, help="larger images are segmented in tiles")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: also segment the image mirrored left-right, up-down and both, "
-                        "and 1.4x larger, and merge the five views (about six times the time, more AP)")
+                        "and 1.4x larger, and merge the five views (about 4.5 times the time, more AP)")
     p.add_argument("--channel", type=_channel, default=None, metavar="N|merged",
                    help="of a multi-channel image, segment channel N (1-based, e.g. the nuclear stain) or "
                         "'merged' (every channel stretched, the brightest kept); default: colour as is, "

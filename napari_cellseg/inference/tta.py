@@ -10,6 +10,8 @@ the views cached once, then merged), no flips / left-right only / all four: AP 0
 **0.558**, AP50 0.837 / 0.847 / **0.849**, TP/(TP+FP+FN) with the confidence tuned on other images
 0.754 / 0.758 / 0.758, stained AP50 0.754 / 0.775 / 0.770 (docs/model-nuclei.md); the first
 measurement (a 50-minute CPU model, left-right only): AP 0.321 -> 0.335, AP50 0.637 -> 0.650.
+``--tta`` (``scale.iter_predict_scaled``) merges the four flips with a view enlarged ``scale.ZOOM_VIEW``
+times the same way: AP50 0.854 (docs/model-nuclei.md, Test-time augmentation).
 """
 
 from __future__ import annotations
