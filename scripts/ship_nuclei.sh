@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Tune a scripts/train_nuclei.sh run's confidence, pack it, measure it on val/ with the shipped defaults
 # (scale auto, its tuned confidence), and replace the built-in `nuclei` model only when its val AP50
-# beats the shipped model's, measured the same way (BASELINE_JSON: benchmarks/bench_nuclei.py --json of
-# the shipped model; AP50 does not depend on the confidence).
+# beats the shipped model's and its cross-validated TP/(TP+FP+FN) does not fall below it, both measured
+# the same way (BASELINE_JSON: benchmarks/bench_nuclei.py --cv --json of the shipped model; AP50 does not
+# depend on the confidence). Round 11 raised AP50 0.837 -> 0.842 while the cross-validated figure fell
+# 0.754 -> 0.747, under its 0.75 target: AP50 alone would have shipped it.
 # Usage: scripts/ship_nuclei.sh DSB2018_ROOT EXTRA_ROOT WORK_DIR BASELINE_JSON [MINUTES] [THREADS]
 # MINUTES and THREADS: what the training ran for and with (the card's CPU-hours); the measurement uses
 # the same threads (accuracy does not depend on them).
@@ -41,9 +43,12 @@ if how[0] != how[1]:
 PY
 if python - "$work/val.json" "$baseline" <<'PY'
 import json, sys
-new, old = (json.load(open(p))["all"]["AP50"] for p in sys.argv[1:3])
-print(f"val AP50 (class-agnostic, scale auto): candidate {new:.4f}, shipped {old:.4f}")
-sys.exit(0 if new > old else 1)
+new, old = (json.load(open(p)) for p in sys.argv[1:3])
+ap50 = [m["all"]["AP50"] for m in (new, old)]
+cv = [m["confidence_cv"]["accuracy@0.5"] for m in (new, old)]
+print(f"val AP50 (class-agnostic, scale auto): candidate {ap50[0]:.4f}, shipped {ap50[1]:.4f}; "
+      f"TP/(TP+FP+FN) cross-validated: candidate {cv[0]:.4f}, shipped {cv[1]:.4f}")
+sys.exit(0 if ap50[0] > ap50[1] and cv[0] >= cv[1] else 1)
 PY
 then
     pack "$work/run/tuned.pt" napari_cellseg/weights/nuclei.pt --metrics "$work/val.json"   # also writes nuclei.pt.sha256
