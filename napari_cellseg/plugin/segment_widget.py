@@ -57,7 +57,7 @@ class SegmentWidget(Container):
         self.image = ComboBox(choices=self._image_layers, label="image", tooltip=TIPS["image"])
         self.channel = ComboBox(choices=self._channel_choices, label="channel", tooltip=TIPS["channel"])
         self.device = ComboBox(choices=Device, value=Device.auto, label="device", tooltip=TIPS["device"])
-        self.tta = CheckBox(value=False, text="test-time augmentation (4.5x slower)", tooltip=TIPS["tta"])
+        self.tta = CheckBox(value=False, text="test-time augment (4.5x slower)", tooltip=TIPS["tta"])
         self.diameter = session.diameter_box(TIPS["diameter"])  # 0 = auto: scale.py measures the nuclei
         self.run_button = PushButton(text="Segment image", tooltip=TIPS["run"])
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
