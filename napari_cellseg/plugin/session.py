@@ -340,5 +340,23 @@ def run(
     worker.yielded.connect(dispatch)
     worker.returned.connect(returned)
     worker.finished.connect(finished)
+    keep_pool_threads_free()
     worker.start()
     return worker
+
+
+FREE_POOL_THREADS = 2
+
+
+def keep_pool_threads_free() -> None:
+    """Let Qt's global thread pool (where workers run) grow so ``FREE_POOL_THREADS`` stay idle.
+
+    Why: Qt converts large images, e.g. the window's backing store on a repaint, in chunks on that
+    pool and waits for them while the GUI thread holds Python's GIL. On 2 cores the pool has 2
+    threads; with a training and a segmenting worker on them (fine-tune, then re-segment), both
+    waited for the GIL and the conversion for a free thread: a frozen window (seen in CI, stacks
+    taken with py-spy)."""
+    from qtpy.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    pool.setMaxThreadCount(max(pool.maxThreadCount(), pool.activeThreadCount() + 1 + FREE_POOL_THREADS))

@@ -84,3 +84,27 @@ def test_report_logs_unexpected_errors_with_their_traceback(caplog, monkeypatch)
     monkeypatch.setenv("NAPARI_CELLSEG_DEBUG", "1")  # every error with its traceback
     report(DatasetError("train/: folder not found"))
     assert caplog.records[0].levelno == logging.ERROR and caplog.records[0].exc_info is not None
+
+
+def test_workers_leave_qt_pool_threads_free_for_qts_own_image_conversion(qtbot):
+    """A frozen window: the GUI thread waited (holding the GIL) for a free pool thread to convert an
+    image while a training and a segmenting worker filled the 2-thread pool of a 2-core machine."""
+    import threading
+
+    from qtpy.QtCore import QThreadPool
+
+    from napari_cellseg.plugin import session
+
+    pool, release = QThreadPool.globalInstance(), threading.Event()
+    before = pool.maxThreadCount()
+    try:
+        pool.setMaxThreadCount(2)
+        widget = type("W", (), {})()
+        workers = [session.run(widget, lambda: iter([release.wait(10)]), on_yield=lambda _: None) for _ in range(2)]
+        qtbot.waitUntil(lambda: pool.activeThreadCount() >= 2, timeout=5000)
+        assert pool.maxThreadCount() - pool.activeThreadCount() >= session.FREE_POOL_THREADS
+    finally:
+        release.set()
+        for worker in workers:
+            qtbot.waitUntil(lambda w=worker: not w.is_running, timeout=10_000)
+        pool.setMaxThreadCount(before)
