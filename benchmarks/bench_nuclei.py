@@ -102,7 +102,7 @@ def main() -> None:
     p.add_argument("--mask-thresh", type=float, default=MASK_THRESH, help="default: the shipped one")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scale", type=parse_scale, default="auto", help="auto (the default of predict/export) or a factor")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (predict's --tta: ~6x slower)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (predict's --tta: ~4.5x slower)")
     p.add_argument("--score-thresh", type=float, help="confidence of the matching figures (default: the model's)")
     p.add_argument("--cv", action="store_true", help="also cross-validate the tuned confidence (a few minutes)")
     p.add_argument("--results", help="also write the COCO results here (to score them again later)")

@@ -110,14 +110,14 @@ def fixed_factor(model: Any, scale: float | str = AUTO, diameter: float | None =
         factor = target_diameter(model) / diameter
         if not 0.05 <= factor <= MAX_FACTOR:
             raise ValueError(f"a {diameter:g} px nucleus diameter needs scale {factor:.3g} for this model "
-                             f"(best at {target_diameter(model):.3g} px); scales from 0.05 to 8 work")
+                             f"(best at {target_diameter(model):.3g} px); scales from 0.05 to {MAX_FACTOR:g} work")
         return factor
     if isinstance(scale, str):
         if scale.strip().lower() != AUTO:
             raise ValueError(f"scale must be 'auto' or a number, got {scale!r}")
         return None
     if not 0.05 <= float(scale) <= MAX_FACTOR:
-        raise ValueError(f"the scale factor must be between 0.05 and 8, got {scale:g}")
+        raise ValueError(f"the scale factor must be between 0.05 and {MAX_FACTOR:g}, got {scale:g}")
     return float(scale)
 
 
