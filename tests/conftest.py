@@ -11,6 +11,11 @@ import tifffile
 
 DSB2018 = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 """The real DSB2018 dataset beside the checkout (present here and in CI, not in a user's clone)."""
+UNTRAINED_DIAMETER = 1.0
+"""``object_diameter`` of the untrained models tests segment with. Their random heads find specks of a
+few px, which ``--scale auto`` (the default) would enlarge up to 4x, 16x the pixels, to bring them to
+the size a model trained at the default diameter finds best (a 180 s test in CI). A model that says it
+was trained at 1 px keeps its images at scale 1; auto still measures the first pass."""
 
 TINY_SHAPE = (64, 80)
 """Height x width of every image in ``tiny_dataset``."""

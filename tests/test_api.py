@@ -6,6 +6,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import UNTRAINED_DIAMETER
+
 import napari_cellseg
 from napari_cellseg.sample_data import SAMPLE_DATASET
 
@@ -27,7 +29,8 @@ def tiny():
     from napari_cellseg.model.network import ModelConfig, build_model
 
     torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10)
+    config = ModelConfig(arch="resnet18", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10,
+                         object_diameter=UNTRAINED_DIAMETER)
     return build_model(config).eval()
 
 

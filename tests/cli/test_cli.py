@@ -12,6 +12,7 @@ import tifffile
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from conftest import UNTRAINED_DIAMETER
 from napari_cellseg.cli.main import main
 from napari_cellseg.io.samples import find_samples
 from napari_cellseg.inference.pipeline import samples_ground_truth
@@ -158,7 +159,8 @@ def test_predict_formats_hold_the_cells_of_the_label_images(tmp_path):
     from napari_cellseg.model.network import ModelConfig, build_model
 
     torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10)
+    config = ModelConfig(arch="resnet18", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10,
+                         object_diameter=UNTRAINED_DIAMETER)
     save_checkpoint(tmp_path / "m.pt", build_model(config), config)
     tifffile.imwrite(tmp_path / "img.tif", np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8))
     out = tmp_path / "out"
@@ -248,7 +250,8 @@ def test_tune_writes_a_copy_at_the_best_cut_and_label_images_start_there(trained
     assert ckpt.read_bytes() == before
 
     torch.manual_seed(0)  # random heads that detect (0.54-0.64 here; the 2-step model finds nothing yet)
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20)
+    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20,
+                         object_diameter=UNTRAINED_DIAMETER)
     ckpt = save_checkpoint(tmp_path / "random.pt", build_model(config), config)
     mid = save_with_config(ckpt, tmp_path / "mid.pt", score_thresh=0.58)
     image = root / "test_release" / "test_0.tif"

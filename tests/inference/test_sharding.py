@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import UNTRAINED_DIAMETER
 from napari_cellseg.inference import pipeline, sharding
 from napari_cellseg.cli.main import main
 from napari_cellseg.distributed import Context
@@ -17,7 +18,8 @@ from napari_cellseg.model.network import ModelConfig, build_model
 from napari_cellseg.inference.pipeline import ExportItem
 from napari_cellseg.progress import drain
 
-CONFIG = dict(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0, detections_per_img=10)
+CONFIG = dict(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0, detections_per_img=10,
+              object_diameter=UNTRAINED_DIAMETER)
 
 
 @pytest.fixture(scope="module")

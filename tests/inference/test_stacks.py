@@ -8,7 +8,7 @@ import tifffile
 
 from napari_cellseg.inference import pipeline, stacks
 from napari_cellseg.io import image_reader
-from conftest import MOVIE_SHAPE as SHAPE, write_movie as _movie
+from conftest import MOVIE_SHAPE as SHAPE, UNTRAINED_DIAMETER, write_movie as _movie
 from napari_cellseg.cli.main import main
 from napari_cellseg.errors import DatasetError
 from napari_cellseg.model.network import ModelConfig, build_model
@@ -23,7 +23,8 @@ def model(one_thread):
     from napari_cellseg._torch import torch
 
     torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0, detections_per_img=10)
+    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0, detections_per_img=10,
+                         object_diameter=UNTRAINED_DIAMETER)
     return build_model(config).eval()
 
 
@@ -72,7 +73,8 @@ def test_cli_predict_writes_a_label_stack_per_class(tmp_path, model):
     from napari_cellseg.model.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "m.pt", model, ModelConfig(arch="resnet18", class_names=["class1", "class2"],
-                                                        box_score_thresh=0.0, detections_per_img=10))
+                                                        box_score_thresh=0.0, detections_per_img=10,
+                                                        object_diameter=UNTRAINED_DIAMETER))
     _movie(tmp_path / "movie.tif", planes=5)
     assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "movie.tif"), "--out", str(tmp_path / "out"),
                  "--score-thresh", "0", "--mask-thresh", "0.3", "--device", "cpu", "--link",

@@ -13,6 +13,7 @@ from napari_cellseg.plugin.finetune_widget import few_images_settings
 from napari_cellseg.model.checkpoint import load_checkpoint, save_checkpoint
 from napari_cellseg.io.samples import find_samples, read_sample
 from napari_cellseg.io.images import read_image
+from conftest import UNTRAINED_DIAMETER
 from napari_cellseg.model.network import ModelConfig, build_model
 
 
@@ -23,7 +24,8 @@ def main_dock(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
     image = read_image(tiny_dataset / "train" / "sample_0" / "image.tif")
     viewer.add_image(image, name="sample_0")
     _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
-    config = ModelConfig(arch="resnet18", class_names=["nucleus", "mitosis"], detections_per_img=20)
+    config = ModelConfig(arch="resnet18", class_names=["nucleus", "mitosis"], detections_per_img=20,
+                         object_diameter=UNTRAINED_DIAMETER)
     main.segment.checkpoint.value = save_checkpoint(tmp_path / "start.pt", build_model(config), config)
     main.segment.device.value = main.train.device.value = Device.cpu
     return viewer, main

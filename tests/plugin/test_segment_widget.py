@@ -18,6 +18,7 @@ from napari_cellseg.plugin.session import Device, ImageResult, session_for
 from napari_cellseg.plugin.segment_widget import SegmentWidget
 from napari_cellseg.model.checkpoint import save_checkpoint
 from napari_cellseg.io.raw import RawInstances
+from conftest import UNTRAINED_DIAMETER
 from napari_cellseg.model.network import ModelConfig, build_model
 from napari_cellseg.inference.postprocess import to_labels
 
@@ -25,7 +26,8 @@ from napari_cellseg.inference.postprocess import to_labels
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory) -> Path:
     """A light checkpoint written without training: fast, and its random heads still detect."""
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20)
+    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20,
+                         object_diameter=UNTRAINED_DIAMETER)
     path = tmp_path_factory.mktemp("ckpt") / "untrained.pt"
     torch.manual_seed(0)  # the same random heads in every run: the same detections
     return save_checkpoint(path, build_model(config), config)
@@ -183,8 +185,8 @@ def test_large_images_are_segmented_in_tiles(make_napari_viewer, untrained):
     widget._progress = lambda done, total, what: (shown.append((what, total)), progress(done, total, what))
     widget.start()
     assert shown[0] == ("measuring nuclei", 4)  # auto scale's first pass, named in the progress bar
-    assert ("tile", 16) in shown  # each tile of the image and of its three mirror images,
-    assert shown[-1] == ("enlarged view", 4)  # then of the image enlarged (tiles of 64 network px)
+    assert ("tile", 12) in shown  # each tile of its three mirror images (the first pass is the image: scale 1),
+    assert shown[-1] == ("enlarged view", 4)  # then of the image enlarged 1.4x
     assert widget.current.result.raw.image_shape == (80, 100) and set(widget.current.layers) == {1, 2}
 
 

@@ -14,6 +14,7 @@ from napari_cellseg.plugin.session import Device
 from napari_cellseg.plugin.stack_view import is_stack
 from napari_cellseg.plugin.segment_widget import SegmentWidget
 from napari_cellseg.model.checkpoint import save_checkpoint
+from conftest import UNTRAINED_DIAMETER
 from napari_cellseg.model.network import ModelConfig, build_model
 from napari_cellseg.inference.stacks import to_stack_labels
 
@@ -26,7 +27,7 @@ def untrained(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=10,
-                         box_score_thresh=0.0)
+                         box_score_thresh=0.0, object_diameter=UNTRAINED_DIAMETER)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "untrained.pt", build_model(config), config)
 
 
