@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QThreadPool
 from psygnal import evented
 
 from .tooltips import GUI_WORDS, OS_ERRORS
@@ -356,7 +356,5 @@ def keep_pool_threads_free() -> None:
     threads; with a training and a segmenting worker on them (fine-tune, then re-segment), both
     waited for the GIL and the conversion for a free thread: a frozen window (seen in CI, stacks
     taken with py-spy)."""
-    from qtpy.QtCore import QThreadPool
-
     pool = QThreadPool.globalInstance()
     pool.setMaxThreadCount(max(pool.maxThreadCount(), pool.activeThreadCount() + 1 + FREE_POOL_THREADS))
