@@ -17,6 +17,34 @@ few px, which ``--scale auto`` (the default) would enlarge up to 4x, 16x the pix
 the size a model trained at the default diameter finds best (a 180 s test in CI). A model that says it
 was trained at 1 px keeps its images at scale 1; auto still measures the first pass."""
 
+
+
+def untrained_config(**changes):
+    """A light two-class model's config: ResNet-18, trained at ``UNTRAINED_DIAMETER``; ``changes`` override."""
+    from napari_cellseg.model.network import ModelConfig
+
+    return ModelConfig(**{"arch": "resnet18", "class_names": ["class1", "class2"],
+                          "object_diameter": UNTRAINED_DIAMETER, **changes})
+
+
+def untrained_model(seed: int = 0, **changes):
+    """An untrained light model in eval mode: fast, and its random heads still detect; ``seed`` fixes the
+    heads, so every run (and ``save_untrained`` with the same arguments) gets the same detections."""
+    from napari_cellseg._torch import torch
+    from napari_cellseg.model.network import build_model
+
+    torch.manual_seed(seed)
+    return build_model(untrained_config(**changes)).eval()
+
+
+def save_untrained(path: Path, seed: int = 0, **changes) -> Path:
+    """``untrained_model(seed, **changes)`` saved as ``napari-cellseg train`` would: a checkpoint for the CLI
+    and the GUI."""
+    from napari_cellseg.model.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, untrained_model(seed, **changes), untrained_config(**changes))
+
+
 TINY_SHAPE = (64, 80)
 """Height x width of every image in ``tiny_dataset``."""
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import UNTRAINED_DIAMETER
+from conftest import untrained_model
 
 import napari_cellseg
 from napari_cellseg.sample_data import SAMPLE_DATASET
@@ -25,13 +25,8 @@ def test_import_is_cheap_even_with_segment():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from napari_cellseg._torch import torch
-    from napari_cellseg.model.network import ModelConfig, build_model
 
-    torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10,
-                         object_diameter=UNTRAINED_DIAMETER)
-    return build_model(config).eval()
+    return untrained_model(class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10)
 
 
 def test_builtin_model_on_a_sample_image(one_thread):

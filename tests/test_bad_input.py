@@ -22,7 +22,7 @@ import pytest
 import tifffile
 
 import badfiles
-from conftest import TINY_SHAPE, UNTRAINED_DIAMETER, write_tiny_dataset
+from conftest import TINY_SHAPE, write_tiny_dataset, save_untrained
 from napari_cellseg.io import coco
 from napari_cellseg.inference import pipeline
 from napari_cellseg.io.rle import encode_mask
@@ -44,10 +44,7 @@ IS_ROOT = os.name == "posix" and os.geteuid() == 0
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained light model (2 classes) saved as napari-cellseg train would: enough for the CLI."""
-    torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=10,
-                         object_diameter=UNTRAINED_DIAMETER)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", build_model(config), config)
+    return save_untrained(tmp_path_factory.mktemp("ckpt") / "model.pt", detections_per_img=10)
 
 
 def cli_error(capsys, *argv, progress: bool = False) -> str:

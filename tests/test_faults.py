@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import UNTRAINED_DIAMETER
+from conftest import save_untrained
 from napari_cellseg.model import checkpoint as checkpoint_module
 from napari_cellseg.training import engine
 from napari_cellseg.inference import pipeline
@@ -139,10 +139,7 @@ def test_ctrl_c_during_training_saves_the_work_and_exits_130(tiny_dataset, tmp_p
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=10,
-                         object_diameter=UNTRAINED_DIAMETER)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", build_model(config), config)
+    return save_untrained(tmp_path_factory.mktemp("model") / "model.pt", detections_per_img=10)
 
 
 def _test_folder(folder: Path, n: int, size: int = 192) -> Path:

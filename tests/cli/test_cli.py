@@ -12,7 +12,7 @@ import tifffile
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import UNTRAINED_DIAMETER
+from conftest import save_untrained
 from napari_cellseg.cli.main import main
 from napari_cellseg.io.samples import find_samples
 from napari_cellseg.inference.pipeline import samples_ground_truth
@@ -154,14 +154,8 @@ def test_predict_formats_hold_the_cells_of_the_label_images(tmp_path):
     import roifile
     import tifffile
 
-    from napari_cellseg._torch import torch
-    from napari_cellseg.model.checkpoint import save_checkpoint
-    from napari_cellseg.model.network import ModelConfig, build_model
 
-    torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10,
-                         object_diameter=UNTRAINED_DIAMETER)
-    save_checkpoint(tmp_path / "m.pt", build_model(config), config)
+    save_untrained(tmp_path / "m.pt", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10)
     tifffile.imwrite(tmp_path / "img.tif", np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8))
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "img.tif"), "--out", str(out), "--score-thresh",
@@ -234,11 +228,9 @@ def test_cells_lost_to_the_detection_cap_are_one_warning_line(monkeypatch, capsy
 def test_tune_writes_a_copy_at_the_best_cut_and_label_images_start_there(trained, tmp_path, capsys):
     """``tune`` keeps the input, writes the chosen cut into a copy; predict's default confidence is the
     copy's (the same labels as asking for that cut), export's stays 0.5 (COCO AP ranks every detection)."""
-    import torch
 
     from napari_cellseg.inference.tuning import CUTS
-    from napari_cellseg.model.checkpoint import load_model, save_checkpoint, save_with_config
-    from napari_cellseg.model.network import ModelConfig, build_model
+    from napari_cellseg.model.checkpoint import load_model, save_with_config
 
     root, ckpt = trained
     before = ckpt.read_bytes()
@@ -249,10 +241,8 @@ def test_tune_writes_a_copy_at_the_best_cut_and_label_images_start_there(trained
     assert cut in CUTS and f"chosen confidence {cut:.2f} on 2 image(s)" in text and "TP/(TP+FP+FN)" in text
     assert ckpt.read_bytes() == before
 
-    torch.manual_seed(0)  # random heads that detect (0.54-0.64 here; the 2-step model finds nothing yet)
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20,
-                         object_diameter=UNTRAINED_DIAMETER)
-    ckpt = save_checkpoint(tmp_path / "random.pt", build_model(config), config)
+    # random heads that detect (0.54-0.64 here; the 2-step model finds nothing yet)
+    ckpt = save_untrained(tmp_path / "random.pt", detections_per_img=20)
     mid = save_with_config(ckpt, tmp_path / "mid.pt", score_thresh=0.58)
     image = root / "test_release" / "test_0.tif"
 

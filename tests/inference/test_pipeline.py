@@ -6,17 +6,13 @@ import pytest
 from napari_cellseg.inference import pipeline
 from napari_cellseg.io.samples import find_samples
 from napari_cellseg.errors import DatasetError
-from conftest import UNTRAINED_DIAMETER
-from napari_cellseg.model.network import ModelConfig, build_model
+from conftest import untrained_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    from napari_cellseg._torch import torch
 
-    torch.manual_seed(0)
-    return build_model(ModelConfig(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0,
-                                   object_diameter=UNTRAINED_DIAMETER)).eval()
+    return untrained_model(box_score_thresh=0.0)
 
 
 def test_segment_image_gives_every_class_and_scores(model):

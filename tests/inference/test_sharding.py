@@ -10,24 +10,19 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import UNTRAINED_DIAMETER
+from conftest import save_untrained, untrained_model
 from napari_cellseg.inference import pipeline, sharding
 from napari_cellseg.cli.main import main
 from napari_cellseg.distributed import Context
-from napari_cellseg.model.network import ModelConfig, build_model
 from napari_cellseg.inference.pipeline import ExportItem
 from napari_cellseg.progress import drain
 
-CONFIG = dict(arch="resnet18", class_names=["class1", "class2"], box_score_thresh=0.0, detections_per_img=10,
-              object_diameter=UNTRAINED_DIAMETER)
+CONFIG = dict(box_score_thresh=0.0, detections_per_img=10)
 
 
 @pytest.fixture(scope="module")
 def model(one_thread):
-    from napari_cellseg._torch import torch
-
-    torch.manual_seed(0)
-    return build_model(ModelConfig(**CONFIG)).eval()
+    return untrained_model(**CONFIG)
 
 
 @pytest.fixture
@@ -90,9 +85,7 @@ def test_shards_equal_one_process_and_a_finished_shard_is_not_redone(folder, tmp
 
 
 def test_two_process_torchrun_export_equals_the_single_process_submission(folder, tmp_path, model):
-    from napari_cellseg.model.checkpoint import save_checkpoint
-
-    ckpt = save_checkpoint(tmp_path / "m.pt", model, ModelConfig(**CONFIG))
+    ckpt = save_untrained(tmp_path / "m.pt", **CONFIG)  # the weights of ``model``
     args = ["--score-thresh", "0", "--mask-thresh", "0.3", "--device", "cpu"]
     assert main(["export", str(ckpt), str(folder), "--out", str(tmp_path / "one.json"), *args]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(sharding.__file__).parents[1])}  # this checkout
@@ -109,13 +102,10 @@ def test_two_process_torchrun_export_equals_the_single_process_submission(folder
 
 def test_shards_left_by_another_model_or_image_set_are_redone(folder, tmp_path, model, monkeypatch):
     """Not yet tried in round 3: finished shards in --out made by another model, or for other images."""
-    from napari_cellseg._torch import torch
-
     monkeypatch.setattr(sharding, "barrier", lambda ctx: None)
     items, options = _items(folder), dict(score_thresh=0.0, mask_thresh=0.3)
     out = tmp_path / "sharded.json"
-    torch.manual_seed(1)
-    other = build_model(ModelConfig(**CONFIG)).eval()
+    other = untrained_model(seed=1, **CONFIG)
     _run(sharding.iter_sharded_export(other, items, out, Context(1, 2), **options))  # another model's shard
     from napari_cellseg.errors import DatasetError
 

@@ -79,3 +79,16 @@ def test_the_script_writes_the_average_and_names_a_broken_source_in_one_line(run
                           str(tmp_path / "other.pt")], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.startswith("error: ") and "broken.pt" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "other.pt").exists()
+
+
+def test_a_packed_average_credits_every_run_in_its_card(runs, tmp_path):
+    soup = average_checkpoints([runs[0][0], runs[1][0]], tmp_path / "soup.pt")
+    packed = tmp_path / "packed.pt"
+    done = subprocess.run([sys.executable, str(SCRIPT.with_name("pack_model.py")), str(soup), str(packed),
+                           "--class-name", "nucleus", "--description", "test", "--trained-on", "noise",
+                           "--minutes", "10", "--threads", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    card = load_checkpoint(packed)["card"]
+    assert card["rounds"] == [{"trained_on": "noise", "steps": 300, "minutes": 10.0, "threads": 2,
+                               "averaged_runs": 2}]
+    assert card["total_steps"] == 300 and card["cpu_hours"] == pytest.approx(10 * 2 / 60, abs=0.01)

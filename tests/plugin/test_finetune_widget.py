@@ -10,11 +10,10 @@ from napari_cellseg.plugin import finetune_widget, segment_widget
 from napari_cellseg.plugin.session import Device, session_for
 from napari_cellseg.plugin.segment_jobs import CHECKPOINT_FILE
 from napari_cellseg.plugin.finetune_widget import few_images_settings
-from napari_cellseg.model.checkpoint import load_checkpoint, save_checkpoint
+from napari_cellseg.model.checkpoint import load_checkpoint
 from napari_cellseg.io.samples import find_samples, read_sample
 from napari_cellseg.io.images import read_image
-from conftest import UNTRAINED_DIAMETER
-from napari_cellseg.model.network import ModelConfig, build_model
+from conftest import save_untrained
 
 
 @pytest.fixture
@@ -24,9 +23,8 @@ def main_dock(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
     image = read_image(tiny_dataset / "train" / "sample_0" / "image.tif")
     viewer.add_image(image, name="sample_0")
     _, main = viewer.window.add_plugin_dock_widget("napari-cellseg", "Cell segmentation")
-    config = ModelConfig(arch="resnet18", class_names=["nucleus", "mitosis"], detections_per_img=20,
-                         object_diameter=UNTRAINED_DIAMETER)
-    main.segment.checkpoint.value = save_checkpoint(tmp_path / "start.pt", build_model(config), config)
+    main.segment.checkpoint.value = save_untrained(tmp_path / "start.pt", class_names=["nucleus", "mitosis"],
+                                                   detections_per_img=20)
     main.segment.device.value = main.train.device.value = Device.cpu
     return viewer, main
 

@@ -24,14 +24,12 @@ from napari.utils.notifications import ErrorNotification, NotificationSeverity, 
 from qtpy.QtCore import QThreadPool
 from superqt.utils._qthreading import WorkerBase
 
-from conftest import UNTRAINED_DIAMETER, quick, write_tiny_dataset
+from conftest import quick, write_tiny_dataset, save_untrained
 from napari_cellseg.plugin import train_widget
 from napari_cellseg.training import engine
 from napari_cellseg.plugin.session import Device, session_for
 from napari_cellseg.plugin.segment_widget import SegmentWidget
 from napari_cellseg.plugin.train_widget import TrainWidget
-from napari_cellseg.model.checkpoint import save_checkpoint
-from napari_cellseg.model.network import ModelConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,10 +181,7 @@ def test_ten_start_cancel_cycles_leave_no_threads_or_memory(
 
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory) -> Path:
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20,
-                         object_diameter=UNTRAINED_DIAMETER)
-    path = tmp_path_factory.mktemp("ckpt") / "untrained.pt"
-    return save_checkpoint(path, build_model(config), config)
+    return save_untrained(tmp_path_factory.mktemp("ckpt") / "untrained.pt", detections_per_img=20)
 
 
 @pytest.mark.parametrize("fault", ["truncated", "missing"])

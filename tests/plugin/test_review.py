@@ -11,17 +11,13 @@ import pytest
 from napari_cellseg.plugin import segment_widget
 from napari_cellseg.plugin.session import Device, session_for
 from napari_cellseg.plugin.segment_widget import SegmentWidget
-from napari_cellseg.model.checkpoint import save_checkpoint
-from conftest import UNTRAINED_DIAMETER
-from napari_cellseg.model.network import ModelConfig, build_model
+from conftest import save_untrained
 
 
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory) -> Path:
     """A light checkpoint written without training: fast, and its random heads still detect."""
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20,
-                         object_diameter=UNTRAINED_DIAMETER)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "untrained.pt", build_model(config), config)
+    return save_untrained(tmp_path_factory.mktemp("ckpt") / "untrained.pt", detections_per_img=20)
 
 
 def docked(viewer, untrained) -> SegmentWidget:

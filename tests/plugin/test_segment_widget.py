@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from qtpy.QtWidgets import QApplication
 
 from napari_cellseg.plugin import segment_widget
@@ -16,21 +15,15 @@ from napari_cellseg.inference import predict
 from napari_cellseg.plugin.reader import image_layer
 from napari_cellseg.plugin.session import Device, ImageResult, session_for
 from napari_cellseg.plugin.segment_widget import SegmentWidget
-from napari_cellseg.model.checkpoint import save_checkpoint
 from napari_cellseg.io.raw import RawInstances
-from conftest import UNTRAINED_DIAMETER
-from napari_cellseg.model.network import ModelConfig, build_model
+from conftest import save_untrained
 from napari_cellseg.inference.postprocess import to_labels
 
 
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory) -> Path:
     """A light checkpoint written without training: fast, and its random heads still detect."""
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=20,
-                         object_diameter=UNTRAINED_DIAMETER)
-    path = tmp_path_factory.mktemp("ckpt") / "untrained.pt"
-    torch.manual_seed(0)  # the same random heads in every run: the same detections
-    return save_checkpoint(path, build_model(config), config)
+    return save_untrained(tmp_path_factory.mktemp("ckpt") / "untrained.pt", detections_per_img=20)
 
 
 def raw_result() -> RawInstances:

@@ -13,9 +13,7 @@ from napari_cellseg.inference import predict
 from napari_cellseg.plugin.session import Device
 from napari_cellseg.plugin.stack_view import is_stack
 from napari_cellseg.plugin.segment_widget import SegmentWidget
-from napari_cellseg.model.checkpoint import save_checkpoint
-from conftest import UNTRAINED_DIAMETER
-from napari_cellseg.model.network import ModelConfig, build_model
+from conftest import save_untrained
 from napari_cellseg.inference.stacks import to_stack_labels
 
 SCREENS = Path(os.environ.get("CELLSEG_SCREENS", "/work/screens/14"))
@@ -23,12 +21,8 @@ SCREENS = Path(os.environ.get("CELLSEG_SCREENS", "/work/screens/14"))
 
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory) -> Path:
-    from napari_cellseg._torch import torch
-
-    torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", class_names=["class1", "class2"], detections_per_img=10,
-                         box_score_thresh=0.0, object_diameter=UNTRAINED_DIAMETER)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "untrained.pt", build_model(config), config)
+    return save_untrained(tmp_path_factory.mktemp("ckpt") / "untrained.pt", detections_per_img=10,
+                          box_score_thresh=0.0)
 
 
 def _movie(planes=5) -> np.ndarray:
