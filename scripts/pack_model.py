@@ -107,11 +107,8 @@ def main() -> None:
     train_args = ckpt.get("train_args", {})
     rounds = previous_rounds(args.continues) if args.continues else []
     minutes = args.minutes if args.minutes is not None else train_args.get("time_limit")
-    this_round = {"trained_on": args.trained_on, "steps": int(ckpt.get("step", 0)), "minutes": minutes,
-                  "threads": args.threads}
-    if isinstance(ckpt.get("averaged_from"), list):   # scripts/average_weights.py: the mean of several runs
-        this_round["averaged_runs"] = len(ckpt["averaged_from"])
-    rounds.append(this_round)
+    rounds.append({"trained_on": args.trained_on, "steps": int(ckpt.get("step", 0)), "minutes": minutes,
+                   "threads": args.threads})
     card = {
         "description": args.description,
         "trained_on": args.trained_on,
