@@ -18,7 +18,6 @@ the size a model trained at the default diameter finds best (a 180 s test in CI)
 was trained at 1 px keeps its images at scale 1; auto still measures the first pass."""
 
 
-
 def untrained_config(**changes):
     """A light two-class model's config: ResNet-18, trained at ``UNTRAINED_DIAMETER``; ``changes`` override."""
     from napari_cellseg.model.network import ModelConfig

@@ -25,7 +25,6 @@ def test_import_is_cheap_even_with_segment():
 
 @pytest.fixture(scope="module")
 def tiny():
-
     return untrained_model(class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10)
 
 

@@ -154,7 +154,6 @@ def test_predict_formats_hold_the_cells_of_the_label_images(tmp_path):
     import roifile
     import tifffile
 
-
     save_untrained(tmp_path / "m.pt", class_names=["a", "b"], box_score_thresh=0.0, detections_per_img=10)
     tifffile.imwrite(tmp_path / "img.tif", np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8))
     out = tmp_path / "out"
@@ -228,7 +227,6 @@ def test_cells_lost_to_the_detection_cap_are_one_warning_line(monkeypatch, capsy
 def test_tune_writes_a_copy_at_the_best_cut_and_label_images_start_there(trained, tmp_path, capsys):
     """``tune`` keeps the input, writes the chosen cut into a copy; predict's default confidence is the
     copy's (the same labels as asking for that cut), export's stays 0.5 (COCO AP ranks every detection)."""
-
     from napari_cellseg.inference.tuning import CUTS
     from napari_cellseg.model.checkpoint import load_model, save_with_config
 

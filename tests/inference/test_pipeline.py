@@ -11,7 +11,6 @@ from conftest import untrained_model
 
 @pytest.fixture(scope="module")
 def model():
-
     return untrained_model(box_score_thresh=0.0)
 
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import save_untrained, untrained_model
+from conftest import untrained_config, untrained_model
 from napari_cellseg.inference import pipeline, sharding
 from napari_cellseg.cli.main import main
 from napari_cellseg.distributed import Context
+from napari_cellseg.model.checkpoint import save_checkpoint
 from napari_cellseg.inference.pipeline import ExportItem
 from napari_cellseg.progress import drain
 
@@ -85,7 +86,7 @@ def test_shards_equal_one_process_and_a_finished_shard_is_not_redone(folder, tmp
 
 
 def test_two_process_torchrun_export_equals_the_single_process_submission(folder, tmp_path, model):
-    ckpt = save_untrained(tmp_path / "m.pt", **CONFIG)  # the weights of ``model``
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, untrained_config(**CONFIG))
     args = ["--score-thresh", "0", "--mask-thresh", "0.3", "--device", "cpu"]
     assert main(["export", str(ckpt), str(folder), "--out", str(tmp_path / "one.json"), *args]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(sharding.__file__).parents[1])}  # this checkout

@@ -8,9 +8,10 @@ import tifffile
 
 from napari_cellseg.inference import pipeline, stacks
 from napari_cellseg.io import image_reader
-from conftest import MOVIE_SHAPE as SHAPE, save_untrained, untrained_model, write_movie as _movie
+from conftest import MOVIE_SHAPE as SHAPE, untrained_config, untrained_model, write_movie as _movie
 from napari_cellseg.cli.main import main
 from napari_cellseg.errors import DatasetError
+from napari_cellseg.model.checkpoint import save_checkpoint
 from napari_cellseg.inference.postprocess import to_labels
 from napari_cellseg.progress import drain
 from napari_cellseg.inference.scale import iter_predict_scaled
@@ -18,10 +19,8 @@ from napari_cellseg.inference.scale import iter_predict_scaled
 CONFIG = dict(box_score_thresh=0.0, detections_per_img=10)
 
 
-
 @pytest.fixture(scope="module")
 def model(one_thread):
-
     return untrained_model(**CONFIG)
 
 
@@ -67,8 +66,7 @@ def test_cancel_stops_between_planes(tmp_path, model):
 
 
 def test_cli_predict_writes_a_label_stack_per_class(tmp_path, model):
-
-    save_untrained(tmp_path / "m.pt", **CONFIG)  # the weights of ``model``
+    save_checkpoint(tmp_path / "m.pt", model, untrained_config(**CONFIG))
     _movie(tmp_path / "movie.tif", planes=5)
     assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "movie.tif"), "--out", str(tmp_path / "out"),
                  "--score-thresh", "0", "--mask-thresh", "0.3", "--device", "cpu", "--link",
