@@ -7,6 +7,9 @@ so ``napari-cellseg models`` reports what was measured, not what was hoped. ``--
 training folder) records the median object diameter of the training set in the config and card:
 ``scale.py`` brings images to it (without it, a run's own recorded diameter is kept).
 
+When inference changes and the weights do not, measure the packed file again and replace its figures
+(and its confidence, re-tuned with ``napari-cellseg tune``) with:
+    python scripts/pack_model.py --new-figures napari_cellseg/weights/nuclei.pt MEASURED.json [CONFIDENCE]
 
 Packing also writes the file's SHA-256 beside it (``nuclei.pt.sha256``), which every load of the
 built-in model checks. A built-in file replaced by other means gets its digest with:
@@ -73,10 +76,33 @@ def previous_rounds(model: str) -> list[dict]:
              "minutes": card.get("train_args", {}).get("time_limit"), "threads": 1}]
 
 
+def new_figures(path: str, measured_json: str, cut: float | None = None) -> None:
+    """Replace a packed model's measured figures (and, given ``cut``, the confidence its label images
+    start at) after a change to inference, its weights untouched; refuses figures measured at another
+    confidence than the one the file will hold."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    measured = json.loads(Path(measured_json).read_text())
+    config = ModelConfig.from_dict(payload["config"])
+    if cut is not None:
+        config.score_thresh = cut
+        config.validate()
+    if measured.get("score_thresh") != config.score_thresh:
+        raise SystemExit(f"{measured_json} was measured at confidence {measured.get('score_thresh')}, "
+                         f"the model starts at {config.score_thresh}: measure it again")
+    payload["config"], payload["card"]["metrics"] = config.to_dict(), card_metrics(measured)
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+    write_digest(path)
+    print(f"{path}: figures of {measured_json}, confidence {config.score_thresh}")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--digest-only"]:
         for path in sys.argv[2:]:
             print(f"{write_digest(path)}: recorded the digest of {path}")
+        return
+    if sys.argv[1:2] == ["--new-figures"] and len(sys.argv) in (4, 5):
+        new_figures(sys.argv[2], sys.argv[3], float(sys.argv[4]) if len(sys.argv) == 5 else None)
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")

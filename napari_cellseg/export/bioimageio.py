@@ -109,9 +109,11 @@ def _description(name: str, config: ModelConfig, text: str, licence: str):
 
 
 POSTPROCESSING = (
-    "Paste each 28x28 mask into its box as torchvision's paste_masks_in_image does (box grown by 30/28, "
-    "bilinear resize); keep cells with score >= 0.5 and pixels with probability >= 0.6; paint cells in "
-    "score order, a pixel going to the first cell that claims it (no overlaps). napari-cellseg does this "
+    "Paste each 28x28 mask into its box [x0, x1] where training's targets (roi_align, aligned=False) put "
+    "it: pixel i (centre at i) takes the mask bilinearly at cell (i - x0) / ((x1 - x0) / 28) - 0.5, "
+    "clamped to the edge cells, for pixels inside the box only; keep cells with score >= 0.5 and pixels "
+    "with probability >= 0.6; paint cells in score order, a pixel going to the first cell that claims it "
+    "(no overlaps). napari-cellseg does this "
     "when given model.onnx: napari-cellseg predict model.onnx IMAGES --out DIR."
 )
 

@@ -1,7 +1,8 @@
-"""Prediction: torchvision's masks without full-size pasting, tiles without doubles, progress, devices."""
+"""Prediction: masks pasted where training put them, without full-size images, tiles without doubles, progress, devices."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from unittest.mock import patch
 
@@ -20,13 +21,15 @@ from napari_cellseg.inference.fastpath import exact
 from napari_cellseg.errors import DetectionCapWarning
 from napari_cellseg.inference import predict as predict_module
 from napari_cellseg.inference.predict import (
-    iter_predict, mask_quality, paste_masks, predict, tile_cap, tile_proposals,
+    iter_predict, mask_quality, paste_masks, predict, resize_ratio, tile_cap, tile_proposals,
 )
 from napari_cellseg.io.raw import RawInstances
 from napari_cellseg.model.network import MAX_DETECTIONS, ModelConfig, build_model, set_detections_per_img
 from napari_cellseg.inference.scale import scale_note
 
+from torch.nn import functional as F  # noqa: E402
 from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
+from torchvision.ops import roi_align  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,6 +53,10 @@ def _canvas(raw: RawInstances, i: int) -> np.ndarray:
     return out
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
 def _assert_valid(raw: RawInstances, shape: tuple[int, int]) -> None:
     assert raw.image_shape == shape
     assert raw.boxes.dtype == np.int32 and raw.scores.dtype == np.float32 and raw.labels.dtype == np.int32
@@ -63,29 +70,65 @@ def _assert_valid(raw: RawInstances, shape: tuple[int, int]) -> None:
 # --- pasting -------------------------------------------------------------------------------------
 
 
-def test_paste_masks_reproduces_torchvision_exactly():
-    g = torch.Generator().manual_seed(1)
-    masks = torch.rand(6, 28, 28, generator=g)
-    boxes = torch.tensor(
-        [
-            [10.3, 12.7, 40.2, 33.9],  # inside
-            [0.0, 0.0, 15.5, 9.1],  # at the top-left corner
-            [70.2, 50.6, 80.0, 60.0],  # at the bottom-right corner
-            [30.0, 20.0, 30.4, 20.3],  # tiny
-            [5.5, 40.0, 74.9, 44.0],  # long and thin
-            [-3.0, -2.0, 20.0, 25.0],  # partly outside (torchvision clips first, but be safe)
-        ]
-    )
-    shape = (60, 80)
-    crop_boxes, crops, kept = paste_masks(masks, boxes, shape)
-    expected = paste_masks_in_image(masks[:, None], boxes, shape)[:, 0]
-    assert kept.tolist() == list(range(6))
-    raw = RawInstances(crop_boxes, np.linspace(1, 0, 6), np.ones(6), crops, shape)
-    for i in range(6):
-        ours = _canvas(raw, i)
-        theirs = expected[i].mul(255).round().to(torch.uint8).numpy()
-        np.testing.assert_array_equal(ours, theirs)
-        np.testing.assert_array_equal(ours >= 128, expected[i].numpy() >= 0.5)
+def _ellipses(shape: tuple[int, int], n: int, seed: int) -> np.ndarray:
+    """``n`` filled ellipses (radii 1.5-7 px: nuclei of 3-14 px) as N x H x W booleans."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = []
+    for _ in range(n):
+        cy, cx = rng.uniform(8, shape[0] - 8), rng.uniform(8, shape[1] - 8)
+        ry, rx = rng.uniform(1.5, 7.0, size=2)
+        out.append(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0, 3.0])
+def test_paste_masks_inverts_the_mask_targets_training_learns(factor):
+    """Training shows the network each nucleus as torchvision's target: the mask, enlarged with the image,
+    projected onto its box by ``roi_align``. Pasting that target back through the resize gives the nucleus
+    itself, pixel for pixel, where torchvision's ``paste_masks_in_image`` is off by up to a pixel (most of
+    a small nucleus)."""
+    shape = (64, 80)
+    truth = _ellipses(shape, 30, seed=int(factor))
+    size = (math.floor(shape[0] * factor), math.floor(shape[1] * factor))
+    network = torch.from_numpy(truth[:, None].astype(np.float32))
+    if factor != 1.0:  # the image's resize (network.ScaleTransform), applied to the masks
+        network = F.interpolate(network, size=size, mode="bilinear", align_corners=False) >= 0.5
+    boxes = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]  # the dataset's boxes: exclusive ends
+                          for ys, xs in (torch.nonzero(m[0], as_tuple=True) for m in network)], dtype=torch.float32)
+    targets = mask_targets(list(network[:, 0].numpy()), boxes)
+    ratio = resize_ratio(shape, factor)
+    image_boxes = boxes * torch.tensor([ratio[1], ratio[0], ratio[1], ratio[0]])  # as detect's resize_boxes
+    crop_boxes, crops, kept = paste_masks(targets, image_boxes, shape, ratio)
+    theirs = paste_masks_in_image(targets[:, None], image_boxes, shape, padding=1)[:, 0].numpy()
+    assert kept.tolist() == list(range(len(truth)))
+    raw = RawInstances(crop_boxes, np.linspace(1, 0, len(truth)), np.ones(len(truth)), crops, shape)
+    for level in (128, 153):  # mask thresholds 0.5 and the shipped 0.6
+        np.testing.assert_array_equal(np.stack([_canvas(raw, i) >= level for i in range(len(truth))]), truth)
+        assert np.mean([_iou(t >= level / 255, m) for t, m in zip(theirs, truth)]) < 0.85
+
+
+def test_paste_masks_by_hand():
+    """A mask of ones in the box [10, 20] x [4, 6]: cell k holds x = 10 + (k + 1/2) 10 / 28, so pixels 10..20
+    lie within the box (the edges' half cells take the edge cells' values) and nothing outside does; a
+    mask of 0.5 on its left half and 1 on its right rises between the two middle cells."""
+    masks = torch.ones(2, 28, 28)
+    masks[1, :, :14] = 0.5
+    boxes = torch.tensor([[10.0, 4.0, 20.0, 6.0], [10.0, 4.0, 20.0, 6.0]])
+    crop_boxes, crops, kept = paste_masks(masks, boxes, (32, 32))
+    assert crop_boxes.tolist() == [[10, 4, 21, 7]] * 2 and kept.tolist() == [0, 1]
+    assert (crops[0] == 255).all()
+    # pixel 15 is cell (15 - 10) / (10 / 28) - 1/2 = 13.5: half way between the halves
+    np.testing.assert_array_equal(crops[1][0], [128] * 5 + [191] + [255] * 5)
+
+
+def test_paste_masks_through_an_enlargement_shifts_by_half_the_lost_pixel():
+    """With the image enlarged 2x (ratio 0.5), a network pixel n lies at (n + 1/2) / 2 - 1/2 in the image: the
+    box [20, 40] in network pixels starts at image pixel 9.75, so pixel 10 is its first and pixel 19 its last."""
+    crop_boxes, crops, _ = paste_masks(torch.ones(1, 28, 28), torch.tensor([[10.0, 10.0, 20.0, 20.0]]), (32, 32),
+                                       ratio=(0.5, 0.5))
+    assert crop_boxes.tolist() == [[10, 10, 20, 20]] and (crops[0] == 255).all()
+    assert resize_ratio((64, 80), 1.5) == (64 / 96, 80 / 120) and resize_ratio((7, 9), 0.5) == (7 / 3, 9 / 4)
 
 
 def test_mask_quality_is_the_mean_probability_over_the_masks_own_pixels():
@@ -108,19 +151,22 @@ def test_paste_masks_drops_a_box_outside_the_image():
 
 def test_single_tile_equals_torchvision_forward(tiny_model, monkeypatch):
     """The exact path (``fastpath.exact``) is torchvision's result (its class scores: the mask quality
-    they are multiplied by is set to 1 here, and tested below); the fast path is tested in test_fastpath."""
+    they are multiplied by is set to 1 here, and tested below), its masks pasted by ``paste_masks`` (tested
+    above) instead of torchvision's; the fast path is tested in test_fastpath."""
     monkeypatch.setattr(predict_module, "mask_quality", lambda masks: torch.ones(len(masks)))
     image = _image(72, 96)
     with exact():  # the model's own cap, fixed: by default a tile that hits it is run again with a higher one
         raw = predict(tiny_model, image, tile_size=128, overlap=32, max_detections=10)
     with torch.inference_mode():
         ref = tiny_model([to_tensor(image)])[0]
-    assert len(raw) == len(ref["scores"]) > 0
-    np.testing.assert_array_equal(raw.scores, ref["scores"].numpy())
-    np.testing.assert_array_equal(raw.labels, ref["labels"].numpy())
+        det = tiny_model.detect([to_tensor(image)])[0]
+    crop_boxes, crops, kept = paste_masks(det["masks"], det["boxes"], (72, 96))  # a box around no pixel: none
+    assert len(raw) == len(kept) > 0 and len(ref["scores"]) - len(kept) <= 2
+    np.testing.assert_array_equal(raw.scores, ref["scores"].numpy()[kept])
+    np.testing.assert_array_equal(raw.labels, ref["labels"].numpy()[kept])
     _assert_valid(raw, (72, 96))
-    for i in range(len(raw)):
-        np.testing.assert_array_equal(_canvas(raw, i) >= 128, ref["masks"][i, 0].numpy() >= 0.5)
+    np.testing.assert_array_equal(raw.boxes, crop_boxes)
+    assert all(np.array_equal(a, b) for a, b in zip(raw.masks, crops))
 
 
 def test_scores_are_class_scores_times_mask_quality_best_first(tiny_model, monkeypatch):
@@ -207,6 +253,15 @@ def test_bad_tiling_settings_are_rejected(tiny_model):
 # --- de-duplication across tile seams, with a perfect fake detector -----------------------------
 
 
+def mask_targets(masks: list[np.ndarray], boxes: torch.Tensor) -> torch.Tensor:
+    """N x 28 x 28: each object's mask on its box as training shows it to the network (torchvision's
+    ``project_masks_on_boxes``): what a perfectly trained mask head predicts."""
+    if not len(masks):
+        return torch.zeros(0, 28, 28)
+    rois = torch.cat([torch.arange(len(boxes), dtype=torch.float32)[:, None], boxes.float()], dim=1)
+    return roi_align(torch.from_numpy(np.stack(masks))[:, None].float(), rois, (28, 28), 1.0)[:, 0]
+
+
 class PerfectDetector(torch.nn.Module):
     """Finds every bright connected blob in the tile it is given, cut or whole, like a real one.
 
@@ -222,14 +277,16 @@ class PerfectDetector(torch.nn.Module):
         (image,) = images
         self.calls.append(tuple(image.shape[-2:]))
         grey = image[0].numpy()
-        regions = regionprops(connected_components(grey > 0), intensity_image=grey)
-        boxes = [[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]] for r in regions]
+        blobs = connected_components(grey > 0)
+        regions = regionprops(blobs, intensity_image=grey)
+        boxes = torch.tensor([[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]] for r in regions],
+                             dtype=torch.float32).reshape(-1, 4)
         n = len(regions)
         det = {
-            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
+            "boxes": boxes,
             "scores": torch.tensor([r.intensity_max for r in regions], dtype=torch.float32),
             "labels": torch.ones(n, dtype=torch.int64),
-            "masks": torch.ones(n, 28, 28),
+            "masks": mask_targets([blobs == r.label for r in regions], boxes),
         }
         sel = keep(det["boxes"]) if keep is not None else slice(None)
         return [{k: v[sel] for k, v in det.items()}]
@@ -251,7 +308,8 @@ def _seam_image() -> tuple[np.ndarray, dict[int, tuple[int, int, int, int]]]:
     return image, objects
 
 
-def test_objects_straddling_seams_are_kept_exactly_once():
+def test_objects_straddling_seams_are_kept_exactly_once(monkeypatch):
+    monkeypatch.setattr(predict_module, "mask_quality", lambda masks: torch.ones(len(masks)))  # scores: grey levels
     image, objects = _seam_image()
     detector = PerfectDetector()
     raw = predict(detector, image, tile_size=64, overlap=24)
@@ -264,7 +322,8 @@ def test_objects_straddling_seams_are_kept_exactly_once():
         np.testing.assert_array_equal(np.argwhere(_canvas(raw, i) >= 128).max(0) + 1, [y1, x1])
 
 
-def test_tiled_and_untiled_agree_for_a_perfect_detector():
+def test_tiled_and_untiled_agree_for_a_perfect_detector(monkeypatch):
+    monkeypatch.setattr(predict_module, "mask_quality", lambda masks: torch.ones(len(masks)))  # scores: grey levels
     image, _ = _seam_image()
     tiled = predict(PerfectDetector(), image, tile_size=64, overlap=24)
     whole = predict(PerfectDetector(), image, tile_size=4096)
@@ -336,8 +395,10 @@ def test_an_image_that_fits_one_tile_is_the_untiled_result(tiny_model, data):
     assert all(np.array_equal(a, b) for a, b in zip(tiled.masks, whole.masks)) and len(tiled) == len(whole)
     with torch.inference_mode():
         ref = tiny_model([to_tensor(image)])[0]
-    np.testing.assert_array_equal(tiled.scores, ref["scores"].numpy())
-    np.testing.assert_array_equal(tiled.labels, ref["labels"].numpy())
+        det = tiny_model.detect([to_tensor(image)])[0]
+    kept = paste_masks(det["masks"], det["boxes"], (h, w))[2]  # those whose box holds a pixel
+    np.testing.assert_array_equal(tiled.scores, ref["scores"].numpy()[kept])
+    np.testing.assert_array_equal(tiled.labels, ref["labels"].numpy()[kept])
 
 
 def test_a_stop_inside_a_tile_ends_the_run_before_the_tile_is_done(tiny_model):

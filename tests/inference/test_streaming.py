@@ -17,7 +17,7 @@ from napari_cellseg.errors import DetectionCapWarning
 from napari_cellseg.inference import streaming
 from napari_cellseg.inference.streaming import LabelFile, RegionReader, iter_segment_file, open_labels, should_stream
 
-from torch.nn import functional as F  # noqa: E402
+from test_predict import mask_targets
 
 
 class BlobDetector(torch.nn.Module):
@@ -34,17 +34,15 @@ class BlobDetector(torch.nn.Module):
         out = []
         for image in images:
             blobs, n = ndimage.label(image[0].numpy() > 0.5)
-            boxes, masks, scores = [], [], []
-            for i, (ys, xs) in enumerate(ndimage.find_objects(blobs), start=1):
+            boxes, scores = [], []
+            for ys, xs in ndimage.find_objects(blobs):
                 boxes.append([xs.start, ys.start, xs.stop, ys.stop])
-                crop = torch.from_numpy((blobs[ys, xs] == i).astype(np.float32))
-                masks.append(F.interpolate(crop[None, None], size=(28, 28), mode="bilinear")[0, 0])
                 scores.append(0.99 - 0.001 * (ys.start + xs.start))
             boxes_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+            masks = mask_targets([blobs == i for i in range(1, n + 1)], boxes_t)
             sel = keep(boxes_t) if keep is not None else torch.ones(len(boxes_t), dtype=torch.bool)
             out.append({"boxes": boxes_t[sel], "scores": torch.tensor(scores).reshape(-1)[sel],
-                        "labels": torch.ones(len(boxes_t), dtype=torch.int64)[sel],
-                        "masks": (torch.stack(masks) if masks else torch.zeros(0, 28, 28))[sel]})
+                        "labels": torch.ones(len(boxes_t), dtype=torch.int64)[sel], "masks": masks[sel]})
         return out
 
 
