@@ -47,7 +47,7 @@ def export_bioimageio(
         outputs = [t.numpy() for t in Detector(model.cpu().eval())(torch.from_numpy(tensor))]
     for out_name, value in zip(OUTPUTS, outputs):
         np.save(folder / f"test_{out_name}.npy", value)
-    _cover(folder / "cover.png", tensor, outputs)
+    _cover(folder / "cover.png", tensor, outputs, config.image_scale)
     (folder / "README.md").write_text(_readme(name, config), encoding="utf-8")
     with ValidationContext(root=folder, perform_io_checks=True):  # file names relative to the package
         descr = _description(f"napari-cellseg {name}", config,
@@ -110,8 +110,9 @@ def _description(name: str, config: ModelConfig, text: str, licence: str):
 
 POSTPROCESSING = (
     "Paste each 28x28 mask into its box [x0, x1] where training's targets (roi_align, aligned=False) put "
-    "it: pixel i (centre at i) takes the mask bilinearly at cell (i - x0) / ((x1 - x0) / 28) - 0.5, "
-    "clamped to the edge cells, for pixels inside the box only; keep cells with score >= 0.5 and pixels "
+    "it: pixel i (centre at i) takes the mask bilinearly at cell (i + (1 - r) / 2 - x0) / ((x1 - x0) / 28) "
+    "- 0.5 (r = 1 / image_scale of the configuration: 1 unless the graph resizes), clamped to the edge "
+    "cells, for pixels inside the box only; keep cells with score >= 0.5 and pixels "
     "with probability >= 0.6; paint cells in score order, a pixel going to the first cell that claims it "
     "(no overlaps). napari-cellseg does this "
     "when given model.onnx: napari-cellseg predict model.onnx IMAGES --out DIR."
@@ -144,9 +145,9 @@ results.json` then `napari-cellseg evaluate results.json VAL_FOLDER`.
 """
 
 
-def _cover(path: Path, tensor: np.ndarray, outputs: list[np.ndarray]) -> None:
+def _cover(path: Path, tensor: np.ndarray, outputs: list[np.ndarray], image_scale: float) -> None:
     """The test image and its cells side by side (2:1, as bioimage.io asks)."""
-    from ..inference.predict import paste_masks
+    from ..inference.predict import paste_masks, resize_ratio
     from PIL import Image
 
     from .overlay import draw_outlines
@@ -155,7 +156,7 @@ def _cover(path: Path, tensor: np.ndarray, outputs: list[np.ndarray]) -> None:
 
     image = (np.moveaxis(tensor, 0, 2) * 255).round().astype(np.uint8)
     boxes, labels, scores, masks = (torch.from_numpy(o) for o in outputs)
-    crop_boxes, crops, kept = paste_masks(masks, boxes, image.shape[:2])
+    crop_boxes, crops, kept = paste_masks(masks, boxes, image.shape[:2], resize_ratio(image.shape[:2], image_scale))
     raw = RawInstances(crop_boxes, scores.numpy()[kept], labels.numpy()[kept], crops, image.shape[:2])
     painted = sum(to_labels(raw).values()) if len(raw) else np.zeros(image.shape[:2], np.int32)
     Image.fromarray(np.concatenate([image, draw_outlines(image, painted)], axis=1)).save(path)

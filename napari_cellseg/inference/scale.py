@@ -52,7 +52,9 @@ val, round 9, scale auto, views cached once and merged with ``tta.merge_views`` 
 AP50 / AP 0.837 / 0.525 with one view; 0.847 / 0.540 with a view at 1.4x added (0.853 / 0.543 at
 1.7x, 0.836 / 0.520 at 0.7x); 0.849 / 0.558 with the four flips; **0.854 / 0.555** with the four
 flips and the 1.4x view (0.854 / 0.554 with 1.7x). Small nuclei gain most: enlarged, more of them
-reach the size the model finds best, and the views agreeing ranks spurious detections lower."""
+reach the size the model finds best, and the views agreeing ranks spurious detections lower. (Measured
+before ``predict.paste_masks`` followed training's geometry; since, the 1.4x view alone adds AP50 +0.001,
+the five views +0.008: docs/model-nuclei.md, Masks pasted where training put them.)"""
 MIN_CELLS = 3
 """Fewer confident first-pass cells than this measure nothing: the image is kept at scale 1."""
 PROBE_SCORE = 0.5

@@ -11,7 +11,9 @@ the views cached once, then merged), no flips / left-right only / all four: AP 0
 0.754 / 0.758 / 0.758, stained AP50 0.754 / 0.775 / 0.770 (docs/model-nuclei.md); the first
 measurement (a 50-minute CPU model, left-right only): AP 0.321 -> 0.335, AP50 0.637 -> 0.650.
 ``--tta`` (``scale.iter_predict_scaled``) merges the four flips with a view enlarged ``scale.ZOOM_VIEW``
-times the same way: AP50 0.854 (docs/model-nuclei.md, Test-time augmentation).
+times the same way: AP50 0.854 (docs/model-nuclei.md, Test-time augmentation). These figures predate
+``predict.paste_masks``' geometry: since then AP 0.572 -> 0.586 and AP50 0.847 -> 0.855 with ``--tta``
+(part of the flips' gain had been undoing the old paste's half-pixel shift).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prediction: masks pasted where training put them, without full-size images, tiles without doubles, progress, devices."""
+"""Prediction: masks pasted where training put them, no full-size images or doubled tiles, progress, devices."""
 
 from __future__ import annotations
 
