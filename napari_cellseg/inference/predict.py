@@ -30,7 +30,6 @@ from .tiling import Tile, in_core, tile_grid
 from .tta import FLIPS, flipped, merge_views, unflip
 
 
-
 def iter_predict(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -180,7 +179,7 @@ def paste_masks(
     Why not torchvision's ``paste_masks_in_image``: it grows the box to whole pixels and resizes the mask
     into it, which draws every mask half a pixel up and left (more after an enlargement) and up to a pixel
     off - most of a 6 px nucleus's overlap with itself. DSB2018 ``val/``, the built-in model, scale auto:
-    COCO AP 0.525 -> 0.569, AP75 0.568 -> 0.623, AP50 0.837 -> 0.846 (docs/model-nuclei.md).
+    COCO AP 0.525 -> 0.572, AP75 0.568 -> 0.626, AP50 0.837 -> 0.847 (docs/model-nuclei.md).
 
     Returns the crop bounds (xyxy, exclusive ends), the crops as uint8 (round(p * 255)), and the
     indices of the instances kept (one whose box holds no pixel centre of the image is dropped).
