@@ -24,7 +24,9 @@ from napari_cellseg.inference.predict import (
     iter_predict, mask_quality, paste_masks, predict, resize_ratio, tile_cap, tile_proposals,
 )
 from napari_cellseg.io.raw import RawInstances
-from napari_cellseg.model.network import MAX_DETECTIONS, ModelConfig, build_model, set_detections_per_img
+from napari_cellseg.model.network import (
+    MAX_DETECTIONS, ModelConfig, ScaleTransform, build_model, set_detections_per_img,
+)
 from napari_cellseg.inference.scale import scale_note
 
 from torch.nn import functional as F  # noqa: E402
@@ -129,6 +131,15 @@ def test_paste_masks_through_an_enlargement_shifts_by_half_the_lost_pixel():
                                        ratio=(0.5, 0.5))
     assert crop_boxes.tolist() == [[10, 10, 20, 20]] and (crops[0] == 255).all()
     assert resize_ratio((64, 80), 1.5) == (64 / 96, 80 / 120) and resize_ratio((7, 9), 0.5) == (7 / 3, 9 / 4)
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 1.4, 1.873, 2.571, 3.7])
+def test_resize_ratio_follows_the_networks_own_resize(scale):
+    """``resize_ratio`` restates ``ScaleTransform``'s sizes (the transform cannot be asked: ONNX traces it);
+    it must agree with what the network does to each side."""
+    for shape in ((256, 257), (603, 1000), (999, 64)):
+        resized, _ = ScaleTransform(scale).resize(torch.zeros(3, *shape))
+        assert resize_ratio(shape, scale) == tuple(side / new for side, new in zip(shape, resized.shape[-2:]))
 
 
 def test_mask_quality_is_the_mean_probability_over_the_masks_own_pixels():
