@@ -56,7 +56,8 @@ def figures(gt: dict, results: list[dict], score_thresh: float) -> dict:
     gt1, res1 = class_agnostic(gt, results)
     m = evaluate(gt1, res1, max_dets=1000)
     match = matching(gt1, res1, iou=0.5, score_thresh=score_thresh)
-    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "accuracy@0.5": match["accuracy"],
+    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "AP50_by_diameter": m["AP50_by_diameter"],
+            "accuracy@0.5": match["accuracy"],
             **{k: match[k] for k in ("precision", "recall", "f1", "panoptic_quality", "tp", "fp", "fn")},
             "images": m["num_images"]}
 

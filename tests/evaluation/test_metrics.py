@@ -134,6 +134,27 @@ def test_format_metrics_labels_every_figure() -> None:
     assert any("bright" in line and "n/a" in line for line in lines)
 
 
+def test_ap50_by_diameter_scores_each_nucleus_size_on_its_own() -> None:
+    """Four 4 x 4 nuclei (diameter 4.5 px) all missed, three 20 x 20 (22.6 px) all found, and a small
+    false detection ranked first: the large nuclei's AP50 is 1 (COCOeval ignores a detection outside
+    the size range that matches nothing), the small ones' 0, sizes with no nuclei None."""
+    small, large = grid_labels(4, size=4, per_row=4), grid_labels(3, size=20, per_row=3)
+    image = np.zeros((40, 120), np.int32)
+    image[:small.shape[0], :small.shape[1]] = small
+    image[15:15 + large.shape[0], :large.shape[1]] = np.where(large > 0, large + 4, 0)
+    gt = coco.ground_truth([(1, "a.tif", {1: image})], CLASSES[:1])
+    found = coco.labels_to_results({1: np.where(image > 4, image, 0)}, 1, {k: 0.9 for k in range(5, 8)})
+    false = np.zeros_like(image)
+    false[0:4, 100:104] = 1
+    result = metrics.evaluate(gt, found + coco.labels_to_results({1: false}, 1, {1: 1.0}))
+    assert result["AP50_by_diameter"] == {"<8 px": 0.0, "8-16 px": None, "16-32 px": pytest.approx(1.0),
+                                          ">=32 px": None}
+    assert 0 < result["AP50"] < 1
+    assert metrics.DIAMETER_BINS == (8, 16, 32)
+    text = metrics.format_metrics(result)
+    assert any("AP50 diameter 16-32 px" in line and "1.0000" in line for line in text.splitlines())
+
+
 def test_class_agnostic_scores_objects_whatever_their_class() -> None:
     items = two_images()
     gt = coco.ground_truth(items, CLASSES)
