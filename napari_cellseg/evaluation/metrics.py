@@ -222,7 +222,8 @@ MATCHING_ROWS = (("accuracy", "TP/(TP+FP+FN)"), ("precision", "precision"), ("re
 
 def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, float | None]]:
     """(label, value) rows of an evaluation for a table: COCO AP figures (per class, AP50 per object
-    size), then the matching figures class-agnostic and per class (when ``evaluation.evaluate.evaluate`` computed them)."""
+    size), then the matching figures class-agnostic and per class (when ``evaluation.evaluate.evaluate``
+    computed them)."""
     rows: list[tuple[str, float | None]] = [(key, metrics.get(key)) for key in ("AP", "AP50", "AP75")]
     rows += [(f"AP {name}", value) for name, value in metrics.get("AP_per_class", {}).items()]
     rows += [(f"AP50 diameter {size}", value) for size, value in metrics.get("AP50_by_diameter", {}).items()]
