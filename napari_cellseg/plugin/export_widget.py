@@ -166,7 +166,9 @@ class ExportWidget(Container):
         session.keep_narrow(self)  # long file names must not widen the dock
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["metric", "value"])
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        header = self.table.horizontalHeader()  # the names take the room: "TP/(TP+FP+FN) @IoU 0.5, score >= 0.5"
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeToContents)
         self.table.verticalHeader().setVisible(False)
         self.table.setToolTip(TIPS["table"])
         self.table.setMinimumHeight(140)
@@ -286,9 +288,13 @@ class ExportWidget(Container):
         rows = metric_rows(metrics)
         self.table.setRowCount(len(rows))
         for row, (name, value) in enumerate(rows):
-            self.table.setItem(row, 0, QTableWidgetItem(name))
-            text = "n/a (no cells of this class)" if value is None else f"{value:.3f}"
-            self.table.setItem(row, 1, QTableWidgetItem(text))
+            item = QTableWidgetItem(name)
+            item.setToolTip(name)  # whole, where the dock is too narrow for it
+            self.table.setItem(row, 0, item)
+            figure = QTableWidgetItem("n/a" if value is None else f"{value:.3f}")
+            if value is None:
+                figure.setToolTip("none of these in the ground truth")
+            self.table.setItem(row, 1, figure)
         cells = metrics.get("num_detections", 0)
         done = self.status.value.replace("evaluating", "evaluated")
         self.status.value = f"{done}: {cells} cells against their ground truth"

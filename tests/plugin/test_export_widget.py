@@ -140,6 +140,12 @@ def test_evaluate_against_sample_folders_and_a_coco_json(make_napari_viewer, tin
     assert cells[:5] == ["AP", "AP50", "AP75", "AP class1", "AP class2"] and widget.table.item(0, 1).text() == "1.000"
     row = cells.index("TP/(TP+FP+FN) @IoU 0.5, score >= 0.5")  # at the session's confidence
     assert widget.table.item(row, 1).text() == "1.000" and "PQ class2" in cells
+    sizes = widget.metrics["AP50_by_diameter"]  # AP50 by nucleus size; a size with no nuclei reads n/a
+    for size, value in sizes.items():
+        item = widget.table.item(cells.index(f"AP50 diameter {size}"), 1)
+        assert item.text() == ("n/a" if value is None else f"{value:.3f}")
+        assert ("ground truth" in item.toolTip()) == (value is None)
+    assert None in sizes.values() and widget.table.item(row, 0).toolTip() == cells[row]
 
     viewer.layers["class2"].data = np.zeros_like(truth[2])  # miss the class-2 cells
     widget.truth_folder.value = tiny_dataset / "val"  # the folder of samples: only val_0 is scored
