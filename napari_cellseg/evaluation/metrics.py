@@ -26,8 +26,8 @@ from ..errors import DatasetError
 STANDARD_MAX_DETS = 100
 DIAMETER_BINS = (8, 16, 32)
 """Edges (px) of the nucleus sizes AP50 is also reported for, by equivalent diameter (a disc of the
-same area): COCO's small / medium / large split at 32 and 96 px, which puts nearly every DSB2018
-nucleus in "small". Why: a model can score well overall and miss the small nuclei (the built-in model
+same area): COCO's small / medium / large split at areas of 32^2 and 96^2 px, which puts nearly every
+DSB2018 nucleus in "small". Why: a model can score well overall and miss the small nuclei (the built-in model
 misses most under 8 px); one headline figure hides that."""
 
 
