@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--zoom", type=_number_between(0.1, 8), nargs=2, metavar=("LOW", "HIGH"),
                    help="zoom training crops by a factor in this range (default: the --augment preset's, "
                         "0.75-1.33 or 0.5-2)")
+    t.add_argument("--mosaic", type=_fraction, default=0.0, metavar="SHARE",
+                   help="share of training crops made of four crops of different images (nuclei cut by a border "
+                        "with another image beyond it, as in mosaics and stitched scans; default 0)")
 
     p = sub.add_parser("predict", help="segment images into label TIFFs (one per class), ROI sets, GeoJSON, CSV")
     p.add_argument("checkpoint", help="a checkpoint file, a built-in model (nuclei) or a .onnx export")

@@ -55,6 +55,9 @@ class TrainConfig:
     zoom: tuple[float, float] | None = None
     """The range training crops are zoomed in (log-uniform); None: the ``augment`` preset's. Shifted
     up, the network learns nuclei at the larger size ``inference.scale`` segments them at."""
+    mosaic: float = 0.0
+    """Share of training crops made of four crops of different images (``transforms.mosaic``): nuclei
+    cut by a border with another image's texture beyond it, as in a mosaic or a stitched scan."""
     resume: str | None = None
     init: str | None = None
     """Start from these weights (a checkpoint or a built-in model such as ``nuclei``): a new run,
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ValueError("workers cannot be negative")
         if self.zoom is not None and not (len(self.zoom) == 2 and 0.1 <= self.zoom[0] <= self.zoom[1] <= 8):
             raise ValueError(f"zoom must be two factors LOW <= HIGH between 0.1 and 8, got {self.zoom}")
+        if not 0 <= self.mosaic <= 1:
+            raise ValueError(f"mosaic must be a share between 0 and 1, got {self.mosaic}")
         problem = folder_problem(self.out_dir)
         if problem:
             raise ValueError(f"output folder: {problem}")

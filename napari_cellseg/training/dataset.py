@@ -22,7 +22,7 @@ from ..io.images import to_tensor
 from ..io.layout import IMAGE_NAME
 from ..model.network import MAX_CLASSES
 from ..io.samples import Sample, find_samples, read_sample
-from .transforms import Augment, Labels
+from .transforms import Augment, Labels, mosaic
 
 
 def dataset_classes(samples: Sequence[Sample]) -> list[int]:
@@ -146,7 +146,9 @@ class CellDataset(torch.utils.data.Dataset):
     Reproducible whatever the worker count: sample ``i`` in epoch ``e`` is augmented with
     ``np.random.default_rng((seed, e, i))``. The epoch lives in a shared-memory tensor, so
     ``set_epoch`` reaches persistent DataLoader workers. Instances left with fewer than
-    ``min_pixels`` after augmentation are dropped from the target. Decoded ``(image, labels)`` are
+    ``min_pixels`` after augmentation are dropped from the target. With ``mosaic`` p, a sample is
+    instead, with probability p, four augmented samples (itself and three drawn at random) in the
+    quadrants of one ``mosaic_size`` image (``transforms.mosaic``). Decoded ``(image, labels)`` are
     kept in an LRU cache of at most ``cache_bytes`` per process (each worker has its own; keep
     workers persistent to benefit); cached arrays are read-only so an augmentation that writes in
     place fails loudly instead of corrupting the cache.
@@ -160,12 +162,20 @@ class CellDataset(torch.utils.data.Dataset):
         cache_bytes: int = 2 * 2**30,
         *,
         min_pixels: int = 1,
+        mosaic: float = 0.0,
+        mosaic_size: int = 512,
     ) -> None:
+        if not 0.0 <= mosaic <= 1.0:
+            raise ValueError(f"mosaic must be a probability between 0 and 1, got {mosaic}")
+        if mosaic and augment is None:
+            raise ValueError("a mosaic is an augmentation: give augment too")
         self.samples = list(samples)
         self.augment = augment
         self.seed = int(seed)
         self.cache_bytes = int(cache_bytes)
         self.min_pixels = int(min_pixels)
+        self.mosaic = float(mosaic)
+        self.mosaic_size = int(mosaic_size)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._cache: OrderedDict[int, tuple[np.ndarray, Labels]] = OrderedDict()
         self._cached_bytes = 0
@@ -182,10 +192,13 @@ class CellDataset(torch.utils.data.Dataset):
         self._epoch[0] = int(epoch)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, labels = self._decoded(i)
-        if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, i))
-            image, labels = self.augment(image, labels, rng)
+        image, labels = self._augmented(i, i)
+        if self.mosaic:
+            rng = np.random.default_rng((self.seed, self.epoch, i, len(self)))
+            if rng.random() < self.mosaic:
+                others = rng.integers(0, len(self), 3)
+                parts = [(image, labels), *(self._augmented(int(j), i) for j in others)]
+                image, labels = mosaic(parts, self.mosaic_size, rng)
         masks, classes, boxes, _ = instance_targets(labels, image.shape, self.min_pixels)
         if not image.flags.writeable:  # torch.from_numpy warns on read-only (cached) arrays
             image = image.copy()
@@ -196,6 +209,14 @@ class CellDataset(torch.utils.data.Dataset):
             "image_id": torch.tensor(i, dtype=torch.int64),
         }
         return to_tensor(image), target
+
+    def _augmented(self, i: int, slot: int) -> tuple[np.ndarray, Labels]:
+        """Sample ``i`` augmented with its own stream for item ``slot`` of this epoch (as is, without augment)."""
+        image, labels = self._decoded(i)
+        if self.augment is None:
+            return image, labels
+        key = (self.seed, self.epoch, i) if i == slot else (self.seed, self.epoch, slot, i)
+        return self.augment(image, labels, np.random.default_rng(key))
 
     def _decoded(self, i: int) -> tuple[np.ndarray, Labels]:
         """Read sample ``i`` through the LRU cache."""

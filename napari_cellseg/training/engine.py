@@ -257,7 +257,7 @@ def _make_model(cfg: TrainConfig, ctx: dist.Context, num_classes: int, ckpt: dic
 def _make_loader(cfg: TrainConfig, ctx: dist.Context, samples: list, device):
     """The augmented training set, its (distributed) sampler and loader."""
     augment = train_augment(cfg.crop_size, strong=cfg.augment == "strong", zoom=cfg.zoom)
-    dataset = CellDataset(samples, augment=augment, seed=cfg.seed)
+    dataset = CellDataset(samples, augment=augment, seed=cfg.seed, mosaic=cfg.mosaic, mosaic_size=cfg.crop_size)
     sampler = torch.utils.data.DistributedSampler(
         dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True
     )

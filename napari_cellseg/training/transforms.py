@@ -184,6 +184,37 @@ def train_augment(crop_size: int = 512, strong: bool = False,
     return Compose([RandomScaleCrop(crop_size, zoom or (0.75, 1.33)), RandomFlip(), RandomRot90(), ColorJitter()])
 
 
+def mosaic(parts: Sequence[tuple[np.ndarray, Labels]], size: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, Labels]:
+    """Four augmented crops, one per quadrant of a ``size x size`` image split at a random point.
+
+    Why: nuclei cut by a straight edge with another image's texture beyond it (a crop's border in a
+    mosaic or a stitched scan) are seen in training, not only nuclei cut by the image's own edge.
+    Each quadrant shows a random window of its part (zeros where the part is smaller); label ids are
+    renumbered so that no two parts share one. Every class of any part is in the result.
+    """
+    if len(parts) != 4:
+        raise ValueError(f"a mosaic needs four parts, got {len(parts)}")
+    cy, cx = (int(rng.integers(size // 4, size - size // 4 + 1)) for _ in range(2))
+    image = np.zeros((size, size, 3), np.uint8)
+    classes = sorted({k for _, labels in parts for k in labels})
+    out: Labels = {k: np.zeros((size, size), np.int32) for k in classes}
+    offset = 0
+    quadrants = ((0, cy, 0, cx), (0, cy, cx, size), (cy, size, 0, cx), (cy, size, cx, size))
+    for (part_image, part_labels), (y0, y1, x0, x1) in zip(parts, quadrants):
+        h, w = min(y1 - y0, part_image.shape[0]), min(x1 - x0, part_image.shape[1])
+        py = int(rng.integers(0, part_image.shape[0] - h + 1))
+        px = int(rng.integers(0, part_image.shape[1] - w + 1))
+        image[y0:y0 + h, x0:x0 + w] = part_image[py:py + h, px:px + w]
+        top = 0
+        for k, ids in part_labels.items():
+            window = ids[py:py + h, px:px + w].astype(np.int32)
+            out[k][y0:y0 + h, x0:x0 + w] = np.where(window > 0, window + offset, 0)
+            top = max(top, int(ids.max(initial=0)))
+        offset += top
+    return image, out
+
+
 # ---------------------------------------------------------------------------------------- resizing
 
 
@@ -219,6 +250,7 @@ __all__ = [
     "RandomRot90",
     "ColorJitter",
     "train_augment",
+    "mosaic",
     "resize_image",
     "resize_labels",
 ]

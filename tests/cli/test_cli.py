@@ -188,6 +188,7 @@ def test_init_keeps_the_source_settings_unless_an_option_is_given(tmp_path):
     assert (cfg.detections_per_img, cfg.roi_samples) == (50, 64)
     assert cfg.zoom is None
     assert train_config(build_parser().parse_args([*base, "--zoom", "1", "3"])).zoom == [1.0, 3.0]
+    assert cfg.mosaic == 0.0 and train_config(build_parser().parse_args([*base, "--mosaic", "0.5"])).mosaic == 0.5
 
 
 def test_train_says_which_checkpoint_to_use(trained, capsys, tmp_path):

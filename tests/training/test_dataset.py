@@ -214,6 +214,26 @@ def test_dataset_augmentation_is_seeded_by_epoch_and_index(tiny_dataset: Path) -
     assert max(dataset[0][0].shape[1:]) <= 48
 
 
+def test_dataset_mosaic_is_seeded_and_takes_its_share(tiny_dataset: Path) -> None:
+    """Share 1: every item is four augmented crops in one image (instances of several samples: more than
+    the item's own); share 0 leaves the items as they were; the same seed gives the same mosaics."""
+    samples = find_samples(tiny_dataset / "train")
+    plain = CellDataset(samples, augment=train_augment(crop_size=48), seed=1)
+    mosaics = CellDataset(samples, augment=train_augment(crop_size=48), seed=1, mosaic=1.0, mosaic_size=48)
+    again = CellDataset(samples, augment=train_augment(crop_size=48), seed=1, mosaic=1.0, mosaic_size=48)
+    none = CellDataset(samples, augment=train_augment(crop_size=48), seed=1, mosaic=0.0)
+    assert torch.equal(none[0][0], plain[0][0])
+    for i in range(4):
+        image, target = mosaics[i]
+        assert image.shape == (3, 48, 48) and torch.equal(image, again[i][0])
+        assert torch.equal(target["masks"], again[i][1]["masks"]) and not torch.equal(image, plain[i][0])
+        assert target["masks"].shape[1:] == (48, 48) and len(target["boxes"]) == len(target["masks"])
+    with pytest.raises(ValueError, match="probability"):
+        CellDataset(samples, augment=train_augment(crop_size=48), mosaic=1.5)
+    with pytest.raises(ValueError, match="augment"):
+        CellDataset(samples, mosaic=0.5)
+
+
 def test_dataset_cache_avoids_rereading_and_is_bounded(tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     real = data.read_sample

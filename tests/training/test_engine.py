@@ -38,6 +38,18 @@ def test_one_epoch_yields_steps_validation_and_checkpoints(tiny_dataset, tmp_pat
     assert {"optimizer", "scheduler", "scaler", "train_args"} <= set(ckpt)
 
 
+def test_mosaic_crops_train_and_are_recorded(tiny_dataset, tmp_path, monkeypatch):
+    """--mosaic reaches the training set (crop-sized mosaics) and the checkpoint's train_args."""
+    made = []
+    real = engine.CellDataset
+    monkeypatch.setattr(engine, "CellDataset", lambda *a, **k: made.append(k) or real(*a, **k))
+    events = run(config(tiny_dataset, tmp_path / "run", mosaic=1.0, val_every=10))
+    assert made[0]["mosaic"] == 1.0 and made[0]["mosaic_size"] == 64
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert len(steps) == 2 and all(math.isfinite(s.losses["loss"]) for s in steps)
+    assert load_checkpoint(events[-1].last)["train_args"]["mosaic"] == 1.0
+
+
 def test_without_validation_the_run_hands_on_its_last_step(tiny_dataset, tmp_path, monkeypatch):
     """Few corrected images, no validation: no best.pt, the handed-on model holds the last step,
     and last.pt is written at a sensible pace (here: once, at the end), not after every epoch."""
@@ -124,7 +136,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(max_steps=0),
-                                 dict(zoom=(2.0, 1.0)), dict(zoom=(0.0, 1.0)), dict(zoom=(1.0, 9.0))])
+                                 dict(zoom=(2.0, 1.0)), dict(zoom=(0.0, 1.0)), dict(zoom=(1.0, 9.0)),
+                                 dict(mosaic=1.5), dict(mosaic=-0.1)])
 def test_bad_settings_are_refused_before_work(tiny_dataset, tmp_path, bad):
     with pytest.raises(ValueError):
         run(config(tiny_dataset, tmp_path / "run", **bad))

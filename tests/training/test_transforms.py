@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_cellseg.training.transforms import (
-    ColorJitter, Compose, RandomFlip, RandomRot90, RandomScaleCrop, RandomStain, resize_labels, train_augment,
+    ColorJitter, Compose, RandomFlip, RandomRot90, RandomScaleCrop, RandomStain, mosaic, resize_labels, train_augment,
 )
 
 
@@ -155,3 +155,37 @@ def test_train_augment_any_size(height: int, width: int, size: int, seed: int) -
     out_image, out_labels = train_augment(crop_size=size)(image, labels, np.random.default_rng(seed))
     assert out_image.ndim == 3 and 1 <= min(out_image.shape[:2]) and max(out_image.shape[:2]) <= size
     assert all(v.shape == out_image.shape[:2] for v in out_labels.values())
+
+
+def _part(value: int, size: tuple[int, int], classes: dict[int, int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """A flat image of grey ``value`` whose labels are each class's one instance filling it."""
+    image = np.full((*size, 3), value, np.uint8)
+    return image, {k: np.full(size, instance, np.int32) for k, instance in classes.items()}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mosaic_puts_one_part_in_each_quadrant_with_its_own_ids(seed: int) -> None:
+    parts = [_part(10, (32, 32), {1: 1}), _part(20, (32, 32), {1: 1}), _part(30, (32, 32), {2: 7}),
+             _part(40, (12, 12), {1: 2})]  # the last is smaller than its quadrant: zeros around it
+    image, labels = mosaic(parts, 32, np.random.default_rng(seed))
+    assert image.shape == (32, 32, 3) and sorted(labels) == [1, 2]
+    assert all(v.shape == (32, 32) and v.dtype == np.int32 for v in labels.values())
+    cy, cx = np.argwhere(image[..., 0] == 40)[0]  # the smallest part starts at the split point
+    assert 8 <= cy <= 24 and 8 <= cx <= 24
+    assert (image[:cy, :cx, 0] == 10).all() and (image[:cy, cx:, 0] == 20).all()
+    assert (image[cy:, :cx, 0] == 30).all()
+    corner = image[cy:, cx:, 0].copy()
+    h, w = min(32 - cy, 12), min(32 - cx, 12)
+    assert (corner[:h, :w] == 40).all()
+    corner[:h, :w] = 0
+    assert not corner.any()
+    # each part's instance keeps one id of its own, offset past the ids of the parts before it
+    assert set(np.unique(labels[1][:cy, :cx])) == {1} and set(np.unique(labels[1][:cy, cx:])) == {2}
+    assert set(np.unique(labels[2][cy:, :cx])) == {9} and set(np.unique(labels[1][cy:, :cx])) == {0}
+    assert set(np.unique(labels[1][cy:, cx:])) <= {0, 11} and (labels[1][image[..., 0] == 40] == 11).all()
+    assert (labels[1][image[..., 0] == 0] == 0).all() and (labels[2][image[..., 0] == 0] == 0).all()
+
+
+def test_mosaic_needs_four_parts() -> None:
+    with pytest.raises(ValueError, match="four parts"):
+        mosaic([_part(1, (8, 8), {1: 1})] * 3, 8, np.random.default_rng(0))
