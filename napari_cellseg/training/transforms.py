@@ -190,8 +190,9 @@ def mosaic(parts: Sequence[tuple[np.ndarray, Labels]], size: int,
 
     Why: nuclei cut by a straight edge with another image's texture beyond it (a crop's border in a
     mosaic or a stitched scan) are seen in training, not only nuclei cut by the image's own edge.
-    Each quadrant shows a random window of its part (zeros where the part is smaller); label ids are
-    renumbered so that no two parts share one. Every class of any part is in the result.
+    Each quadrant shows a random window of its part (zeros where the part is smaller); the instances in
+    the windows are numbered 1..n anew, so no two parts share an id whatever ids the files held.
+    Every class of any part is in the result.
     """
     if len(parts) != 4:
         raise ValueError(f"a mosaic needs four parts, got {len(parts)}")
@@ -206,12 +207,11 @@ def mosaic(parts: Sequence[tuple[np.ndarray, Labels]], size: int,
         py = int(rng.integers(0, part_image.shape[0] - h + 1))
         px = int(rng.integers(0, part_image.shape[1] - w + 1))
         image[y0:y0 + h, x0:x0 + w] = part_image[py:py + h, px:px + w]
-        top = 0
         for k, ids in part_labels.items():
-            window = ids[py:py + h, px:px + w].astype(np.int32)
-            out[k][y0:y0 + h, x0:x0 + w] = np.where(window > 0, window + offset, 0)
-            top = max(top, int(ids.max(initial=0)))
-        offset += top
+            values, index = np.unique(ids[py:py + h, px:px + w], return_inverse=True)
+            index = index.reshape(h, w).astype(np.int32) + (values[0] != 0)  # 1..n, 0 for background
+            out[k][y0:y0 + h, x0:x0 + w] = np.where(index > 0, index + offset, 0)
+            offset += int(np.count_nonzero(values))
     return image, out
 
 

@@ -165,8 +165,8 @@ def _part(value: int, size: tuple[int, int], classes: dict[int, int]) -> tuple[n
 
 @pytest.mark.parametrize("seed", range(5))
 def test_mosaic_puts_one_part_in_each_quadrant_with_its_own_ids(seed: int) -> None:
-    parts = [_part(10, (32, 32), {1: 1}), _part(20, (32, 32), {1: 1}), _part(30, (32, 32), {2: 7}),
-             _part(40, (12, 12), {1: 2})]  # the last is smaller than its quadrant: zeros around it
+    parts = [_part(10, (32, 32), {1: 1}), _part(20, (32, 32), {1: 2**31 - 1}), _part(30, (32, 32), {2: 7}),
+             _part(40, (12, 12), {1: 2})]  # the largest id a label file may hold, then ids that clash  # the last is smaller than its quadrant: zeros around it
     image, labels = mosaic(parts, 32, np.random.default_rng(seed))
     assert image.shape == (32, 32, 3) and sorted(labels) == [1, 2]
     assert all(v.shape == (32, 32) and v.dtype == np.int32 for v in labels.values())
@@ -179,10 +179,10 @@ def test_mosaic_puts_one_part_in_each_quadrant_with_its_own_ids(seed: int) -> No
     assert (corner[:h, :w] == 40).all()
     corner[:h, :w] = 0
     assert not corner.any()
-    # each part's instance keeps one id of its own, offset past the ids of the parts before it
+    # the instances are numbered anew in order of the parts: no two share an id
     assert set(np.unique(labels[1][:cy, :cx])) == {1} and set(np.unique(labels[1][:cy, cx:])) == {2}
-    assert set(np.unique(labels[2][cy:, :cx])) == {9} and set(np.unique(labels[1][cy:, :cx])) == {0}
-    assert set(np.unique(labels[1][cy:, cx:])) <= {0, 11} and (labels[1][image[..., 0] == 40] == 11).all()
+    assert set(np.unique(labels[2][cy:, :cx])) == {3} and set(np.unique(labels[1][cy:, :cx])) == {0}
+    assert set(np.unique(labels[1][cy:, cx:])) <= {0, 4} and (labels[1][image[..., 0] == 40] == 4).all()
     assert (labels[1][image[..., 0] == 0] == 0).all() and (labels[2][image[..., 0] == 0] == 0).all()
 
 
