@@ -168,7 +168,7 @@ def test_mosaic_puts_one_part_in_each_quadrant_with_its_own_ids(seed: int) -> No
     """Part 2 holds the largest id a label file may, parts 1 and 4 the same id; part 4 is smaller than
     its quadrant (zeros around it)."""
     parts = [_part(10, (32, 32), {1: 1}), _part(20, (32, 32), {1: 2**31 - 1}), _part(30, (32, 32), {2: 7}),
-             _part(40, (12, 12), {1: 2})]
+             _part(40, (12, 12), {1: 1})]
     image, labels = mosaic(parts, 32, np.random.default_rng(seed))
     assert image.shape == (32, 32, 3) and sorted(labels) == [1, 2]
     assert all(v.shape == (32, 32) and v.dtype == np.int32 for v in labels.values())
