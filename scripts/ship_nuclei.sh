@@ -6,13 +6,15 @@
 # depend on the confidence). Round 11 raised AP50 0.837 -> 0.842 while the cross-validated figure fell
 # 0.754 -> 0.747, under its 0.75 target: AP50 alone would have shipped it.
 # Usage: scripts/ship_nuclei.sh DSB2018_ROOT EXTRA_ROOT WORK_DIR BASELINE_JSON [MINUTES] [THREADS]
-# MINUTES and THREADS: what the training ran for and with (the card's CPU-hours); the measurement uses
-# the same threads (accuracy does not depend on them).
+# MINUTES and THREADS: what the training ran for and with (the card's CPU-hours). The measurement uses
+# MEASURE_THREADS (default THREADS; accuracy does not depend on them). SHIP=0 measures and decides
+# without replacing the shipped model (to compare runs that trained at once, then ship the better one).
 set -euo pipefail
 src=$1 extra=$2 work=$3 baseline=$4 minutes=${5:-} threads=${6:-1}
+ship=${SHIP:-1}
 trained_on="DSB2018 stage1_train (train/ split, 473 images) + stage1_test with its released ground truth \
 (dsb2018_extra, 65 images), stained samples seen twice, CC0; continued from the previous nuclei weights"
-export OMP_NUM_THREADS=$threads
+export OMP_NUM_THREADS=${MEASURE_THREADS:-$threads}
 pack() {   # pack SOURCE OUT [pack_model.py options]
     python scripts/pack_model.py "$1" "$2" --class-name nucleus --continues nuclei --threads "$threads" \
         ${minutes:+--minutes "$minutes"} --train-dir "$src/train" --train-dir "$extra/train" \
@@ -32,7 +34,7 @@ cut = load_checkpoint(f"{work}/candidate-tuned.pt")["config"]["score_thresh"]
 save_with_config(f"{work}/run/last.pt", f"{work}/run/tuned.pt", score_thresh=cut)
 PY
 pack "$work/run/tuned.pt" "$work/candidate.pt"
-(cd benchmarks && python bench_nuclei.py --model "$work/candidate.pt" --val "$src/val" --threads "$threads" \
+(cd benchmarks && python bench_nuclei.py --model "$work/candidate.pt" --val "$src/val" --threads "$OMP_NUM_THREADS" \
     --cv --json "$work/val.json" --results "$work/val_results.json")
 python - "$work/val.json" "$baseline" <<'PY'   # a baseline measured otherwise is no baseline (stops here)
 import json, sys
@@ -51,6 +53,7 @@ print(f"val AP50 (class-agnostic, scale auto): candidate {ap50[0]:.4f}, shipped 
 sys.exit(0 if ap50[0] > ap50[1] and cv[0] >= cv[1] else 1)
 PY
 then
+    if [ "$ship" = 0 ]; then echo "would ship (SHIP=0: nothing replaced)"; exit 0; fi
     pack "$work/run/tuned.pt" napari_cellseg/weights/nuclei.pt --metrics "$work/val.json"   # also writes nuclei.pt.sha256
     echo "shipped: napari_cellseg/weights/nuclei.pt"
 else
