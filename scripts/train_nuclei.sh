@@ -5,7 +5,8 @@
 # LR: the peak learning rate (default 3e-4, which restarts the schedule; a short round that only
 # continues the shipped weights wants a low one, e.g. 5e-5: see docs/model-nuclei.md, rounds 5 and 6).
 # MOSAIC: the share of crops made of four images' crops (default 0; docs/model-nuclei.md, round 15).
-# Resumable: run it again after an interruption and it continues from WORK_DIR/run/last.pt.
+# Resumable: run it again after an interruption and it continues from WORK_DIR/run/last.pt, for MINUTES
+# more (the time limit is per process): pass the minutes left.
 # Ships nothing by itself: scripts/ship_nuclei.sh packs and measures the result, and keeps it only when
 # val/ improves.
 set -euo pipefail
