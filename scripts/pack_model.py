@@ -118,6 +118,8 @@ def main() -> None:
                         "so the card's total steps and CPU-hours count every session")
     p.add_argument("--minutes", type=float, help="minutes of training steps of this run (default: its --time-limit)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads the run trained with")
+    p.add_argument("--device", metavar="NAME",
+                   help="the accelerator the run trained on (e.g. 'NVIDIA H200'): its minutes count as GPU-hours")
     p.add_argument("--train-dir", action="append", default=[],
                    help="a training folder of samples (repeat for several): its median object diameter is recorded")
     args = p.parse_args()
@@ -134,7 +136,7 @@ def main() -> None:
     rounds = previous_rounds(args.continues) if args.continues else []
     minutes = args.minutes if args.minutes is not None else train_args.get("time_limit")
     rounds.append({"trained_on": args.trained_on, "steps": int(ckpt.get("step", 0)), "minutes": minutes,
-                   "threads": args.threads})
+                   **({"device": args.device} if args.device else {"threads": args.threads})})
     card = {
         "description": args.description,
         "trained_on": args.trained_on,
@@ -147,7 +149,8 @@ def main() -> None:
         "epochs": int(ckpt.get("epoch", 0)),
         "rounds": rounds,
         "total_steps": sum(r["steps"] for r in rounds),
-        "cpu_hours": round(sum((r["minutes"] or 0) * r["threads"] for r in rounds) / 60, 2),
+        "cpu_hours": round(sum((r["minutes"] or 0) * r["threads"] for r in rounds if "device" not in r) / 60, 2),
+        "gpu_hours": round(sum(r["minutes"] or 0 for r in rounds if "device" in r) / 60, 2),
         "train_args": {k: v for k, v in train_args.items() if k not in ("dataset", "out_dir", "resume", "init")},
         "history": ckpt.get("history", []),
         "metrics": card_metrics(json.loads(Path(args.metrics).read_text())) if args.metrics else {},

@@ -9,6 +9,7 @@
 # MINUTES and THREADS: what the training ran for and with (the card's CPU-hours). The measurement uses
 # MEASURE_THREADS (default THREADS; accuracy does not depend on them). SHIP=0 measures and decides
 # without replacing the shipped model (to compare runs that trained at once, then ship the better one).
+# DEVICE names the accelerator a run trained on (e.g. "NVIDIA H200"): its MINUTES are GPU-minutes.
 set -euo pipefail
 src=$1 extra=$2 work=$3 baseline=$4 minutes=${5:-} threads=${6:-1}
 ship=${SHIP:-1}
@@ -17,7 +18,7 @@ trained_on="DSB2018 stage1_train (train/ split, 473 images) + stage1_test with i
 export OMP_NUM_THREADS=${MEASURE_THREADS:-$threads}
 pack() {   # pack SOURCE OUT [pack_model.py options]
     python scripts/pack_model.py "$1" "$2" --class-name nucleus --continues nuclei --threads "$threads" \
-        ${minutes:+--minutes "$minutes"} --train-dir "$src/train" --train-dir "$extra/train" \
+        ${minutes:+--minutes "$minutes"} ${DEVICE:+--device "$DEVICE"} --train-dir "$src/train" --train-dir "$extra/train" \
         --description "Nuclei in fluorescence and stained (brightfield, H&E) microscopy, one class" \
         --trained-on "$trained_on" "${@:3}"
 }

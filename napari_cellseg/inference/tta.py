@@ -13,7 +13,8 @@ measurement (a 50-minute CPU model, left-right only): AP 0.321 -> 0.335, AP50 0.
 ``--tta`` (``scale.iter_predict_scaled``) merges the four flips with a view enlarged ``scale.ZOOM_VIEW``
 times the same way: AP50 0.854 (docs/model-nuclei.md, Test-time augmentation). These figures predate
 ``predict.paste_masks``' geometry: since then AP 0.572 -> 0.586 and AP50 0.847 -> 0.855 with ``--tta``
-(part of the flips' gain had been undoing the old paste's half-pixel shift).
+(part of the flips' gain had been undoing the old paste's half-pixel shift); round 17 B's weights:
+AP 0.590 -> 0.598, AP50 0.860 -> 0.867.
 """
 
 from __future__ import annotations
