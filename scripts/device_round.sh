@@ -2,8 +2,9 @@
 # The device side of one GPU round of the built-in nuclei model (the `device` tool's run; see
 # scripts/device_round.py for the trip there and back): two runs from the shipped weights at once on one
 # GPU (each is bound by its own Python process and data loading), then their weights and a short log.
-# Here, first: python scripts/device_round.py pack-data WORK/data .gpu/nuc.tar, and the wheels of what
-# the machine lacks (pycocotools, for Python 3.12) in .gpu/whl (.gpu/ in .git/info/exclude).
+# Here, first (.gpu/ in .git/info/exclude): python scripts/device_round.py pack-data WORK/data .gpu/nuc.tar
+# and the wheel of what that machine lacks: python -m pip download --no-deps --only-binary=:all:
+#   --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .gpu/whl pycocotools
 # There: bash scripts/device_round.sh, with carry [".gpu"]. MIN: minutes of training steps per run.
 # A smoke run here: MIN=0.2 DEVICE=cpu PACK=small.tar OUT=/tmp/out bash scripts/device_round.sh
 set -u
