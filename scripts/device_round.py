@@ -19,6 +19,7 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import tarfile
 
@@ -34,6 +35,12 @@ def _filters(delta: int) -> list[dict]:
     return ([{"id": lzma.FILTER_DELTA, "dist": delta}] if delta else []) + [{"id": lzma.FILTER_LZMA2, "preset": 9}]
 
 
+def _repeat_of(name: str) -> str | None:
+    """The sample that ``name`` repeats (``merge_classes.py --repeat-stained`` names copies ``NAME_repN``)."""
+    match = re.fullmatch(r"(.+)_rep\d+", name)
+    return match[1] if match else None
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -44,8 +51,9 @@ def pack_data(src: str, out: str, n_val: int) -> None:
     """train/ and the first ``n_val`` val/ samples as LZMA'd raw arrays; grey RGB images as one channel."""
     with tarfile.open(out, "w") as tar:
         for split in ("train", "val"):
-            for name in sorted(os.listdir(f"{src}/{split}"))[: None if split == "train" else n_val]:
-                if "_rep" in name:
+            names = sorted(os.listdir(f"{src}/{split}"))[: None if split == "train" else n_val]
+            for name in names:
+                if _repeat_of(name) in names:
                     _add(tar, f"rep/{split}/{name}", b"")
                     continue
                 for file in sorted(os.listdir(f"{src}/{split}/{name}")):
@@ -54,8 +62,8 @@ def pack_data(src: str, out: str, n_val: int) -> None:
                     if grey:
                         a = np.ascontiguousarray(a[..., 0])
                     pixel = 1 if a.ndim == 2 else a.shape[-1] * a.itemsize
-                    size, delta, data = min((len(c), d, c) for d in (0, pixel) for c in
-                                            [lzma.compress(a.tobytes(), format=lzma.FORMAT_RAW, filters=_filters(d))])
+                    _, delta, data = min((len(c), d, c) for d in (0, pixel) for c in
+                                         [lzma.compress(a.tobytes(), format=lzma.FORMAT_RAW, filters=_filters(d))])
                     meta = {"shape": a.shape, "dtype": a.dtype.str, "grey": grey, "delta": delta}
                     _add(tar, f"{split}/{name}/{file}.json", json.dumps(meta).encode())
                     _add(tar, f"{split}/{name}/{file}.xz", data)
@@ -80,7 +88,8 @@ def unpack_data(src: str, out: str) -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tifffile.imwrite(path, np.stack([a] * 3, -1) if meta["grey"] else a)
     for rep in reps:
-        shutil.copytree(f"{out}/{rep.rsplit('_rep', 1)[0]}", f"{out}/{rep}")
+        split, name = rep.split("/")
+        shutil.copytree(f"{out}/{split}/{_repeat_of(name)}", f"{out}/{rep}")
     print("unpacked", {s: len(os.listdir(f"{out}/{s}")) for s in ("train", "val")})
 
 
